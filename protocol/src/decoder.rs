@@ -1,0 +1,496 @@
+//! Incremental decoding of an HXFR byte stream.
+//!
+//! The decoder is a small state machine (header, fixed part, variable tail,
+//! skip) fed either with slices ([`Decoder::decode`]) or straight from a
+//! reader ([`Decoder::read_from`]). Bytes may arrive in any pieces: a message
+//! split across reads, several messages in one read. Every announced size is
+//! checked against [`Limits`] before anything is reserved, and the variable
+//! tail (pixels, NAL chunks) is read into one buffer of exactly the announced
+//! size, so a multi-megabyte frame is copied from the socket once.
+//!
+//! After a recoverable error ([`ProtocolError::is_fatal`] is false) the
+//! decoder has consumed or will skip exactly that message's bytes and carries
+//! on with the next one. After a fatal one it keeps returning that error.
+
+use std::io::{self, Read};
+
+use crate::error::ProtocolError;
+use crate::header::{msg_type, Header, FLAG_PIXELS, HEADER_LEN};
+use crate::limits::Limits;
+use crate::message::{
+    get_i64, get_u32, ConfigRequest, ErrorMessage, FrameRequest, FrameResponse, Message,
+    CONFIG_REQ_FIXED, ERROR_FIXED, FRAME_REQUEST_FIXED, FRAME_RESPONSE_FIXED,
+};
+
+enum Phase {
+    Header,
+    /// Reading the fixed part into `fixed`, then the tail into `tail`.
+    Body {
+        header: Header,
+        fixed_len: usize,
+        tail_len: usize,
+        /// Trailing bytes the message does not keep, skipped afterwards.
+        skip_after: u64,
+    },
+    /// Discarding `left` bytes; then `emit` (if any) is returned.
+    Skip {
+        left: u64,
+        emit: Option<(Header, Message)>,
+    },
+    /// A fatal error happened; it is reported again on every call.
+    Failed {
+        found: u32,
+        offset: u64,
+    },
+}
+
+/// Decodes a stream of HXFR messages. See the module documentation.
+pub struct Decoder {
+    limits: Limits,
+    phase: Phase,
+    head: [u8; HEADER_LEN],
+    head_len: usize,
+    fixed: Vec<u8>,
+    tail: Vec<u8>,
+    /// Stream offset of the next byte to consume.
+    offset: u64,
+    /// Stream offset of the header of the message being decoded.
+    msg_start: u64,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(Limits::default())
+    }
+}
+
+impl Decoder {
+    pub fn new(limits: Limits) -> Self {
+        Decoder {
+            limits,
+            phase: Phase::Header,
+            head: [0; HEADER_LEN],
+            head_len: 0,
+            fixed: Vec::with_capacity(ERROR_FIXED),
+            tail: Vec::new(),
+            offset: 0,
+            msg_start: 0,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Total bytes consumed so far.
+    pub fn stream_offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Whether the decoder sits between two messages.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::Header) && self.head_len == 0
+    }
+
+    /// Consumes bytes from the front of `input` until one message is
+    /// complete (returned) or `input` is used up (`Ok(None)`).
+    pub fn decode(
+        &mut self,
+        input: &mut &[u8],
+    ) -> Result<Option<(Header, Message)>, ProtocolError> {
+        loop {
+            match &mut self.phase {
+                Phase::Failed { found, offset } => {
+                    return Err(ProtocolError::BadMagic {
+                        found: *found,
+                        offset: *offset,
+                    })
+                }
+                Phase::Header => {
+                    let n = take_into(&mut self.head[self.head_len..], input);
+                    self.head_len += n;
+                    self.offset += n as u64;
+                    if self.head_len < HEADER_LEN {
+                        return Ok(None);
+                    }
+                    self.start_message()?;
+                }
+                Phase::Body {
+                    fixed_len,
+                    tail_len,
+                    ..
+                } => {
+                    let (fixed_len, tail_len) = (*fixed_len, *tail_len);
+                    let n = extend_from(&mut self.fixed, fixed_len, input);
+                    let m = extend_from(&mut self.tail, tail_len, input);
+                    self.offset += (n + m) as u64;
+                    if self.fixed.len() < fixed_len || self.tail.len() < tail_len {
+                        return Ok(None);
+                    }
+                    if let Some(done) = self.finish_body()? {
+                        return Ok(Some(done));
+                    }
+                }
+                Phase::Skip { left, .. } => {
+                    let n = (*left).min(input.len() as u64) as usize;
+                    *left -= n as u64;
+                    *input = &input[n..];
+                    self.offset += n as u64;
+                    if let Some(done) = self.finish_skip() {
+                        return Ok(Some(done));
+                    }
+                    if !matches!(self.phase, Phase::Header) {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells the decoder the stream has ended: an error if a message was cut
+    /// short.
+    pub fn finish(&self) -> Result<(), ProtocolError> {
+        match &self.phase {
+            Phase::Header if self.head_len == 0 => Ok(()),
+            Phase::Failed { found, offset } => Err(ProtocolError::BadMagic {
+                found: *found,
+                offset: *offset,
+            }),
+            _ => Err(self.truncated()),
+        }
+    }
+
+    /// Reads from `r` until one message is complete. `Ok(None)` means the
+    /// stream ended cleanly between messages. A `WouldBlock`/`TimedOut` read
+    /// error is returned as [`ProtocolError::Io`] with the partial message
+    /// kept: call again to continue.
+    pub fn read_from<R: Read + ?Sized>(
+        &mut self,
+        r: &mut R,
+    ) -> Result<Option<(Header, Message)>, ProtocolError> {
+        loop {
+            match &mut self.phase {
+                Phase::Failed { .. } => return self.finish().map(|_| None),
+                Phase::Header => {
+                    let n = read_some(r, &mut self.head[self.head_len..])?;
+                    if n == 0 {
+                        return match self.head_len {
+                            0 => Ok(None),
+                            _ => Err(self.truncated()),
+                        };
+                    }
+                    self.head_len += n;
+                    self.offset += n as u64;
+                    if self.head_len == HEADER_LEN {
+                        self.start_message()?;
+                    }
+                }
+                Phase::Body {
+                    fixed_len,
+                    tail_len,
+                    ..
+                } => {
+                    let (fixed_len, tail_len) = (*fixed_len, *tail_len);
+                    let buf = if self.fixed.len() < fixed_len {
+                        (&mut self.fixed, fixed_len)
+                    } else {
+                        (&mut self.tail, tail_len)
+                    };
+                    let (vec, want) = buf;
+                    if vec.len() < want {
+                        let before = vec.len();
+                        let res = r.take((want - before) as u64).read_to_end(vec);
+                        let got = vec.len() - before;
+                        self.offset += got as u64;
+                        match res {
+                            Ok(_) if vec.len() < want => return Err(self.truncated()),
+                            Ok(_) => {}
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(ProtocolError::Io(e)),
+                        }
+                    }
+                    if self.fixed.len() == fixed_len && self.tail.len() == tail_len {
+                        if let Some(done) = self.finish_body()? {
+                            return Ok(Some(done));
+                        }
+                    }
+                }
+                Phase::Skip { left, .. } => {
+                    let mut scratch = [0u8; 16 * 1024];
+                    let want = (*left).min(scratch.len() as u64) as usize;
+                    if want > 0 {
+                        let n = read_some(r, &mut scratch[..want])?;
+                        if n == 0 {
+                            return Err(self.truncated());
+                        }
+                        if let Phase::Skip { left, .. } = &mut self.phase {
+                            *left -= n as u64;
+                        }
+                        self.offset += n as u64;
+                    }
+                    if let Some(done) = self.finish_skip() {
+                        return Ok(Some(done));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A complete header is in `head`: validate it and pick the next phase.
+    fn start_message(&mut self) -> Result<(), ProtocolError> {
+        self.head_len = 0;
+        let header = match Header::parse(&self.head) {
+            Ok(h) => h,
+            Err(found) => {
+                let offset = self.offset - HEADER_LEN as u64;
+                self.phase = Phase::Failed { found, offset };
+                return Err(ProtocolError::BadMagic { found, offset });
+            }
+        };
+        self.msg_start = self.offset - HEADER_LEN as u64;
+        let size = header.payload_size;
+        let l = self.limits;
+        let (min, max, fixed) = match header.msg_type {
+            msg_type::FRAME_REQUEST => (
+                FRAME_REQUEST_FIXED,
+                FRAME_REQUEST_FIXED as u64 + l.max_pixel_bytes as u64,
+                FRAME_REQUEST_FIXED,
+            ),
+            msg_type::FRAME_RESPONSE => (
+                FRAME_RESPONSE_FIXED,
+                l.max_response_bytes as u64,
+                FRAME_RESPONSE_FIXED,
+            ),
+            msg_type::CONFIG_REQ => (
+                CONFIG_REQ_FIXED,
+                l.max_small_payload as u64,
+                CONFIG_REQ_FIXED,
+            ),
+            msg_type::ERROR => (ERROR_FIXED, l.max_small_payload as u64, ERROR_FIXED),
+            msg_type::CONFIG_RESP => (0, l.max_small_payload as u64, 0),
+            msg_type::PING | msg_type::PONG | msg_type::KEYFRAME_REQ => {
+                (0, l.max_small_payload as u64, 0)
+            }
+            _ => (0, l.max_skip_bytes as u64, 0),
+        };
+        if size as u64 > max {
+            self.phase = Phase::Skip {
+                left: size as u64,
+                emit: None,
+            };
+            return Err(ProtocolError::PayloadTooLarge {
+                msg_type: header.msg_type,
+                payload_size: size,
+                limit: max,
+                offset: self.msg_start,
+            });
+        }
+        if (size as usize) < min {
+            self.phase = Phase::Skip {
+                left: size as u64,
+                emit: None,
+            };
+            return Err(ProtocolError::PayloadTooSmall {
+                msg_type: header.msg_type,
+                payload_size: size,
+                min: min as u32,
+                offset: self.msg_start,
+            });
+        }
+        let header_only = match header.msg_type {
+            msg_type::PING => Some(Message::Ping),
+            msg_type::PONG => Some(Message::Pong),
+            msg_type::KEYFRAME_REQ => Some(Message::KeyframeRequest),
+            msg_type::FRAME_REQUEST
+            | msg_type::FRAME_RESPONSE
+            | msg_type::CONFIG_REQ
+            | msg_type::CONFIG_RESP
+            | msg_type::ERROR => None,
+            t => Some(Message::Skipped {
+                msg_type: t,
+                payload_size: size,
+            }),
+        };
+        if let Some(msg) = header_only {
+            self.phase = Phase::Skip {
+                left: size as u64,
+                emit: Some((header, msg)),
+            };
+            return Ok(());
+        }
+        // Only what the message keeps is buffered: a FRAME_REQUEST without
+        // the pixel flag, CONFIG_REQ and ERROR drop their trailing bytes.
+        let keeps_tail = match header.msg_type {
+            msg_type::FRAME_REQUEST => header.flags & FLAG_PIXELS != 0,
+            msg_type::FRAME_RESPONSE | msg_type::CONFIG_RESP => true,
+            _ => false,
+        };
+        let tail_len = size as usize - fixed;
+        self.fixed.clear();
+        self.tail = Vec::new();
+        if keeps_tail {
+            self.tail.reserve_exact(tail_len);
+        }
+        self.phase = Phase::Body {
+            header,
+            fixed_len: fixed,
+            tail_len: if keeps_tail { tail_len } else { 0 },
+            skip_after: if keeps_tail { 0 } else { tail_len as u64 },
+        };
+        Ok(())
+    }
+}
+
+impl Decoder {
+    /// The body of a message is complete: build the message. Returns `None`
+    /// when trailing bytes still have to be skipped before it is emitted.
+    fn finish_body(&mut self) -> Result<Option<(Header, Message)>, ProtocolError> {
+        let Phase::Body {
+            header, skip_after, ..
+        } = self.phase
+        else {
+            unreachable!("finish_body outside a body")
+        };
+        self.phase = Phase::Header;
+        let tail = std::mem::take(&mut self.tail);
+        let f = &self.fixed;
+        let msg = match header.msg_type {
+            msg_type::FRAME_REQUEST => Message::FrameRequest {
+                request: FrameRequest::decode_fixed(f),
+                pixels: (header.flags & FLAG_PIXELS != 0).then_some(tail),
+            },
+            msg_type::FRAME_RESPONSE => Message::FrameResponse(self.parse_response(f, &tail)?),
+            msg_type::CONFIG_REQ => Message::ConfigRequest(ConfigRequest::decode_fixed(f)),
+            msg_type::ERROR => Message::Error(ErrorMessage::decode_fixed(f)),
+            msg_type::CONFIG_RESP => Message::ConfigResponse(tail),
+            t => unreachable!("message type 0x{t:02x} has no body phase"),
+        };
+        if skip_after > 0 {
+            self.phase = Phase::Skip {
+                left: skip_after,
+                emit: Some((header, msg)),
+            };
+            return Ok(self.finish_skip());
+        }
+        Ok(Some((header, msg)))
+    }
+
+    fn parse_response(&self, fixed: &[u8], tail: &[u8]) -> Result<FrameResponse, ProtocolError> {
+        let offset = self.msg_start;
+        let count = get_u32(fixed, 20);
+        if count > self.limits.max_nal_count {
+            return Err(ProtocolError::TooManyNals {
+                count,
+                limit: self.limits.max_nal_count,
+                offset,
+            });
+        }
+        let malformed = |what: String| ProtocolError::Malformed {
+            msg_type: msg_type::FRAME_RESPONSE,
+            offset,
+            what,
+        };
+        let mut chunks = Vec::with_capacity(count as usize);
+        let mut rest = tail;
+        for i in 0..count {
+            if rest.len() < 4 {
+                return Err(malformed(format!(
+                    "NAL chunk {i} of {count}: its size field is cut off ({} bytes left)",
+                    rest.len()
+                )));
+            }
+            let size = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            rest = &rest[4..];
+            if size > rest.len() {
+                return Err(malformed(format!(
+                    "NAL chunk {i} of {count} claims {size} bytes but only {} remain",
+                    rest.len()
+                )));
+            }
+            chunks.push(rest[..size].to_vec());
+            rest = &rest[size..];
+        }
+        if !rest.is_empty() {
+            return Err(malformed(format!(
+                "{} bytes left over after the last of {count} NAL chunks",
+                rest.len()
+            )));
+        }
+        Ok(FrameResponse {
+            pts: get_i64(fixed, 0),
+            dts: get_i64(fixed, 8),
+            is_keyframe: fixed[16] != 0,
+            chunks,
+        })
+    }
+
+    /// If a skip is complete, go back to reading headers and hand out what
+    /// it was holding.
+    fn finish_skip(&mut self) -> Option<(Header, Message)> {
+        if let Phase::Skip { left: 0, emit } = &mut self.phase {
+            let emit = emit.take();
+            self.phase = Phase::Header;
+            return emit;
+        }
+        None
+    }
+
+    fn truncated(&self) -> ProtocolError {
+        let (msg_type, have, want) = match &self.phase {
+            Phase::Header => (None, self.head_len as u64, HEADER_LEN as u64),
+            Phase::Body {
+                header,
+                fixed_len,
+                tail_len,
+                skip_after,
+            } => (
+                Some(header.msg_type),
+                HEADER_LEN as u64 + (self.fixed.len() + self.tail.len()) as u64,
+                HEADER_LEN as u64 + (*fixed_len + *tail_len) as u64 + *skip_after,
+            ),
+            Phase::Skip { left, .. } => {
+                let have = self.offset - self.msg_start;
+                (None, have, have + *left)
+            }
+            Phase::Failed { .. } => (None, 0, 0),
+        };
+        let offset = if msg_type.is_none() && matches!(self.phase, Phase::Header) {
+            self.offset - self.head_len as u64
+        } else {
+            self.msg_start
+        };
+        ProtocolError::Truncated {
+            msg_type,
+            offset,
+            have,
+            want,
+        }
+    }
+}
+
+/// Moves as many bytes as fit from the front of `input` into `dst`.
+fn take_into(dst: &mut [u8], input: &mut &[u8]) -> usize {
+    let n = dst.len().min(input.len());
+    dst[..n].copy_from_slice(&input[..n]);
+    *input = &input[n..];
+    n
+}
+
+/// Appends bytes from the front of `input` to `v` until it holds `want`.
+fn extend_from(v: &mut Vec<u8>, want: usize, input: &mut &[u8]) -> usize {
+    let n = want.saturating_sub(v.len()).min(input.len());
+    v.extend_from_slice(&input[..n]);
+    *input = &input[n..];
+    n
+}
+
+/// One `read`, retried on `Interrupted`.
+fn read_some<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> Result<usize, ProtocolError> {
+    loop {
+        match r.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ProtocolError::Io(e)),
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The HXFR frame-export wire protocol, as spoken by `vsockenc` (guest) and
+//! `vsockenc-host` (host), byte-compatible with the legacy C element
+//! `gstvsockenc` and the QEMU/UTM `helix-frame-export` host.
+//!
+//! Every message is a 12-byte [`Header`] followed by `payload_size` bytes. All
+//! integers are little-endian and all structures packed. This crate has no
+//! GStreamer dependency: both sides of the link use it.
+//!
+//! * [`message`]: the typed messages and their byte layouts.
+//! * [`decoder`]: an incremental decoder for a byte stream that arrives in
+//!   arbitrary pieces, with every size checked against [`Limits`] before
+//!   anything is allocated.
+//! * [`write`]: zero-copy (vectored) writing of a frame request's pixels.
+//! * [`layout`]: how pixels of each wire format are laid out, and the checks a
+//!   host applies to a guest's frame.
+//! * [`nal`]: normalisation of the NAL chunks of a response to Annex-B.
+
+pub mod decoder;
+pub mod error;
+pub mod header;
+pub mod layout;
+pub mod limits;
+pub mod message;
+pub mod nal;
+pub mod write;
+
+pub use decoder::Decoder;
+pub use error::ProtocolError;
+pub use header::{msg_type, Header, FLAG_PIXELS, HEADER_LEN, LEGACY_SESSION_ID, MAGIC};
+pub use layout::{FrameLayout, LayoutError, WireFormat, MAX_DIMENSION};
+pub use limits::Limits;
+pub use message::{error_code, ConfigRequest, ErrorMessage, FrameRequest, FrameResponse, Message};
