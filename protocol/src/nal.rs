@@ -6,6 +6,21 @@
 //! chunk is kept if it starts with a start code, converted if it parses
 //! exactly as a length-prefixed sequence, and otherwise prefixed with a start
 //! code as one bare NAL unit.
+//!
+//! Some byte strings are valid in two of these forms; the order of the checks
+//! in [`normalize_chunk`] settles them:
+//!
+//! * `00 00 00 01 …` is a 4-byte start code, or an AVCC chunk whose first NAL
+//!   unit is one byte long. Only end-of-sequence/end-of-stream NAL units are
+//!   one byte, and they never open an access unit, so this is Annex-B.
+//! * `00 00 01 …` is a 3-byte start code, or an AVCC chunk whose first NAL
+//!   unit is 256 to 511 bytes long (a small P slice: common on a static
+//!   desktop). No known host sends 3-byte start codes, so such a chunk is
+//!   AVCC when it parses exactly as AVCC with every NAL header's forbidden
+//!   bit clear, and Annex-B otherwise.
+//! * A bare NAL unit starts with its header byte (non-zero), so read as AVCC
+//!   its first length would be at least 16 MiB: it never parses as AVCC
+//!   unless the chunk is that large, and never looks like a start code.
 
 /// The 4-byte Annex-B start code.
 pub const START_CODE: [u8; 4] = [0, 0, 0, 1];
@@ -40,9 +55,14 @@ pub fn normalize_chunk(chunk: &[u8], out: &mut Vec<u8>) {
     if chunk.is_empty() {
         return;
     }
-    if starts_with_start_code(chunk) {
-        out.extend_from_slice(chunk);
-    } else if is_avcc(chunk) {
+    let avcc = if chunk.starts_with(&START_CODE) {
+        false
+    } else if chunk.starts_with(&[0, 0, 1]) {
+        is_avcc(chunk) && avcc_headers_plausible(chunk)
+    } else {
+        is_avcc(chunk)
+    };
+    if avcc {
         let mut rest = chunk;
         while !rest.is_empty() {
             let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
@@ -50,10 +70,26 @@ pub fn normalize_chunk(chunk: &[u8], out: &mut Vec<u8>) {
             out.extend_from_slice(&rest[4..4 + len]);
             rest = &rest[4 + len..];
         }
+    } else if starts_with_start_code(chunk) {
+        out.extend_from_slice(chunk);
     } else {
         out.extend_from_slice(&START_CODE);
         out.extend_from_slice(chunk);
     }
+}
+
+/// Whether every NAL unit of an AVCC `chunk` (already checked with
+/// [`is_avcc`]) has its forbidden_zero_bit clear, as real NAL headers do.
+fn avcc_headers_plausible(chunk: &[u8]) -> bool {
+    let mut rest = chunk;
+    while rest.len() > 4 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if rest[4] & 0x80 != 0 {
+            return false;
+        }
+        rest = &rest[4 + len..];
+    }
+    true
 }
 
 /// Splits an Annex-B byte stream into its NAL units (without start codes).
