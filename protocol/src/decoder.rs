@@ -32,8 +32,10 @@ enum Phase {
         /// Trailing bytes the message does not keep, skipped afterwards.
         skip_after: u64,
     },
-    /// Discarding `left` bytes; then `emit` (if any) is returned.
+    /// Discarding `left` bytes of a `msg_type` message; then `emit` (if
+    /// any) is returned.
     Skip {
+        msg_type: u8,
         left: u64,
         emit: Option<(Header, Message)>,
     },
@@ -275,6 +277,7 @@ impl Decoder {
         };
         if size as u64 > max {
             self.phase = Phase::Skip {
+                msg_type: header.msg_type,
                 left: size as u64,
                 emit: None,
             };
@@ -287,6 +290,7 @@ impl Decoder {
         }
         if (size as usize) < min {
             self.phase = Phase::Skip {
+                msg_type: header.msg_type,
                 left: size as u64,
                 emit: None,
             };
@@ -313,6 +317,7 @@ impl Decoder {
         };
         if let Some(msg) = header_only {
             self.phase = Phase::Skip {
+                msg_type: header.msg_type,
                 left: size as u64,
                 emit: Some((header, msg)),
             };
@@ -367,6 +372,7 @@ impl Decoder {
         };
         if skip_after > 0 {
             self.phase = Phase::Skip {
+                msg_type: header.msg_type,
                 left: skip_after,
                 emit: Some((header, msg)),
             };
@@ -390,7 +396,9 @@ impl Decoder {
             offset,
             what,
         };
-        let mut chunks = Vec::with_capacity(count as usize);
+        // Each chunk needs at least its 4-byte size field: a count the tail
+        // cannot hold must not size the table.
+        let mut chunks = Vec::with_capacity((count as usize).min(tail.len() / 4));
         let mut rest = tail;
         for i in 0..count {
             if rest.len() < 4 {
@@ -427,7 +435,7 @@ impl Decoder {
     /// If a skip is complete, go back to reading headers and hand out what
     /// it was holding.
     fn finish_skip(&mut self) -> Option<(Header, Message)> {
-        if let Phase::Skip { left: 0, emit } = &mut self.phase {
+        if let Phase::Skip { left: 0, emit, .. } = &mut self.phase {
             let emit = emit.take();
             self.phase = Phase::Header;
             return emit;
@@ -448,9 +456,9 @@ impl Decoder {
                 HEADER_LEN as u64 + (self.fixed.len() + self.tail.len()) as u64,
                 HEADER_LEN as u64 + (*fixed_len + *tail_len) as u64 + *skip_after,
             ),
-            Phase::Skip { left, .. } => {
+            Phase::Skip { msg_type, left, .. } => {
                 let have = self.offset - self.msg_start;
-                (None, have, have + *left)
+                (Some(*msg_type), have, have + *left)
             }
             Phase::Failed { .. } => (None, 0, 0),
         };
