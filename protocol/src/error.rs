@@ -1,5 +1,6 @@
 //! Errors of the decoder, each naming what was wrong and where in the stream.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 
@@ -69,6 +70,15 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
+/// The name of a message type, or its code when it has none, so that an
+/// error about an unknown type still says which one.
+fn type_label(t: u8) -> Cow<'static, str> {
+    match msg_type::name(t) {
+        "unknown" => Cow::Owned(format!("unknown message type 0x{t:02x}")),
+        name => Cow::Borrowed(name),
+    }
+}
+
 impl fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -84,7 +94,7 @@ impl fmt::Display for ProtocolError {
             } => write!(
                 f,
                 "payload_size {payload_size} exceeds limit {limit} for {} at stream offset {offset}",
-                msg_type::name(*t)
+                type_label(*t)
             ),
             ProtocolError::PayloadTooSmall {
                 msg_type: t,
@@ -94,7 +104,7 @@ impl fmt::Display for ProtocolError {
             } => write!(
                 f,
                 "payload_size {payload_size} is below the {min} bytes a {} needs, at stream offset {offset}",
-                msg_type::name(*t)
+                type_label(*t)
             ),
             ProtocolError::TooManyNals {
                 count,
@@ -111,7 +121,7 @@ impl fmt::Display for ProtocolError {
             } => write!(
                 f,
                 "malformed {} at stream offset {offset}: {what}",
-                msg_type::name(*t)
+                type_label(*t)
             ),
             ProtocolError::Truncated {
                 msg_type: t,
@@ -119,7 +129,7 @@ impl fmt::Display for ProtocolError {
                 have,
                 want,
             } => {
-                let name = t.map(msg_type::name).unwrap_or("header");
+                let name = t.map(type_label).unwrap_or(Cow::Borrowed("header"));
                 write!(
                     f,
                     "stream ended inside {name} at stream offset {offset}: {have} of {want} bytes received"
