@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Boot the small real-guest VM (see shared/REAL-VM.md and prepare.sh) with a
+# vhost-user virtio-vsock device and run SCRIPT inside it.
+#
+#   run-guest.sh RUNDIR SCRIPT
+#
+# RUNDIR (created if missing, absolute path without whitespace) is shared with
+# the guest read-write over 9p and appears inside the guest at the same path
+# (also in $VSOCKENC_RUN_SHARE); the guest's working directory is RUNDIR. The
+# rest of the machine's root filesystem is visible read-only at the same paths,
+# so the guest runs the machine's own gst-launch-1.0, plugins and build output.
+# /tmp, /run and /dev/shm are private tmpfs in the guest.
+#
+# The guest has CID 4. A guest connect() to CID 2 port P arrives on the machine
+# as a connection to the Unix socket RUNDIR/vm.vsock_P (listen there before
+# starting the guest). CID 1 (vsock_loopback) works inside the guest.
+#
+# Files written in RUNDIR: guest.sh (copy of SCRIPT), guest.log (the script's
+# stdout+stderr), guest.status (its exit status), console.log (serial console),
+# vhost.log (vhost-device-vsock), vm.vsock / vhost.socket (sockets).
+#
+# Exit status: the guest script's exit status; 124 if the VM timed out; 125 for
+# an infrastructure failure (no status written by the guest).
+#
+# Environment: VSOCKENC_VM_TIMEOUT (seconds, default 600), VSOCKENC_VM_MEM (MiB,
+# default 1024), VSOCKENC_VM_SMP (default 2), VSOCKENC_VM_CPU (QEMU -cpu model,
+# default max), VSOCKENC_CACHE (see prepare.sh).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+log() { echo "run-guest.sh: $*" >&2; }
+die() {
+  echo "run-guest.sh: ERROR: $*" >&2
+  exit 125
+}
+
+[ $# -eq 2 ] || die "usage: run-guest.sh RUNDIR SCRIPT"
+mkdir -p "$1"
+RUNDIR="$(cd "$1" && pwd -P)"
+SCRIPT="$2"
+[ -r "$SCRIPT" ] || die "cannot read $SCRIPT"
+case "$RUNDIR" in *[[:space:]]*) die "RUNDIR must not contain whitespace: $RUNDIR" ;; esac
+[ "$RUNDIR" != / ] || die "RUNDIR must not be /"
+
+TIMEOUT="${VSOCKENC_VM_TIMEOUT:-600}"
+MEM="${VSOCKENC_VM_MEM:-1024}"
+SMP="${VSOCKENC_VM_SMP:-2}"
+CPU="${VSOCKENC_VM_CPU:-max}"
+
+env_out="$("$here/prepare.sh")" || die "prepare.sh failed"
+KERNEL="" INITRD="" VHOST_DEVICE_VSOCK="" QEMU=""
+while IFS='=' read -r k v; do
+  case "$k" in KERNEL | INITRD | VHOST_DEVICE_VSOCK | QEMU) printf -v "$k" '%s' "$v" ;; esac
+done <<<"$env_out"
+[ -n "$KERNEL" ] && [ -n "$INITRD" ] && [ -n "$VHOST_DEVICE_VSOCK" ] && [ -n "$QEMU" ] ||
+  die "prepare.sh did not report KERNEL/INITRD/VHOST_DEVICE_VSOCK/QEMU"
+
+if [ "$(cd "$(dirname "$SCRIPT")" && pwd -P)/$(basename "$SCRIPT")" != "$RUNDIR/guest.sh" ]; then
+  cp "$SCRIPT" "$RUNDIR/guest.sh"
+fi
+rm -f "$RUNDIR/guest.status" "$RUNDIR/guest.log" "$RUNDIR/console.log" \
+  "$RUNDIR/vhost.log" "$RUNDIR/vm.vsock" "$RUNDIR/vhost.socket"
+
+vhost_pid=""
+qemu_pid=""
+cleanup() {
+  local p
+  for p in $qemu_pid $vhost_pid; do
+    kill -TERM "$p" 2>/dev/null || true
+  done
+  for p in $qemu_pid $vhost_pid; do
+    for _ in $(seq 50); do
+      kill -0 "$p" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  rm -f "$RUNDIR/vm.vsock" "$RUNDIR/vhost.socket"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+start_ms=$(($(date +%s%N) / 1000000))
+"$VHOST_DEVICE_VSOCK" --vm "guest-cid=4,uds-path=$RUNDIR/vm.vsock,socket=$RUNDIR/vhost.socket" \
+  </dev/null >"$RUNDIR/vhost.log" 2>&1 &
+vhost_pid=$!
+for _ in $(seq 100); do
+  [ -S "$RUNDIR/vhost.socket" ] && break
+  kill -0 "$vhost_pid" 2>/dev/null || die "vhost-device-vsock exited: $(cat "$RUNDIR/vhost.log")"
+  sleep 0.1
+done
+[ -S "$RUNDIR/vhost.socket" ] || die "vhost-device-vsock did not create $RUNDIR/vhost.socket"
+
+# Plain TCG: KVM guests hung on this kind of machine (REAL-VM.md).
+timeout --kill-after=10 "$TIMEOUT" "$QEMU" \
+  -nodefaults -display none -no-reboot \
+  -machine q35,memory-backend=mem -accel tcg -cpu "$CPU" -smp "$SMP" -m "${MEM}M" \
+  -object "memory-backend-memfd,id=mem,size=${MEM}M,share=on" \
+  -chardev "socket,id=char0,path=$RUNDIR/vhost.socket" \
+  -device vhost-user-vsock-pci,chardev=char0 \
+  -kernel "$KERNEL" -initrd "$INITRD" \
+  -append "console=ttyS0 quiet panic=-1 mitigations=off vsockenc.run=$RUNDIR" \
+  -serial "file:$RUNDIR/console.log" \
+  -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+  -virtfs "local,path=$RUNDIR,mount_tag=run,security_model=none,multidevs=remap" \
+  </dev/null >"$RUNDIR/qemu.log" 2>&1 &
+qemu_pid=$!
+set +e
+wait "$qemu_pid"
+qemu_status=$?
+set -e
+qemu_pid=""
+elapsed_ms=$(($(date +%s%N) / 1000000 - start_ms))
+elapsed="$((elapsed_ms / 1000)).$(printf %03d $((elapsed_ms % 1000)))"
+
+if [ "$qemu_status" = 124 ] || [ "$qemu_status" = 137 ]; then
+  log "VM timed out after ${TIMEOUT}s; console tail:"
+  tail -n 20 "$RUNDIR/console.log" >&2 || true
+  exit 124
+fi
+if [ ! -s "$RUNDIR/guest.status" ]; then
+  log "guest wrote no status (qemu exit $qemu_status); qemu.log / console tail:"
+  tail -n 20 "$RUNDIR/qemu.log" >&2 || true
+  tail -n 40 "$RUNDIR/console.log" >&2 || true
+  exit 125
+fi
+status="$(tr -dc '0-9' <"$RUNDIR/guest.status")"
+log "guest script exited $status after ${elapsed}s (boot+run+poweroff)"
+exit "${status:-125}"
