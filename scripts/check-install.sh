@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# Check the meson install of vsockenc end to end (issue 7, "Done when"):
+#
+#   meson setup (prefix /usr, libdir lib/<multiarch>) + meson compile +
+#   meson install --destdir TREE, then in TREE:
+#   - exactly the plugin, the daemon and the service files at the paths
+#     docs/install.md documents, and nothing else;
+#   - gst-inspect-1.0 loads the `vsockenc` element from TREE's plugin
+#     (GST_PLUGIN_SYSTEM_PATH pointed at it, private registry, clean env);
+#   - TREE/usr/bin/vsockenc-host --help runs;
+#   - systemd-analyze verify reports nothing for the installed unit, the
+#     sysusers.d snippet parses, the launchd plist parses (plistlib) and is
+#     valid against the plist DTD (xmllint);
+#   - as root with mount namespaces: a real `meson install` (no DESTDIR) into
+#     a throw-away overlay of /usr, and `gst-inspect-1.0 vsockenc` with no
+#     GST_* variable at all finds the plugin in GStreamer's default path.
+#
+# Usage: scripts/check-install.sh [--clone] [--buildtype=release|debug]
+#                                 [--builddir=DIR] [--keep]
+#   --clone      check a fresh `git clone` of this repository's HEAD (only
+#                committed files), not the working tree
+#   --buildtype  meson buildtype (default release, what users get; debug
+#                reuses a debug CARGO_TARGET_DIR and is much faster)
+#   --builddir   meson build directory to (re)use (default: a temporary one)
+#   --keep       keep the temporary directory (printed at the end)
+# Environment: CARGO_TARGET_DIR, when set, is passed to meson as
+# -Dcargo_target_dir so cargo reuses it; otherwise cargo builds inside the
+# meson build directory.
+#
+# As root, missing tools (meson, ninja, systemd, gstreamer1.0-tools, ...) are
+# installed with apt-get.  Exits non-zero with a "FAIL:" line on any failure.
+
+set -euo pipefail
+
+src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+clone=0 buildtype=release builddir= keep=0
+for arg in "$@"; do
+    case $arg in
+        --clone) clone=1 ;;
+        --buildtype=*) buildtype=${arg#*=} ;;
+        --builddir=*) builddir=${arg#*=} ;;
+        --keep) keep=1 ;;
+        -h|--help) sed -n '2,/^$/s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        *) echo "check-install: unknown argument $arg (see --help)" >&2; exit 2 ;;
+    esac
+done
+case $buildtype in release|debug|debugoptimized|minsize|plain) ;;
+    *) echo "check-install: bad --buildtype $buildtype" >&2; exit 2 ;;
+esac
+
+t_start=$(date +%s)
+tmp=$(mktemp -d /tmp/vsockenc-check-install.XXXXXX)
+logs=$tmp/logs
+mkdir -p "$logs"
+cleanup() {
+    if [ "$keep" = 1 ]; then
+        echo "check-install: kept $tmp"
+    else
+        rm -rf "$tmp"
+    fi
+}
+trap cleanup EXIT
+
+fail() {
+    echo "check-install: FAIL: $*" >&2
+    exit 1
+}
+note() { echo "check-install: $*"; }
+
+# run NAME CMD... : run a step with its output in $logs/NAME.log; on failure
+# show the end of the log and fail.
+run() {
+    local name=$1 t0 rc=0
+    shift
+    t0=$(date +%s)
+    "$@" >"$logs/$name.log" 2>&1 || rc=$?
+    if [ $rc -ne 0 ]; then
+        echo "---- last lines of $name output ----" >&2
+        tail -n 40 "$logs/$name.log" >&2
+        echo "----" >&2
+        fail "$name exited with status $rc: $*"
+    fi
+    note "ok: $name ($(($(date +%s) - t0)) s)"
+}
+
+# ---- tools ------------------------------------------------------------------
+
+# A cargo test runs this with cargo's directory possibly not on PATH.
+if ! command -v cargo >/dev/null 2>&1 && [ -n "${CARGO:-}" ]; then
+    PATH=$(dirname "$CARGO"):$PATH
+fi
+command -v cargo >/dev/null 2>&1 || fail "cargo not found on PATH (install Rust with rustup)"
+
+declare -A pkg_of=(
+    [meson]=meson [ninja]=ninja-build [systemd-analyze]=systemd
+    [systemd-sysusers]=systemd [gst-inspect-1.0]=gstreamer1.0-tools
+    [dpkg-architecture]=dpkg-dev [xmllint]=libxml2-utils [python3]=python3
+    [pkg-config]=pkg-config [git]=git [nm]=binutils
+)
+tools=(meson ninja systemd-analyze systemd-sysusers gst-inspect-1.0 dpkg-architecture xmllint python3 pkg-config nm)
+[ "$clone" = 1 ] && tools+=(git)
+missing=()
+for tool in "${tools[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg_of[$tool]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        note "installing ${missing[*]} with apt-get"
+        export DEBIAN_FRONTEND=noninteractive
+        apt_install() { apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "${missing[@]}"; }
+        apt_install >"$logs/apt-get.log" 2>&1 ||
+            { apt-get -o DPkg::Lock::Timeout=300 update && apt_install; } >>"$logs/apt-get.log" 2>&1 ||
+            { tail -n 20 "$logs/apt-get.log" >&2; fail "apt-get install ${missing[*]} failed"; }
+    else
+        fail "missing tools; install the packages: ${missing[*]}"
+    fi
+fi
+meson_version=$(meson --version)
+case $meson_version in 0.*) fail "meson $meson_version is too old (need >= 1.0)" ;; esac
+
+multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH)
+libdir=lib/$multiarch
+prefix=/usr
+
+# ---- source, setup, compile, install ------------------------------------------
+
+if [ "$clone" = 1 ]; then
+    run git-clone git clone --quiet "$src" "$tmp/src"
+    src=$tmp/src
+fi
+[ -n "$builddir" ] || builddir=$tmp/build
+destdir=$tmp/root
+
+setup_args=(--prefix="$prefix" --libdir="$libdir" --buildtype="$buildtype")
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then
+    setup_args+=(-Dcargo_target_dir="$CARGO_TARGET_DIR")
+else
+    setup_args+=(-Dcargo_target_dir=)
+fi
+if [ -f "$builddir/meson-private/coredata.dat" ]; then
+    run meson-setup meson setup --reconfigure "${setup_args[@]}" "$builddir" "$src"
+else
+    run meson-setup meson setup "${setup_args[@]}" "$builddir" "$src"
+fi
+run meson-compile meson compile -C "$builddir"
+run meson-install meson install -C "$builddir" --destdir "$destdir"
+
+# ---- installed files at the documented paths ---------------------------------
+
+# The same rule as meson.build: systemd.pc's directories when its prefix is ours.
+unitdir=$prefix/lib/systemd/system
+sysusersdir=$prefix/lib/sysusers.d
+if pkg-config --exists systemd && [ "$(pkg-config --variable=prefix systemd)" = "$prefix" ]; then
+    unitdir=$(pkg-config --variable=systemdsystemunitdir systemd)
+    sysusersdir=$(pkg-config --variable=sysusersdir systemd)
+fi
+plugin=$prefix/$libdir/gstreamer-1.0/libgstvsockenc.so
+daemon=$prefix/bin/vsockenc-host
+unit=$unitdir/vsockenc-host.service
+sysusers=$sysusersdir/vsockenc-host.conf
+plist=$prefix/share/vsockenc/launchd/org.vsockenc.host.plist
+
+expected=$(printf '%s\n' "$plugin" "$daemon" "$unit" "$sysusers" "$plist" | sort)
+installed=$(cd "$destdir" && find . ! -type d | sed 's|^\.||' | sort)
+if [ "$installed" != "$expected" ]; then
+    echo "expected:" >&2; echo "$expected" >&2
+    echo "installed:" >&2; echo "$installed" >&2
+    fail "meson install --destdir did not produce exactly the documented files"
+fi
+[ -x "$destdir$daemon" ] || fail "$daemon is not executable"
+grep -q 'gst_plugin_vsockenc_get_desc' <(LC_ALL=C nm -D --defined-only "$destdir$plugin" 2>/dev/null || true) ||
+    fail "$plugin does not export gst_plugin_vsockenc_get_desc (not a GStreamer plugin?)"
+if grep -n '@[A-Za-z_]*@' "$destdir$unit" "$destdir$plist"; then
+    fail "unsubstituted @...@ placeholders in the installed service files"
+fi
+grep -qx "ExecStart=$daemon \$VSOCKENC_HOST_ARGS" "$destdir$unit" ||
+    fail "$unit does not start $daemon"
+note "ok: installed files: $(echo $expected)"
+
+# ---- the plugin loads from the tree -------------------------------------------
+
+# A clean environment: no GST_PLUGIN_PATH or similar from the caller, a
+# private registry, only the tree's plugin directory.
+inspect_env=(env -i PATH="$PATH" HOME="$tmp" LC_ALL=C.UTF-8
+    GST_PLUGIN_SYSTEM_PATH="$destdir$prefix/$libdir/gstreamer-1.0"
+    GST_REGISTRY="$tmp/registry.bin")
+run gst-inspect-plugin timeout 60 "${inspect_env[@]}" gst-inspect-1.0 "$destdir$plugin"
+rc=0
+timeout 60 "${inspect_env[@]}" gst-inspect-1.0 vsockenc >"$logs/gst-inspect.log" 2>&1 || rc=$?
+if [ $rc -ne 0 ] || ! grep -q '^Factory Details:' "$logs/gst-inspect.log"; then
+    cat "$logs/gst-inspect.log" >&2
+    fail "gst-inspect-1.0 vsockenc: no element \`vsockenc\` from the installed plugin (status $rc)"
+fi
+grep -Eq "^  Filename +$destdir$plugin\$" "$logs/gst-inspect.log" ||
+    fail "gst-inspect-1.0 vsockenc did not load the plugin from $destdir$plugin"
+note "ok: gst-inspect-1.0 vsockenc loads $destdir$plugin"
+
+# ---- the daemon runs from the tree --------------------------------------------
+
+run vsockenc-host-help timeout 30 env -i PATH="$PATH" HOME="$tmp" "$destdir$daemon" --help
+grep -q -- '--listen' "$logs/vsockenc-host-help.log" ||
+    fail "vsockenc-host --help does not mention --listen"
+
+# ---- service files -------------------------------------------------------------
+
+# systemd-analyze verify checks that ExecStart's binary exists, so it must see
+# the installed /usr/bin/vsockenc-host: as root, overlay the tree's /usr on
+# the real /usr in a private mount namespace (nothing leaks out).  Otherwise
+# verify a copy whose ExecStart points into the tree.  Warnings do not change
+# its exit status, so any output at all is a failure.
+verify_ns() {
+    # shellcheck disable=SC2016
+    unshare --mount --propagation private sh -ec '
+        mount -t overlay overlay -o "lowerdir=$1/usr:/usr" /usr
+        systemd-analyze verify "$1$2"
+        score=$(systemd-analyze security --offline=yes --threshold=30 "$1$2")
+        printf "%s\n" "$score" | tail -n 1
+    ' verify "$destdir" "$unit"
+}
+if [ "$(id -u)" = 0 ] && unshare --mount true 2>/dev/null; then
+    verify_how="installed unit, /usr/bin/vsockenc-host from the tree overlaid on /usr"
+    run systemd-analyze verify_ns
+    grep -v '^→ Overall exposure level' "$logs/systemd-analyze.log" >&2 &&
+        fail "systemd-analyze verify reported problems in $unit"
+    note "   $(grep '^→ Overall exposure level' "$logs/systemd-analyze.log")"
+else
+    verify_how="copy of the installed unit with ExecStart pointing into the tree"
+    mkdir -p "$tmp/verify"
+    sed "s|^ExecStart=$daemon |ExecStart=$destdir$daemon |" "$destdir$unit" >"$tmp/verify/vsockenc-host.service"
+    run systemd-analyze systemd-analyze verify "$tmp/verify/vsockenc-host.service"
+    [ -s "$logs/systemd-analyze.log" ] && { cat "$logs/systemd-analyze.log" >&2; fail "systemd-analyze verify reported problems in $unit"; }
+fi
+note "   systemd-analyze verify: $verify_how"
+
+mkdir -p "$tmp/sysusers-root"
+run systemd-sysusers systemd-sysusers --dry-run --root="$tmp/sysusers-root" - <"$destdir$sysusers"
+grep -q "Creating user 'vsockenc'" "$logs/systemd-sysusers.log" ||
+    fail "$sysusers does not create the user vsockenc"
+
+# plutil -lint does not exist on Linux: parse the plist with Python's
+# plistlib (the format launchd reads), check the keys launchd needs, and
+# validate the XML against the plist DTD with xmllint.
+cat >"$tmp/plist.dtd" <<'EOF'
+<!ENTITY % plistObject "(array | data | date | dict | real | integer | string | true | false)">
+<!ELEMENT plist %plistObject;>
+<!ATTLIST plist version CDATA "1.0">
+<!ELEMENT array (%plistObject;)*>
+<!ELEMENT dict (key, %plistObject;)*>
+<!ELEMENT key (#PCDATA)>
+<!ELEMENT string (#PCDATA)>
+<!ELEMENT data (#PCDATA)>
+<!ELEMENT date (#PCDATA)>
+<!ELEMENT true EMPTY>
+<!ELEMENT false EMPTY>
+<!ELEMENT real (#PCDATA)>
+<!ELEMENT integer (#PCDATA)>
+EOF
+# A catalog maps the plist's DOCTYPE public id to that DTD (no network).
+cat >"$tmp/catalog.xml" <<EOF
+<?xml version="1.0"?>
+<catalog xmlns="urn:oasis:names:tc:entity:xmlns:xml:catalog">
+  <public publicId="-//Apple//DTD PLIST 1.0//EN" uri="file://$tmp/plist.dtd"/>
+</catalog>
+EOF
+run plist-xmllint env XML_CATALOG_FILES="$tmp/catalog.xml" xmllint --noout --nonet --valid "$destdir$plist"
+[ -s "$logs/plist-xmllint.log" ] && { cat "$logs/plist-xmllint.log" >&2; fail "xmllint reported problems in $plist"; }
+# shellcheck disable=SC2016
+run plist-plistlib python3 -c '
+import plistlib, sys
+path, daemon = sys.argv[1], sys.argv[2]
+with open(path, "rb") as f:
+    p = plistlib.load(f)
+assert p["Label"] == "org.vsockenc.host", p.get("Label")
+args = p["ProgramArguments"]
+assert args[0] == daemon, args
+assert all(isinstance(a, str) for a in args), args
+assert "tcp:127.0.0.1:15937" in args and any(a.startswith("unix:/") for a in args), args
+assert isinstance(p["KeepAlive"], (bool, dict)), p["KeepAlive"]
+assert p["StandardErrorPath"].startswith("/"), p["StandardErrorPath"]
+print("plist ok:", " ".join(args))
+' "$destdir$plist" "$daemon"
+
+# ---- a real install into GStreamer's default path -------------------------------
+
+# Only as root with mount namespaces and a merged /usr (so every installed
+# file lands under /usr): install into a throw-away overlay of /usr and ask
+# for the element with no GST_* variable at all.  XDG_CACHE_HOME keeps the
+# registry this creates away from the machine's.
+system_check="not run (needs root, mount namespaces and a merged /usr)"
+if [ "$(id -u)" = 0 ] && unshare --mount true 2>/dev/null && [ "$(readlink /lib)" = usr/lib ]; then
+    mkdir -p "$tmp/overlay/upper" "$tmp/overlay/work" "$tmp/xdg-cache"
+    # shellcheck disable=SC2016
+    run system-install unshare --mount --propagation private sh -ec '
+        mount -t overlay overlay -o "lowerdir=/usr,upperdir=$1/overlay/upper,workdir=$1/overlay/work" /usr
+        meson install -C "$2" --no-rebuild
+        env -i PATH="$PATH" HOME="$1" XDG_CACHE_HOME="$1/xdg-cache" timeout 60 gst-inspect-1.0 vsockenc
+    ' system-install "$tmp" "$builddir"
+    # GStreamer may report the plugin through the /lib -> usr/lib symlink.
+    found=$(sed -n 's/^  Filename  *//p' "$logs/system-install.log")
+    grep -q '^Factory Details:' "$logs/system-install.log" &&
+        [ -n "$found" ] && [ "$(readlink -m "$found")" = "$(readlink -m "$plugin")" ] ||
+        fail "after meson install into /usr, gst-inspect-1.0 vsockenc did not find $plugin (found: ${found:-nothing}; see $logs/system-install.log)"
+    system_check="passed ($found)"
+fi
+note "   meson install into the real prefix + gst-inspect-1.0 without GST_* variables: $system_check"
+
+note "PASS ($(($(date +%s) - t_start)) s, buildtype $buildtype, cargo target dir ${CARGO_TARGET_DIR:-inside the build dir})"
