@@ -7,6 +7,7 @@ use hxfr::{ConfigRequest, ErrorMessage, FrameRequest, FrameResponse, Header, Mes
 
 use super::{cat, hex, zeros};
 
+#[derive(Clone)]
 pub struct Vector {
     pub name: &'static str,
     pub bytes: Vec<u8>,
