@@ -11,10 +11,17 @@
 //! After a recoverable error ([`ProtocolError::is_fatal`] is false) the
 //! decoder has consumed or will skip exactly that message's bytes and carries
 //! on with the next one. After a fatal one it keeps returning that error.
+//!
+//! Extension messages ([`crate::ext`]) are decoded only after
+//! [`Decoder::set_extensions`]; use [`Decoder::decode_ext`] /
+//! [`Decoder::read_from_ext`] to receive them. Without it, and through the
+//! legacy [`Decoder::decode`] / [`Decoder::read_from`], they come out as
+//! [`Message::Skipped`], exactly as a legacy peer sees them.
 
 use std::io::{self, Read};
 
 use crate::error::ProtocolError;
+use crate::ext::{self, ext_type, ExtMessage};
 use crate::header::{msg_type, Header, FLAG_PIXELS, HEADER_LEN};
 use crate::limits::Limits;
 use crate::message::{
@@ -37,7 +44,7 @@ enum Phase {
     Skip {
         msg_type: u8,
         left: u64,
-        emit: Option<(Header, Message)>,
+        emit: Option<Decoded>,
     },
     /// A fatal error happened; it is reported again on every call.
     Failed {
@@ -46,9 +53,43 @@ enum Phase {
     },
 }
 
+/// A message decoded by [`Decoder::decode_ext`] or [`Decoder::read_from_ext`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// A legacy message (or `Skipped` for a type nobody here handles).
+    Legacy(Header, Message),
+    /// An extension message; only produced when extensions are enabled.
+    Ext(Header, ExtMessage),
+}
+
+impl Decoded {
+    pub fn header(&self) -> &Header {
+        match self {
+            Decoded::Legacy(h, _) | Decoded::Ext(h, _) => h,
+        }
+    }
+
+    /// What a caller of the legacy API sees: an extension message becomes
+    /// `Skipped`.
+    pub fn into_legacy(self) -> (Header, Message) {
+        match self {
+            Decoded::Legacy(h, m) => (h, m),
+            Decoded::Ext(h, _) => (
+                h,
+                Message::Skipped {
+                    msg_type: h.msg_type,
+                    payload_size: h.payload_size,
+                },
+            ),
+        }
+    }
+}
+
 /// Decodes a stream of HXFR messages. See the module documentation.
 pub struct Decoder {
     limits: Limits,
+    /// Whether extension types are decoded (else skipped like a legacy peer).
+    extensions: bool,
     phase: Phase,
     head: [u8; HEADER_LEN],
     head_len: usize,
@@ -70,6 +111,7 @@ impl Decoder {
     pub fn new(limits: Limits) -> Self {
         Decoder {
             limits,
+            extensions: false,
             phase: Phase::Header,
             head: [0; HEADER_LEN],
             head_len: 0,
@@ -80,8 +122,25 @@ impl Decoder {
         }
     }
 
+    /// A decoder that also decodes extension messages.
+    pub fn with_extensions(limits: Limits) -> Self {
+        let mut d = Decoder::new(limits);
+        d.extensions = true;
+        d
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Whether extension messages (type codes `0x40..=0x46`) are decoded.
+    /// Takes effect from the next message header on.
+    pub fn set_extensions(&mut self, enabled: bool) {
+        self.extensions = enabled;
+    }
+
+    pub fn extensions(&self) -> bool {
+        self.extensions
     }
 
     /// Total bytes consumed so far.
@@ -100,6 +159,12 @@ impl Decoder {
         &mut self,
         input: &mut &[u8],
     ) -> Result<Option<(Header, Message)>, ProtocolError> {
+        Ok(self.decode_ext(input)?.map(Decoded::into_legacy))
+    }
+
+    /// Like [`Decoder::decode`], but hands out extension messages as
+    /// [`Decoded::Ext`] (when enabled).
+    pub fn decode_ext(&mut self, input: &mut &[u8]) -> Result<Option<Decoded>, ProtocolError> {
         loop {
             match &mut self.phase {
                 Phase::Failed { found, offset } => {
@@ -170,6 +235,15 @@ impl Decoder {
         &mut self,
         r: &mut R,
     ) -> Result<Option<(Header, Message)>, ProtocolError> {
+        Ok(self.read_from_ext(r)?.map(Decoded::into_legacy))
+    }
+
+    /// Like [`Decoder::read_from`], but hands out extension messages as
+    /// [`Decoded::Ext`] (when enabled).
+    pub fn read_from_ext<R: Read + ?Sized>(
+        &mut self,
+        r: &mut R,
+    ) -> Result<Option<Decoded>, ProtocolError> {
         loop {
             match &mut self.phase {
                 Phase::Failed { .. } => return self.finish().map(|_| None),
@@ -273,6 +347,14 @@ impl Decoder {
             msg_type::PING | msg_type::PONG | msg_type::KEYFRAME_REQ => {
                 (0, l.max_small_payload as u64, 0)
             }
+            t if self.decodes_ext(t) => {
+                let (fixed, _) = ext::fixed_part(t).expect("known extension type");
+                let max = match t {
+                    ext_type::COMPACT_FRAME => fixed as u64 + l.max_pixel_bytes as u64,
+                    _ => l.max_small_payload as u64,
+                };
+                (fixed, max, fixed)
+            }
             _ => (0, l.max_skip_bytes as u64, 0),
         };
         if size as u64 > max {
@@ -310,6 +392,7 @@ impl Decoder {
             | msg_type::CONFIG_REQ
             | msg_type::CONFIG_RESP
             | msg_type::ERROR => None,
+            t if self.decodes_ext(t) => None,
             t => Some(Message::Skipped {
                 msg_type: t,
                 payload_size: size,
@@ -319,7 +402,7 @@ impl Decoder {
             self.phase = Phase::Skip {
                 msg_type: header.msg_type,
                 left: size as u64,
-                emit: Some((header, msg)),
+                emit: Some(Decoded::Legacy(header, msg)),
             };
             return Ok(());
         }
@@ -328,6 +411,7 @@ impl Decoder {
         let keeps_tail = match header.msg_type {
             msg_type::FRAME_REQUEST => header.flags & FLAG_PIXELS != 0,
             msg_type::FRAME_RESPONSE | msg_type::CONFIG_RESP => true,
+            t if self.decodes_ext(t) => ext::fixed_part(t).is_some_and(|(_, keeps)| keeps),
             _ => false,
         };
         let tail_len = size as usize - fixed;
@@ -347,9 +431,14 @@ impl Decoder {
 }
 
 impl Decoder {
+    /// Whether message type `t` is decoded as an extension message.
+    fn decodes_ext(&self, t: u8) -> bool {
+        self.extensions && ext_type::is_known(t)
+    }
+
     /// The body of a message is complete: build the message. Returns `None`
     /// when trailing bytes still have to be skipped before it is emitted.
-    fn finish_body(&mut self) -> Result<Option<(Header, Message)>, ProtocolError> {
+    fn finish_body(&mut self) -> Result<Option<Decoded>, ProtocolError> {
         let Phase::Body {
             header, skip_after, ..
         } = self.phase
@@ -359,6 +448,24 @@ impl Decoder {
         self.phase = Phase::Header;
         let tail = std::mem::take(&mut self.tail);
         let f = &self.fixed;
+        if self.decodes_ext(header.msg_type) {
+            let msg = ext::decode_body(header.msg_type, f, tail).map_err(|what| {
+                // The trailing bytes are still skipped: framing stays intact.
+                if skip_after > 0 {
+                    self.phase = Phase::Skip {
+                        msg_type: header.msg_type,
+                        left: skip_after,
+                        emit: None,
+                    };
+                }
+                ProtocolError::Malformed {
+                    msg_type: header.msg_type,
+                    offset: self.msg_start,
+                    what: format!("{}: {what}", ext_type::name(header.msg_type).unwrap_or("?")),
+                }
+            })?;
+            return Ok(self.emit_after_skip(Decoded::Ext(header, msg), skip_after));
+        }
         let msg = match header.msg_type {
             msg_type::FRAME_REQUEST => Message::FrameRequest {
                 request: FrameRequest::decode_fixed(f),
@@ -370,15 +477,20 @@ impl Decoder {
             msg_type::CONFIG_RESP => Message::ConfigResponse(tail),
             t => unreachable!("message type 0x{t:02x} has no body phase"),
         };
+        Ok(self.emit_after_skip(Decoded::Legacy(header, msg), skip_after))
+    }
+
+    /// Hands out `msg` now, or after `skip_after` trailing bytes are skipped.
+    fn emit_after_skip(&mut self, msg: Decoded, skip_after: u64) -> Option<Decoded> {
         if skip_after > 0 {
             self.phase = Phase::Skip {
-                msg_type: header.msg_type,
+                msg_type: msg.header().msg_type,
                 left: skip_after,
-                emit: Some((header, msg)),
+                emit: Some(msg),
             };
-            return Ok(self.finish_skip());
+            return self.finish_skip();
         }
-        Ok(Some((header, msg)))
+        Some(msg)
     }
 
     fn parse_response(&self, fixed: &[u8], tail: &[u8]) -> Result<FrameResponse, ProtocolError> {
@@ -434,7 +546,7 @@ impl Decoder {
 
     /// If a skip is complete, go back to reading headers and hand out what
     /// it was holding.
-    fn finish_skip(&mut self) -> Option<(Header, Message)> {
+    fn finish_skip(&mut self) -> Option<Decoded> {
         if let Phase::Skip { left: 0, emit, .. } = &mut self.phase {
             let emit = emit.take();
             self.phase = Phase::Header;

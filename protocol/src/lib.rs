@@ -14,9 +14,15 @@
 //! * [`layout`]: how pixels of each wire format are laid out, and the checks a
 //!   host applies to a guest's frame.
 //! * [`nal`]: normalisation of the NAL chunks of a response to Annex-B.
+//! * [`ext`]: the negotiated extensions of `vsockenc`/`vsockenc-host`
+//!   (HELLO, compact frames, errors that name their frame, drain).
+//! * [`compact`]: the compact frame codec (changed tiles, optional LZ4) and
+//!   the frame checksum that proves a rebuilt frame bit-identical.
 
+pub mod compact;
 pub mod decoder;
 pub mod error;
+pub mod ext;
 pub mod header;
 pub mod layout;
 pub mod limits;
@@ -24,8 +30,9 @@ pub mod message;
 pub mod nal;
 pub mod write;
 
-pub use decoder::Decoder;
+pub use decoder::{Decoded, Decoder};
 pub use error::ProtocolError;
+pub use ext::ExtMessage;
 pub use header::{msg_type, Header, FLAG_PIXELS, HEADER_LEN, LEGACY_SESSION_ID, MAGIC};
 pub use layout::{FrameLayout, LayoutError, WireFormat, MAX_DIMENSION};
 pub use limits::Limits;

@@ -75,7 +75,7 @@ impl FrameRequest {
         b
     }
 
-    fn encode_fixed(&self, b: &mut [u8]) {
+    pub(crate) fn encode_fixed(&self, b: &mut [u8]) {
         put_u32(b, 0, self.resource_id);
         put_u32(b, 4, self.width);
         put_u32(b, 8, self.height);

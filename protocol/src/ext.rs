@@ -1,0 +1,520 @@
+//! Negotiated extensions of HXFR, spoken only between `vsockenc` and
+//! `vsockenc-host` (see `docs/protocol.md` for the normative description).
+//!
+//! A guest announces itself with one [`Hello`]. A legacy host skips it like
+//! any unknown message type and never answers, so the guest keeps speaking
+//! legacy HXFR. `vsockenc-host` answers with a [`HelloAck`] naming the
+//! extensions it accepts; only after it has arrived does the guest use them.
+//!
+//! Extension messages use the type codes `0x40..=0x4F`, which no legacy peer
+//! uses ([`ext_type`]). A [`crate::Decoder`] decodes them only when told to
+//! ([`crate::Decoder::set_extensions`]); otherwise they come out as
+//! [`crate::Message::Skipped`], exactly as a legacy peer sees them.
+//!
+//! Layouts (offsets from the start of the message, header included; all
+//! integers little-endian, packed):
+//!
+//! | message | payload | layout |
+//! |---|---|---|
+//! | HELLO 0x40 | 44 | version u16 @12, reserved u16 @14, extensions u32 @16, tile_width u16 @20, tile_height u16 @22, agent 32 bytes NUL-padded @24 |
+//! | HELLO_ACK 0x41 | 44 | version u16 @12, reserved u16 @14, extensions u32 @16, max_frame_bytes u32 @20, agent 32 bytes @24 |
+//! | COMPACT_FRAME 0x42 | 68 + bitmap + data | FRAME_REQUEST fixed part @12..56, ref_index u32 @56, tile_width u16 @60, tile_height u16 @62, encoding u8 @64, 3 reserved, changed_tiles u32 @68, data_len u32 @72, raw_len u32 @76, bitmap @80, data |
+//! | ERROR_PTS 0x43 | 20 + text | pts i64 @12, frame_index u32 @20, code i32 @24, text_len u32 @28, text (UTF-8) @32 |
+//! | DRAIN 0x44 | 8 | token u64 @12 |
+//! | DRAIN_DONE 0x45 | 8 | token u64 @12 |
+//! | FRAME_CHECKSUM 0x46 | 24 | pts i64 @12, frame_index u32 @20, flags u32 @24, checksum u64 @28 |
+//!
+//! Like the legacy messages, a payload may be longer than its fixed part (a
+//! newer peer may append fields); the extra bytes are ignored.
+
+use crate::header::{Header, HEADER_LEN};
+use crate::message::{get_i64, get_u32, put_u32, FrameRequest, FRAME_REQUEST_FIXED};
+
+/// Version of the extension protocol this crate speaks.
+pub const EXT_VERSION: u16 = 1;
+
+/// Message type codes of the extensions. The whole range `0x40..=0x4F` is
+/// reserved for them; codes without a meaning yet decode as `Skipped`.
+pub mod ext_type {
+    pub const HELLO: u8 = 0x40;
+    pub const HELLO_ACK: u8 = 0x41;
+    pub const COMPACT_FRAME: u8 = 0x42;
+    pub const ERROR_PTS: u8 = 0x43;
+    pub const DRAIN: u8 = 0x44;
+    pub const DRAIN_DONE: u8 = 0x45;
+    pub const FRAME_CHECKSUM: u8 = 0x46;
+    /// First and last code reserved for extensions.
+    pub const FIRST: u8 = 0x40;
+    pub const LAST: u8 = 0x4F;
+
+    /// Whether `t` is one of the codes this crate decodes as an extension.
+    pub fn is_known(t: u8) -> bool {
+        (HELLO..=FRAME_CHECKSUM).contains(&t)
+    }
+
+    /// Human-readable name, `None` for anything else.
+    pub fn name(t: u8) -> Option<&'static str> {
+        Some(match t {
+            HELLO => "HELLO",
+            HELLO_ACK => "HELLO_ACK",
+            COMPACT_FRAME => "COMPACT_FRAME",
+            ERROR_PTS => "ERROR_PTS",
+            DRAIN => "DRAIN",
+            DRAIN_DONE => "DRAIN_DONE",
+            FRAME_CHECKSUM => "FRAME_CHECKSUM",
+            _ => return None,
+        })
+    }
+}
+
+/// Extension bits of [`Hello::extensions`] and [`HelloAck::extensions`].
+pub mod ext_bits {
+    /// COMPACT_FRAME: only the tiles that changed since the reference frame.
+    pub const COMPACT: u32 = 1 << 0;
+    /// COMPACT_FRAME tile data may be LZ4-compressed (needs [`COMPACT`]).
+    pub const LZ4: u32 = 1 << 1;
+    /// Frame errors come as ERROR_PTS, naming the frame.
+    pub const ERROR_PTS: u32 = 1 << 2;
+    /// DRAIN / DRAIN_DONE handshake.
+    pub const DRAIN: u32 = 1 << 3;
+    /// FRAME_CHECKSUM for every frame the host receives (tests, debugging:
+    /// it costs the host one pass over every frame). Only negotiated when a
+    /// guest explicitly asks for it.
+    pub const FRAME_CHECKSUM: u32 = 1 << 4;
+    /// Every bit this crate knows.
+    pub const KNOWN: u32 = COMPACT | LZ4 | ERROR_PTS | DRAIN | FRAME_CHECKSUM;
+
+    /// Names of the bits set in `mask`, for logs (`"COMPACT|LZ4"`, `"none"`).
+    pub fn describe(mask: u32) -> String {
+        let names = [
+            (COMPACT, "COMPACT"),
+            (LZ4, "LZ4"),
+            (ERROR_PTS, "ERROR_PTS"),
+            (DRAIN, "DRAIN"),
+            (FRAME_CHECKSUM, "FRAME_CHECKSUM"),
+        ];
+        let mut parts: Vec<String> = names
+            .iter()
+            .filter(|(b, _)| mask & b != 0)
+            .map(|(_, n)| n.to_string())
+            .collect();
+        let unknown = mask & !KNOWN;
+        if unknown != 0 {
+            parts.push(format!("0x{unknown:x}"));
+        }
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join("|")
+        }
+    }
+}
+
+/// The extensions a host accepts: what the guest asked for, the host
+/// supports and this crate knows; LZ4 only together with COMPACT.
+pub fn negotiate(requested: u32, supported: u32) -> u32 {
+    let mut accepted = requested & supported & ext_bits::KNOWN;
+    if accepted & ext_bits::COMPACT == 0 {
+        accepted &= !ext_bits::LZ4;
+    }
+    accepted
+}
+
+/// Size of the NUL-padded agent string of HELLO and HELLO_ACK.
+pub const AGENT_LEN: usize = 32;
+/// Payload of HELLO.
+pub const HELLO_FIXED: usize = 12 + AGENT_LEN;
+/// Payload of HELLO_ACK.
+pub const HELLO_ACK_FIXED: usize = 12 + AGENT_LEN;
+/// Fixed part of a COMPACT_FRAME payload (before bitmap and tile data).
+pub const COMPACT_FIXED: usize = FRAME_REQUEST_FIXED + 24;
+/// Fixed part of an ERROR_PTS payload (before the text).
+pub const ERROR_PTS_FIXED: usize = 20;
+/// Longest ERROR_PTS text this crate sends.
+pub const ERROR_PTS_MAX_TEXT: usize = 1024;
+/// Payload of DRAIN and DRAIN_DONE.
+pub const DRAIN_FIXED: usize = 8;
+/// Payload of FRAME_CHECKSUM.
+pub const FRAME_CHECKSUM_FIXED: usize = 24;
+
+/// HELLO (guest → host): the guest's announcement.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Hello {
+    pub version: u16,
+    /// [`ext_bits`] the guest supports and wants.
+    pub extensions: u32,
+    /// Tile size the guest intends to use for COMPACT_FRAME (informative;
+    /// every COMPACT_FRAME names its own). 0 when it does not matter.
+    pub tile_width: u16,
+    pub tile_height: u16,
+    /// Free text naming the guest software, up to 31 bytes on the wire.
+    pub agent: String,
+}
+
+/// HELLO_ACK (host → guest): the extensions the host accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HelloAck {
+    /// The version both sides speak: the lower of the two.
+    pub version: u16,
+    /// A subset of the HELLO's extensions (see [`negotiate`]).
+    pub extensions: u32,
+    /// Largest pixel block the host accepts (its `--max-frame-bytes`); 0 if
+    /// it does not say.
+    pub max_frame_bytes: u32,
+    /// Free text naming the host software, up to 31 bytes on the wire.
+    pub agent: String,
+}
+
+/// How the tile data of a COMPACT_FRAME is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TileEncoding {
+    /// The changed tiles' bytes as they are.
+    #[default]
+    Raw,
+    /// One LZ4 block (no frame header) that decompresses to exactly
+    /// `raw_len` bytes.
+    Lz4,
+}
+
+impl TileEncoding {
+    pub fn to_u8(self) -> u8 {
+        match self {
+            TileEncoding::Raw => 0,
+            TileEncoding::Lz4 => 1,
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(TileEncoding::Raw),
+            1 => Some(TileEncoding::Lz4),
+            _ => None,
+        }
+    }
+}
+
+/// The fixed part of a COMPACT_FRAME.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CompactHeader {
+    /// The frame as a FRAME_REQUEST would describe it. `resource_id` is 0;
+    /// `stride` is the stride of the rebuilt frame, equal to the reference
+    /// frame's.
+    pub request: FrameRequest,
+    /// Index of the reference frame: frame messages (FRAME_REQUEST and
+    /// COMPACT_FRAME) on this connection are numbered from 0 in the order
+    /// they are sent.
+    pub ref_index: u32,
+    /// Tile size in pixels (of plane 0): multiples of 8 in 8..=1024.
+    pub tile_width: u16,
+    pub tile_height: u16,
+    pub encoding: TileEncoding,
+    /// Number of bits set in the bitmap.
+    pub changed_tiles: u32,
+    /// Bytes of tile data on the wire (after the bitmap).
+    pub data_len: u32,
+    /// Bytes of tile data once decompressed (equal to `data_len` when raw).
+    pub raw_len: u32,
+}
+
+impl CompactHeader {
+    /// Bytes of the changed-tile bitmap for this frame's geometry (0 if the
+    /// geometry is invalid; the frame is then rejected when applied).
+    pub fn bitmap_len(&self) -> usize {
+        let (w, h) = (self.request.width as usize, self.request.height as usize);
+        let (tw, th) = (self.tile_width as usize, self.tile_height as usize);
+        if tw == 0 || th == 0 {
+            return 0;
+        }
+        (w.div_ceil(tw) * h.div_ceil(th)).div_ceil(8)
+    }
+
+    /// Payload size of the COMPACT_FRAME this header describes.
+    pub fn payload_size(&self) -> usize {
+        COMPACT_FIXED + self.bitmap_len() + self.data_len as usize
+    }
+
+    /// Header and fixed part, ready to be followed by the bitmap and the
+    /// tile data.
+    pub fn encode_prefix(&self, session_id: u16) -> [u8; HEADER_LEN + COMPACT_FIXED] {
+        let mut b = [0u8; HEADER_LEN + COMPACT_FIXED];
+        let payload = u32::try_from(self.payload_size())
+            .expect("COMPACT_FRAME larger than 4 GiB cannot be framed");
+        b[..HEADER_LEN].copy_from_slice(
+            &Header::new(ext_type::COMPACT_FRAME, 0, session_id, payload).to_bytes(),
+        );
+        let p = &mut b[HEADER_LEN..];
+        self.request.encode_fixed(&mut p[..FRAME_REQUEST_FIXED]);
+        let q = &mut p[FRAME_REQUEST_FIXED..];
+        put_u32(q, 0, self.ref_index);
+        q[4..6].copy_from_slice(&self.tile_width.to_le_bytes());
+        q[6..8].copy_from_slice(&self.tile_height.to_le_bytes());
+        q[8] = self.encoding.to_u8();
+        // 9..12 reserved
+        put_u32(q, 12, self.changed_tiles);
+        put_u32(q, 16, self.data_len);
+        put_u32(q, 20, self.raw_len);
+        b
+    }
+
+    /// Parses the fixed part; `Err` names what is wrong.
+    pub(crate) fn decode_fixed(b: &[u8]) -> Result<Self, String> {
+        let q = &b[FRAME_REQUEST_FIXED..];
+        let encoding = TileEncoding::from_u8(q[8])
+            .ok_or_else(|| format!("unknown tile encoding {} (0 raw, 1 LZ4)", q[8]))?;
+        Ok(CompactHeader {
+            request: FrameRequest::decode_fixed(b),
+            ref_index: get_u32(q, 0),
+            tile_width: u16::from_le_bytes([q[4], q[5]]),
+            tile_height: u16::from_le_bytes([q[6], q[7]]),
+            encoding,
+            changed_tiles: get_u32(q, 12),
+            data_len: get_u32(q, 16),
+            raw_len: get_u32(q, 20),
+        })
+    }
+}
+
+/// A decoded COMPACT_FRAME: its fixed part and the bitmap followed by the
+/// tile data, kept in one buffer as they arrived (no copy).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CompactFrame {
+    pub header: CompactHeader,
+    /// Bitmap, then tile data. Its length is checked by the decoder.
+    pub body: Vec<u8>,
+}
+
+impl CompactFrame {
+    /// One bit per tile, tile `i = ty * tiles_x + tx` at bit `i % 8` of byte
+    /// `i / 8`.
+    pub fn bitmap(&self) -> &[u8] {
+        &self.body[..self.header.bitmap_len().min(self.body.len())]
+    }
+
+    /// The changed tiles' bytes, raw or compressed.
+    pub fn data(&self) -> &[u8] {
+        &self.body[self.header.bitmap_len().min(self.body.len())..]
+    }
+}
+
+/// ERROR_PTS (host → guest): an error that names its frame.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ErrorPts {
+    /// pts of the failed frame; [`PTS_UNKNOWN`] when the host could not
+    /// read it (the frame was refused before its fields were read).
+    pub pts: i64,
+    /// Index of the failed frame on this connection (see
+    /// [`CompactHeader::ref_index`]).
+    pub frame_index: u32,
+    /// One of [`crate::error_code`].
+    pub code: i32,
+    pub message: String,
+}
+
+/// [`ErrorPts::pts`] of a frame whose pts the host never read.
+pub const PTS_UNKNOWN: i64 = i64::MIN;
+
+/// FRAME_CHECKSUM flag: the frame was rebuilt from a COMPACT_FRAME.
+pub const CHECKSUM_FLAG_REBUILT: u32 = 1;
+
+/// FRAME_CHECKSUM (host → guest): a checksum of the frame as the host will
+/// encode it. See [`crate::compact::checksum`] for what is hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FrameChecksum {
+    pub pts: i64,
+    pub frame_index: u32,
+    /// [`CHECKSUM_FLAG_REBUILT`] or 0.
+    pub flags: u32,
+    pub checksum: u64,
+}
+
+/// One decoded extension message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtMessage {
+    Hello(Hello),
+    HelloAck(HelloAck),
+    CompactFrame(CompactFrame),
+    ErrorPts(ErrorPts),
+    /// Guest → host: answer with DRAIN_DONE once every earlier frame of this
+    /// connection has been answered.
+    Drain {
+        token: u64,
+    },
+    /// Host → guest: every frame before the DRAIN with this token has had
+    /// its response (FRAME_RESPONSE or ERROR_PTS) sent.
+    DrainDone {
+        token: u64,
+    },
+    FrameChecksum(FrameChecksum),
+}
+
+impl ExtMessage {
+    pub fn msg_type(&self) -> u8 {
+        match self {
+            ExtMessage::Hello(_) => ext_type::HELLO,
+            ExtMessage::HelloAck(_) => ext_type::HELLO_ACK,
+            ExtMessage::CompactFrame(_) => ext_type::COMPACT_FRAME,
+            ExtMessage::ErrorPts(_) => ext_type::ERROR_PTS,
+            ExtMessage::Drain { .. } => ext_type::DRAIN,
+            ExtMessage::DrainDone { .. } => ext_type::DRAIN_DONE,
+            ExtMessage::FrameChecksum(_) => ext_type::FRAME_CHECKSUM,
+        }
+    }
+
+    /// The whole message, header included. A COMPACT_FRAME is better sent
+    /// with [`crate::compact::CompactEncoder`], which does not copy pixels.
+    pub fn encode(&self, session_id: u16) -> Vec<u8> {
+        let mut payload = Vec::new();
+        match self {
+            ExtMessage::Hello(h) => {
+                payload.extend_from_slice(&h.version.to_le_bytes());
+                payload.extend_from_slice(&[0, 0]);
+                payload.extend_from_slice(&h.extensions.to_le_bytes());
+                payload.extend_from_slice(&h.tile_width.to_le_bytes());
+                payload.extend_from_slice(&h.tile_height.to_le_bytes());
+                payload.extend_from_slice(&agent_bytes(&h.agent));
+            }
+            ExtMessage::HelloAck(a) => {
+                payload.extend_from_slice(&a.version.to_le_bytes());
+                payload.extend_from_slice(&[0, 0]);
+                payload.extend_from_slice(&a.extensions.to_le_bytes());
+                payload.extend_from_slice(&a.max_frame_bytes.to_le_bytes());
+                payload.extend_from_slice(&agent_bytes(&a.agent));
+            }
+            ExtMessage::CompactFrame(c) => {
+                let mut out = c.header.encode_prefix(session_id).to_vec();
+                out.extend_from_slice(&c.body);
+                // Keep the header honest even for a hand-built body.
+                let size = (out.len() - HEADER_LEN) as u32;
+                out[8..12].copy_from_slice(&size.to_le_bytes());
+                return out;
+            }
+            ExtMessage::ErrorPts(e) => {
+                let text = cut_at_char_boundary(&e.message, ERROR_PTS_MAX_TEXT);
+                payload.extend_from_slice(&e.pts.to_le_bytes());
+                payload.extend_from_slice(&e.frame_index.to_le_bytes());
+                payload.extend_from_slice(&e.code.to_le_bytes());
+                payload.extend_from_slice(&(text.len() as u32).to_le_bytes());
+                payload.extend_from_slice(text.as_bytes());
+            }
+            ExtMessage::Drain { token } | ExtMessage::DrainDone { token } => {
+                payload.extend_from_slice(&token.to_le_bytes());
+            }
+            ExtMessage::FrameChecksum(c) => {
+                payload.extend_from_slice(&c.pts.to_le_bytes());
+                payload.extend_from_slice(&c.frame_index.to_le_bytes());
+                payload.extend_from_slice(&c.flags.to_le_bytes());
+                payload.extend_from_slice(&c.checksum.to_le_bytes());
+            }
+        }
+        let header = Header::new(self.msg_type(), 0, session_id, payload.len() as u32);
+        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+        out.extend_from_slice(&header.to_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+}
+
+/// Minimum payload, and whether the bytes after the fixed part are kept
+/// (`true`) or skipped, for each known extension type.
+pub(crate) fn fixed_part(t: u8) -> Option<(usize, bool)> {
+    Some(match t {
+        ext_type::HELLO => (HELLO_FIXED, false),
+        ext_type::HELLO_ACK => (HELLO_ACK_FIXED, false),
+        ext_type::COMPACT_FRAME => (COMPACT_FIXED, true),
+        ext_type::ERROR_PTS => (ERROR_PTS_FIXED, true),
+        ext_type::DRAIN | ext_type::DRAIN_DONE => (DRAIN_FIXED, false),
+        ext_type::FRAME_CHECKSUM => (FRAME_CHECKSUM_FIXED, false),
+        _ => return None,
+    })
+}
+
+/// Builds a message from its fixed part and kept tail. `Err` is the text of
+/// a `Malformed` error.
+pub(crate) fn decode_body(t: u8, f: &[u8], tail: Vec<u8>) -> Result<ExtMessage, String> {
+    Ok(match t {
+        ext_type::HELLO => ExtMessage::Hello(Hello {
+            version: u16::from_le_bytes([f[0], f[1]]),
+            extensions: get_u32(f, 4),
+            tile_width: u16::from_le_bytes([f[8], f[9]]),
+            tile_height: u16::from_le_bytes([f[10], f[11]]),
+            agent: agent_string(&f[12..12 + AGENT_LEN]),
+        }),
+        ext_type::HELLO_ACK => ExtMessage::HelloAck(HelloAck {
+            version: u16::from_le_bytes([f[0], f[1]]),
+            extensions: get_u32(f, 4),
+            max_frame_bytes: get_u32(f, 8),
+            agent: agent_string(&f[12..12 + AGENT_LEN]),
+        }),
+        ext_type::COMPACT_FRAME => {
+            let header = CompactHeader::decode_fixed(f)?;
+            let want = header.bitmap_len() as u64 + header.data_len as u64;
+            if want != tail.len() as u64 {
+                return Err(format!(
+                    "bitmap ({} bytes for {}x{} in {}x{} tiles) and data_len {} add up to {want} bytes, but {} follow the fixed part",
+                    header.bitmap_len(),
+                    header.request.width,
+                    header.request.height,
+                    header.tile_width,
+                    header.tile_height,
+                    header.data_len,
+                    tail.len()
+                ));
+            }
+            ExtMessage::CompactFrame(CompactFrame { header, body: tail })
+        }
+        ext_type::ERROR_PTS => {
+            let text_len = get_u32(f, 16) as usize;
+            if text_len > tail.len() {
+                return Err(format!(
+                    "text_len {text_len} exceeds the {} bytes that follow",
+                    tail.len()
+                ));
+            }
+            let text = &tail[..text_len];
+            let end = text.iter().position(|&c| c == 0).unwrap_or(text.len());
+            ExtMessage::ErrorPts(ErrorPts {
+                pts: get_i64(f, 0),
+                frame_index: get_u32(f, 8),
+                code: i32::from_le_bytes([f[12], f[13], f[14], f[15]]),
+                message: String::from_utf8_lossy(&text[..end]).into_owned(),
+            })
+        }
+        ext_type::DRAIN => ExtMessage::Drain {
+            token: u64::from_le_bytes(f[..8].try_into().unwrap()),
+        },
+        ext_type::DRAIN_DONE => ExtMessage::DrainDone {
+            token: u64::from_le_bytes(f[..8].try_into().unwrap()),
+        },
+        ext_type::FRAME_CHECKSUM => ExtMessage::FrameChecksum(FrameChecksum {
+            pts: get_i64(f, 0),
+            frame_index: get_u32(f, 8),
+            flags: get_u32(f, 12),
+            checksum: u64::from_le_bytes(f[16..24].try_into().unwrap()),
+        }),
+        t => unreachable!("0x{t:02x} is not a known extension type"),
+    })
+}
+
+fn cut_at_char_boundary(s: &str, max: usize) -> &str {
+    let mut n = s.len().min(max);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    &s[..n]
+}
+
+fn agent_bytes(agent: &str) -> [u8; AGENT_LEN] {
+    let mut b = [0u8; AGENT_LEN];
+    let s = cut_at_char_boundary(agent, AGENT_LEN - 1);
+    b[..s.len()].copy_from_slice(s.as_bytes());
+    b
+}
+
+fn agent_string(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+// The documented sizes, checked at compile time.
+const _: () = assert!(COMPACT_FIXED == 68);
+const _: () = assert!(HELLO_FIXED == 44 && HELLO_ACK_FIXED == 44);
