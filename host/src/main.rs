@@ -1,6 +1,248 @@
-//! `vsockenc-host`: placeholder until the daemon lands (issue 4).
+//! `vsockenc-host`: the host-side H.264 encoder daemon for vsockenc guests.
+//!
+//! * `cli.rs`: flags and `--help`.
+//! * `listen.rs`: listen addresses, binding, the Unix socket lock and
+//!   stale-socket rules.
+//! * `conn.rs`: an accepted connection of any transport.
+//! * `client.rs`: one guest: request decoding and validation, the in-flight
+//!   limit, responses in request order.
+//! * `encoder.rs`: encoder choice and the GStreamer encoding session.
+//! * `stats.rs`: per-client statistics.
+//! * `shutdown.rs`: SIGINT/SIGTERM.
+//! * `log.rs`: stderr logging.
 
-fn main() {
-    eprintln!("vsockenc-host: the daemon is not implemented yet");
-    std::process::exit(2);
+#[macro_use]
+mod log;
+mod cli;
+mod client;
+mod conn;
+mod encoder;
+mod listen;
+mod shutdown;
+mod stats;
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::cli::Cli;
+use crate::client::ClientConfig;
+use crate::conn::Conn;
+use crate::listen::{ListenAddr, Listener};
+use crate::shutdown::{Signals, SHUTDOWN};
+use crate::stats::{ClientStats, Registry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    log::set_level(cli.log_level);
+    let signals = match shutdown::install() {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot install signal handling: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match run(cli, signals) {
+        Ok(()) => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli, signals: Signals) -> anyhow::Result<()> {
+    gst::init().context("cannot initialise GStreamer")?;
+    let choice = encoder::choose(&cli.encoder)?;
+    info!("encoder: {} ({})", choice.factory, choice.reason);
+
+    let listeners = bind_all(&cli)?;
+    for l in &listeners {
+        info!("listening on {}", l.addr);
+    }
+
+    let limits = hxfr::Limits {
+        max_pixel_bytes: cli.max_frame_bytes,
+        ..hxfr::Limits::default()
+    };
+    let cfg = Arc::new(ClientConfig {
+        encoder: choice,
+        default_bitrate_kbps: cli.bitrate,
+        max_in_flight: cli.max_in_flight as usize,
+        limits,
+        write_timeout: cli.write_timeout(),
+        encode_timeout: cli.encode_timeout(),
+        drain_timeout: cli.shutdown_timeout().min(Duration::from_secs(5)),
+    });
+    let registry = Arc::new(Registry::default());
+    if cli.stats_interval > 0 {
+        let (registry, every) = (registry.clone(), Duration::from_secs(cli.stats_interval));
+        std::thread::Builder::new()
+            .name("stats".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                registry.report();
+            })?;
+    }
+
+    let active = Arc::new((Mutex::new(0u32), Condvar::new()));
+    accept_loop(&listeners, &signals, &cli, &cfg, &registry, &active);
+
+    // Stop accepting: close the listeners and remove their socket files.
+    drop(listeners);
+    let deadline = Instant::now() + cli.shutdown_timeout();
+    let (count, cv) = &*active;
+    let mut n = count.lock().unwrap();
+    while *n > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            warn!(
+                "{n} client(s) still finishing after {:?}; exiting anyway",
+                cli.shutdown_timeout()
+            );
+            break;
+        }
+        n = cv.wait_timeout(n, left).unwrap().0;
+    }
+    Ok(())
+}
+
+fn bind_all(cli: &Cli) -> anyhow::Result<Vec<Listener>> {
+    let mut listeners = Vec::new();
+    if cli.listen.is_empty() {
+        match listen::vsock_available(cli::DEFAULT_VSOCK_PORT) {
+            Ok(()) => listeners.push(Listener::bind(
+                &ListenAddr::Vsock {
+                    cid: listen::VSOCK_CID_ANY,
+                    port: cli::DEFAULT_VSOCK_PORT,
+                },
+                cli.socket_mode,
+            )?),
+            Err(e) => info!(
+                "not listening on vsock:{}: {e} (load vhost_vsock for VM guests over AF_VSOCK)",
+                cli::DEFAULT_VSOCK_PORT
+            ),
+        }
+        let tcp: ListenAddr = cli::DEFAULT_TCP.parse().expect("valid default");
+        listeners.push(Listener::bind(&tcp, cli.socket_mode)?);
+    }
+    for addr in &cli.listen {
+        listeners.push(Listener::bind(addr, cli.socket_mode)?);
+    }
+    Ok(listeners)
+}
+
+fn accept_loop(
+    listeners: &[Listener],
+    signals: &Signals,
+    cli: &Cli,
+    cfg: &Arc<ClientConfig>,
+    registry: &Arc<Registry>,
+    active: &Arc<(Mutex<u32>, Condvar)>,
+) {
+    let mut fds: Vec<libc::pollfd> = listeners
+        .iter()
+        .map(|l| l.raw_fd())
+        .chain([signals.wake_fd()])
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let mut next_id = 1u64;
+    while !SHUTDOWN.load(Ordering::SeqCst) {
+        // SAFETY: fds is a valid array of pollfd for the call.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                error!("poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            continue;
+        }
+        for (i, l) in listeners.iter().enumerate() {
+            if fds[i].revents == 0 {
+                continue;
+            }
+            loop {
+                match l.accept() {
+                    Ok(Some((conn, peer))) => {
+                        let peer: Arc<str> = format!("{peer}#{next_id}").into();
+                        next_id += 1;
+                        start_client(conn, peer, cli, cfg, registry, active);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!("{}: accept failed: {e}", l.addr);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn start_client(
+    conn: Conn,
+    peer: Arc<str>,
+    cli: &Cli,
+    cfg: &Arc<ClientConfig>,
+    registry: &Arc<Registry>,
+    active: &Arc<(Mutex<u32>, Condvar)>,
+) {
+    {
+        let mut n = active.0.lock().unwrap();
+        if *n >= cli.max_clients {
+            warn!(
+                "{peer}: refused: already serving {n} clients (--max-clients {})",
+                cli.max_clients
+            );
+            refuse(&conn, cli.max_clients);
+            return;
+        }
+        *n += 1;
+    }
+    info!("{peer}: connected");
+    let stats = Arc::new(ClientStats::default());
+    registry.register(&peer, &stats);
+    let (cfg, active_count) = (cfg.clone(), active.clone());
+    let spawned = std::thread::Builder::new()
+        .name("client".into())
+        .spawn(move || {
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                client::serve(conn, peer.clone(), cfg, stats, &SHUTDOWN)
+            }));
+            if res.is_err() {
+                error!("{peer}: the client thread panicked; connection closed, daemon continues");
+            }
+            let (count, cv) = &*active_count;
+            *count.lock().unwrap() -= 1;
+            cv.notify_all();
+        });
+    if let Err(e) = spawned {
+        error!("cannot start a client thread: {e}");
+        *active.0.lock().unwrap() -= 1;
+    }
+}
+
+/// Tells a client over the limit why it is closed.
+fn refuse(conn: &Conn, limit: u32) {
+    use std::io::Write;
+    let _ = conn.set_write_timeout(Duration::from_millis(200));
+    let e = hxfr::ErrorMessage::new(
+        hxfr::error_code::INTERNAL,
+        format!("vsockenc-host is serving its maximum of {limit} clients; try again later"),
+    );
+    let mut w: &Conn = conn;
+    let _ = w.write_all(&hxfr::Message::Error(e).encode(hxfr::LEGACY_SESSION_ID));
+    conn.shutdown();
 }

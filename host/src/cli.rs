@@ -1,0 +1,145 @@
+//! Command-line interface.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::listen::ListenAddr;
+use crate::log::Level;
+
+pub const DEFAULT_VSOCK_PORT: u32 = 5000;
+pub const DEFAULT_TCP: &str = "tcp:127.0.0.1:15937";
+
+const ABOUT: &str = "Host-side H.264 encoder daemon for vsockenc guests.
+
+Guests (the vsockenc GStreamer element, or the legacy gstvsockenc) send raw
+frames over AF_VSOCK, TCP or a Unix socket using the HXFR protocol; the daemon
+encodes each connection's frames with its own GStreamer encoding session and
+sends the H.264 access units back, in request order, on the same connection.";
+
+const AFTER_HELP: &str = "\
+Listen addresses (--listen, repeatable):
+  unix:/path/to/socket   Unix stream socket. Firecracker, cloud-hypervisor and
+                         vhost-device-vsock map a guest's AF_VSOCK connection to
+                         host port P onto the Unix socket <uds_path>_P, so for a
+                         guest connecting to port 5000 listen on
+                         unix:<uds_path>_5000. A lock file <path>.lock is held
+                         while the daemon runs; a socket file left by a crashed
+                         daemon is detected (lock free, connect refused) and
+                         replaced; the socket file is removed on shutdown.
+  tcp:HOST:PORT          TCP, e.g. tcp:127.0.0.1:15937 (QEMU user networking
+                         guests reach it as 10.0.2.2:15937). Frames cross the
+                         socket unencrypted: binding anything but loopback is
+                         allowed but warned about. Port 0 picks a free port.
+  vsock:PORT             AF_VSOCK, any CID (needs the vhost_vsock module).
+  vsock:CID:PORT         AF_VSOCK, one local CID.
+  Without --listen: vsock:5000 when the host has AF_VSOCK (an AF_VSOCK socket
+  can be opened and bound), and tcp:127.0.0.1:15937.
+
+Encoders (--encoder auto): the first usable of vtenc_h264_hw, nvh264enc,
+vah264enc, vaapih264enc, qsvh264enc, x264enc, openh264enc. Each known encoder
+is set up for low latency (no B-frames, zero-latency tuning, bitrate from the
+guest's CONFIG_REQ or --bitrate, keyframes on request).
+
+Exit status: 0 after a clean shutdown (SIGINT/SIGTERM: stop accepting, finish
+in-flight encodes for a bounded time, send their responses, remove socket
+files; a second signal exits at once), 1 when the daemon cannot start (an
+address is in use, another vsockenc-host already listens on a Unix path, no
+encoder), 2 for a usage error.";
+
+#[derive(Debug, Parser)]
+#[command(name = "vsockenc-host", version, about = ABOUT, long_about = ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Address to listen on: unix:PATH, tcp:HOST:PORT, vsock:PORT or
+    /// vsock:CID:PORT (repeatable; see below for the default).
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<ListenAddr>,
+
+    /// `auto` or a GStreamer H.264 encoder element factory (e.g. x264enc).
+    #[arg(long, value_name = "auto|FACTORY", default_value = "auto")]
+    pub encoder: String,
+
+    /// Bitrate in kbit/s for sessions whose guest sent no CONFIG_REQ.
+    #[arg(long, value_name = "KBPS", default_value_t = 4000, value_parser = clap::value_parser!(u32).range(1..=2_000_000))]
+    pub bitrate: u32,
+
+    /// Most guests served at once; more are sent an ERROR and closed.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_clients: u32,
+
+    /// Largest pixel block of one frame, in bytes; larger frames get an
+    /// ERROR and are skipped without being buffered.
+    #[arg(long, value_name = "N", default_value_t = 64 << 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_frame_bytes: u32,
+
+    /// Frames (and other responses) one client may have pending; reading
+    /// from that client pauses while the limit is reached, which bounds
+    /// the memory a client can make the daemon hold.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_in_flight: u32,
+
+    /// Permissions of Unix socket files, in octal.
+    #[arg(long, value_name = "OCTAL", default_value = "0600", value_parser = parse_mode)]
+    pub socket_mode: u32,
+
+    /// Seconds between per-client statistics lines (0 = only at disconnect).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub stats_interval: u64,
+
+    /// Seconds a client may leave responses unread (its socket buffer full)
+    /// before it is disconnected.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_timeout: u64,
+
+    /// Seconds to wait for one frame's encoded output before answering it
+    /// with an ERROR (encode failed).
+    #[arg(long, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub encode_timeout: u64,
+
+    /// Seconds to finish in-flight encodes on SIGINT/SIGTERM before exiting.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub shutdown_timeout: u64,
+
+    /// Log level of the lines written to stderr.
+    #[arg(long, value_enum, value_name = "LEVEL", default_value = "info")]
+    pub log_level: Level,
+}
+
+impl Cli {
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout)
+    }
+    pub fn encode_timeout(&self) -> Duration {
+        Duration::from_secs(self.encode_timeout)
+    }
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout)
+    }
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let mode = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|e| format!("{s:?} is not an octal mode: {e}"))?;
+    if mode > 0o7777 {
+        return Err(format!("{s:?} is larger than 07777"));
+    }
+    Ok(mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn modes_are_octal() {
+        assert_eq!(parse_mode("0600"), Ok(0o600));
+        assert_eq!(parse_mode("660"), Ok(0o660));
+        assert!(parse_mode("0800").is_err());
+    }
+}

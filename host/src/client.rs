@@ -1,0 +1,507 @@
+//! One guest connection: a reader that decodes and validates requests and
+//! feeds the encoding session, and a writer that sends the responses back
+//! strictly in request order.
+//!
+//! The two threads share only a bounded queue of [`Outgoing`] items (its
+//! capacity is the per-client in-flight limit: the reader pauses when it is
+//! full) and a `dead` flag. Once the guest is gone the flag is set and the
+//! writer never writes again; the encoding session is dropped with the
+//! connection, so nothing of it can reach a later connection.
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hxfr::{
+    error_code, msg_type, ConfigRequest, Decoder, ErrorMessage, FrameLayout, FrameRequest, Header,
+    Limits, Message, ProtocolError,
+};
+
+use crate::conn::Conn;
+use crate::encoder::{encode_failed, EncoderChoice, Job, Params, Reply, Session, SessionKey};
+use crate::stats::ClientStats;
+
+/// How often blocked reads and waits look at the shutdown flag.
+const POLL: Duration = Duration::from_millis(200);
+
+/// What every client of this daemon is configured with.
+pub struct ClientConfig {
+    pub encoder: EncoderChoice,
+    pub default_bitrate_kbps: u32,
+    pub max_in_flight: usize,
+    pub limits: Limits,
+    pub write_timeout: Duration,
+    pub encode_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+/// One response to send, in request order.
+enum Outgoing {
+    /// A complete message (PONG, ERROR).
+    Now(Vec<u8>),
+    /// A frame whose response the encoder will deliver.
+    Frame {
+        pts: i64,
+        session_id: u16,
+        reply: Receiver<Reply>,
+    },
+}
+
+/// Why the reader stopped.
+enum End {
+    /// The guest closed or reset the connection: discard in-flight work.
+    Gone,
+    /// The daemon is shutting down: finish in-flight work first.
+    Shutdown,
+    /// The stream is garbage (bad magic) or the writer gave up: close.
+    Broken,
+}
+
+/// Serves one connection until it ends. `peer` names it in every log line.
+pub fn serve(
+    conn: Conn,
+    peer: Arc<str>,
+    cfg: Arc<ClientConfig>,
+    stats: Arc<ClientStats>,
+    shutdown: &AtomicBool,
+) {
+    let conn = Arc::new(conn);
+    if let Err(e) = conn
+        .set_read_timeout(POLL)
+        .and_then(|_| conn.set_write_timeout(POLL))
+    {
+        warn!("{peer}: cannot set socket timeouts: {e}; closing");
+        return;
+    }
+    let (tx, rx) = mpsc::sync_channel::<Outgoing>(cfg.max_in_flight);
+    let dead = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (conn, peer, cfg, stats, dead) = (
+            conn.clone(),
+            peer.clone(),
+            cfg.clone(),
+            stats.clone(),
+            dead.clone(),
+        );
+        std::thread::Builder::new()
+            .name("client-writer".into())
+            .spawn(move || write_responses(&conn, &peer, &cfg, &stats, rx, &dead))
+    };
+    let writer = match writer {
+        Ok(w) => w,
+        Err(e) => {
+            error!("{peer}: cannot start the writer thread: {e}");
+            return;
+        }
+    };
+
+    let mut reader = Reader {
+        conn: &conn,
+        peer: &peer,
+        cfg: &cfg,
+        stats: &stats,
+        tx,
+        dead: &dead,
+        session: None,
+        params: Params {
+            bitrate_kbps: cfg.default_bitrate_kbps,
+            fps_n: 30,
+            fps_d: 1,
+        },
+        force_keyframe: false,
+    };
+    let end = reader.run(shutdown);
+    let session = reader.session.take();
+    match end {
+        End::Gone => {
+            dead.store(true, Ordering::SeqCst);
+            drop(session);
+        }
+        End::Shutdown | End::Broken => {
+            if let Some(s) = session {
+                s.finish(cfg.drain_timeout);
+            }
+        }
+    }
+    drop(reader);
+    let _ = writer.join();
+    conn.shutdown();
+    info!("{peer}: disconnected; {}", stats.summary());
+}
+
+struct Reader<'a> {
+    conn: &'a Conn,
+    peer: &'a str,
+    cfg: &'a ClientConfig,
+    stats: &'a Arc<ClientStats>,
+    tx: SyncSender<Outgoing>,
+    dead: &'a AtomicBool,
+    session: Option<Session>,
+    params: Params,
+    force_keyframe: bool,
+}
+
+impl Reader<'_> {
+    fn run(&mut self, shutdown: &AtomicBool) -> End {
+        let mut decoder = Decoder::new(self.cfg.limits);
+        let mut src: &Conn = self.conn;
+        loop {
+            if shutdown.load(Ordering::SeqCst) {
+                debug!("{}: shutting down: reading no more requests", self.peer);
+                return End::Shutdown;
+            }
+            if self.dead.load(Ordering::SeqCst) {
+                return End::Gone;
+            }
+            let before = decoder.stream_offset();
+            let res = decoder.read_from(&mut src);
+            ClientStats::add(&self.stats.bytes_in, decoder.stream_offset() - before);
+            match res {
+                Ok(None) => {
+                    debug!("{}: the guest closed the connection", self.peer);
+                    return End::Gone;
+                }
+                Ok(Some((header, msg))) => {
+                    if !self.handle(header, msg) {
+                        return End::Broken;
+                    }
+                }
+                Err(e) if e.is_timeout() => {}
+                Err(e @ ProtocolError::BadMagic { .. }) => {
+                    let why = e.to_string();
+                    warn!("{}: {why}; closing this connection", self.peer);
+                    self.count_error();
+                    self.send_error(0, ErrorMessage::new(error_code::INVALID_MESSAGE, why));
+                    return End::Broken;
+                }
+                Err(e) if e.is_fatal() => {
+                    debug!("{}: connection ended: {e}", self.peer);
+                    return End::Gone;
+                }
+                Err(e) => {
+                    warn!("{}: {e}", self.peer);
+                    self.count_error();
+                    if !self.send_error(
+                        0,
+                        ErrorMessage::new(error_code::INVALID_MESSAGE, e.to_string()),
+                    ) {
+                        return End::Broken;
+                    }
+                }
+            }
+        }
+    }
+
+    fn count_error(&self) {
+        ClientStats::add(&self.stats.errors, 1);
+    }
+
+    /// Queues a message for the writer; false if the writer is gone.
+    fn queue(&self, item: Outgoing) -> bool {
+        self.tx.send(item).is_ok()
+    }
+
+    fn send_error(&self, session_id: u16, e: ErrorMessage) -> bool {
+        self.queue(Outgoing::Now(Message::Error(e).encode(session_id)))
+    }
+
+    /// Handles one message; false when the connection must close.
+    fn handle(&mut self, header: Header, msg: Message) -> bool {
+        let sid = header.session_id;
+        match msg {
+            Message::FrameRequest { request, pixels } => self.frame(sid, request, pixels),
+            Message::Ping => {
+                trace!("{}: PING", self.peer);
+                self.queue(Outgoing::Now(Message::Pong.encode(sid)))
+            }
+            Message::KeyframeRequest => {
+                debug!("{}: keyframe requested", self.peer);
+                self.force_keyframe = true;
+                true
+            }
+            Message::ConfigRequest(c) => {
+                self.configure(c);
+                true
+            }
+            Message::Error(e) => {
+                warn!(
+                    "{}: the guest sent ERROR {}: {}",
+                    self.peer, e.code, e.message
+                );
+                true
+            }
+            other => {
+                debug!(
+                    "{}: skipped {} message (type 0x{:02x}, {} bytes)",
+                    self.peer,
+                    msg_type::name(other.msg_type()),
+                    other.msg_type(),
+                    header.payload_size
+                );
+                true
+            }
+        }
+    }
+
+    fn configure(&mut self, c: ConfigRequest) {
+        if c.bitrate > 0 {
+            self.params.bitrate_kbps = (c.bitrate / 1000).max(1);
+            if let Some(s) = &self.session {
+                s.set_bitrate(self.params.bitrate_kbps);
+            }
+        }
+        if c.framerate_num > 0
+            && c.framerate_den > 0
+            && c.framerate_num <= i32::MAX as u32
+            && c.framerate_den <= i32::MAX as u32
+        {
+            // Applies from the next session: the current one keeps its caps.
+            self.params.fps_n = c.framerate_num as i32;
+            self.params.fps_d = c.framerate_den as i32;
+        }
+        info!(
+            "{}: CONFIG_REQ {}x{} {} bit/s {}/{} fps: bitrate now {} kbit/s",
+            self.peer,
+            c.width,
+            c.height,
+            c.bitrate,
+            c.framerate_num,
+            c.framerate_den,
+            self.params.bitrate_kbps
+        );
+    }
+
+    fn frame(&mut self, sid: u16, req: FrameRequest, pixels: Option<Vec<u8>>) -> bool {
+        ClientStats::add(&self.stats.frames_in, 1);
+        let invalid =
+            |code, why: String| ErrorMessage::new(code, format!("frame pts={}: {why}", req.pts));
+        let pixels = match pixels {
+            Some(p) => p,
+            None if req.resource_id != 0 => {
+                let e = invalid(
+                    error_code::RESOURCE_NOT_FOUND,
+                    format!(
+                        "names virtio-gpu resource {}, but this daemon cannot read guest GPU memory; send pixels (resource_id 0)",
+                        req.resource_id
+                    ),
+                );
+                return self.reject(sid, e);
+            }
+            None => {
+                let e = invalid(
+                    error_code::INVALID_MESSAGE,
+                    "carries neither pixels (flag 0x01) nor a resource id".into(),
+                );
+                return self.reject(sid, e);
+            }
+        };
+        let layout = match FrameLayout::validate(&req, pixels.len()) {
+            Ok(l) => l,
+            Err(e) => return self.reject(sid, invalid(error_code::INVALID_MESSAGE, e.to_string())),
+        };
+        let key = SessionKey::of(&layout);
+        if self.session.as_ref().is_some_and(|s| s.key != key) {
+            let old = self.session.take().unwrap();
+            info!(
+                "{}: frame format changed from {}x{} {} to {}x{} {}: new encoding session",
+                self.peer,
+                old.key.width,
+                old.key.height,
+                old.key.format,
+                key.width,
+                key.height,
+                key.format
+            );
+            old.finish(self.cfg.drain_timeout);
+            self.force_keyframe = false;
+        }
+        if self.session.is_none() {
+            match Session::new(
+                &self.cfg.encoder,
+                key,
+                self.params,
+                self.stats.clone(),
+                self.peer.into(),
+            ) {
+                Ok(s) => {
+                    info!(
+                        "{}: encoding {}x{} {} with {} at {} kbit/s",
+                        self.peer,
+                        key.width,
+                        key.height,
+                        key.format,
+                        self.cfg.encoder.factory,
+                        self.params.bitrate_kbps
+                    );
+                    self.session = Some(s);
+                }
+                Err(e) => {
+                    error!("{}: cannot start an encoding session: {e:#}", self.peer);
+                    return self.reject(
+                        sid,
+                        encode_failed(req.pts, &format!("cannot start the encoder: {e:#}")),
+                    );
+                }
+            }
+        }
+
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        if !self.queue(Outgoing::Frame {
+            pts: req.pts,
+            session_id: sid,
+            reply: reply_rx,
+        }) {
+            return false;
+        }
+        let job = Job {
+            pts: req.pts,
+            session_id: sid,
+            reply: reply_tx,
+            arrived: Instant::now(),
+        };
+        let force = std::mem::take(&mut self.force_keyframe) || req.force_keyframe;
+        let session = self.session.as_mut().unwrap();
+        let mut failure = session.encode(&layout, pixels, job, force).err();
+        if let Some(why) = session.take_error() {
+            error!(
+                "{}: encoder error: {why}; the next frame starts a new session",
+                self.peer
+            );
+            session.fail_all(&why);
+            self.session = None;
+        }
+        if let Some((job, why)) = failure.take() {
+            warn!("{}: frame pts={}: {why}", self.peer, job.pts);
+            let _ = job.reply.try_send(Err(encode_failed(job.pts, &why)));
+            self.session = None;
+        }
+        true
+    }
+
+    fn reject(&self, sid: u16, e: ErrorMessage) -> bool {
+        warn!("{}: ERROR {}: {}", self.peer, e.code, e.message);
+        self.count_error();
+        self.send_error(sid, e)
+    }
+}
+
+/// The writer thread: sends each item once its turn comes, never to a dead
+/// connection, and disconnects a guest that stops reading.
+fn write_responses(
+    conn: &Conn,
+    peer: &str,
+    cfg: &ClientConfig,
+    stats: &ClientStats,
+    rx: Receiver<Outgoing>,
+    dead: &AtomicBool,
+) {
+    for item in rx {
+        let bytes = match item {
+            Outgoing::Now(b) => b,
+            Outgoing::Frame {
+                pts,
+                session_id,
+                reply,
+            } => match wait_reply(&reply, cfg.encode_timeout, dead) {
+                Some(Ok(b)) => {
+                    ClientStats::add(&stats.frames_out, 1);
+                    b
+                }
+                Some(Err(e)) => {
+                    ClientStats::add(&stats.errors, 1);
+                    Message::Error(e).encode(session_id)
+                }
+                None if dead.load(Ordering::SeqCst) => return,
+                None => {
+                    warn!(
+                        "{peer}: frame pts={pts}: no output from the encoder within {:?}",
+                        cfg.encode_timeout
+                    );
+                    ClientStats::add(&stats.errors, 1);
+                    let e = encode_failed(pts, "no output from the encoder in time");
+                    Message::Error(e).encode(session_id)
+                }
+            },
+        };
+        if dead.load(Ordering::SeqCst) {
+            return;
+        }
+        match write_bounded(conn, &bytes, cfg.write_timeout, dead) {
+            Ok(()) => ClientStats::add(&stats.bytes_out, bytes.len() as u64),
+            Err(e) => {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    warn!("{peer}: {e}; disconnecting it");
+                } else {
+                    debug!("{peer}: write failed: {e}");
+                }
+                dead.store(true, Ordering::SeqCst);
+                conn.shutdown();
+                return;
+            }
+        }
+    }
+}
+
+/// Waits for a frame's reply; `None` on timeout or when the connection died.
+fn wait_reply(reply: &Receiver<Reply>, timeout: Duration, dead: &AtomicBool) -> Option<Reply> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if dead.load(Ordering::SeqCst) {
+            return None;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        match reply.recv_timeout(left.min(POLL)) {
+            Ok(r) => return Some(r),
+            Err(RecvTimeoutError::Timeout) => {}
+            // The session ended without answering (the reader dropped it).
+            Err(RecvTimeoutError::Disconnected) => {
+                return Some(Err(encode_failed(0, "the encoding session ended")))
+            }
+        }
+    }
+}
+
+/// Writes all of `bytes`, failing with `TimedOut` when the guest accepts
+/// nothing for `timeout`.
+fn write_bounded(
+    conn: &Conn,
+    mut bytes: &[u8],
+    timeout: Duration,
+    dead: &AtomicBool,
+) -> io::Result<()> {
+    let mut w: &Conn = conn;
+    let mut last_progress = Instant::now();
+    while !bytes.is_empty() {
+        if dead.load(Ordering::SeqCst) {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        match w.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                bytes = &bytes[n..];
+                last_progress = Instant::now();
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if last_progress.elapsed() >= timeout {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the guest has not read its responses for {timeout:?}"),
+                    ));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,609 @@
+//! Encoder choice and the per-connection GStreamer encoding session.
+//!
+//! A session is `appsrc ! [videoconvert] ! <encoder> ! h264parse
+//! config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au
+//! ! appsink`. Frames enter with timestamps from an internal counter (never
+//! the guest's pts, which may be anything) and a FIFO remembers, per counter
+//! timestamp, which request it was; each encoded access unit is matched to
+//! its request by that timestamp, so the guest's own pts is echoed exactly.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use gst::glib;
+use gst::prelude::*;
+use hxfr::{error_code, msg_type, ErrorMessage, FrameLayout, Header, WireFormat};
+
+use crate::stats::ClientStats;
+
+/// The order in which `--encoder auto` tries encoders: hardware first.
+pub const AUTO_ORDER: [&str; 7] = [
+    "vtenc_h264_hw",
+    "nvh264enc",
+    "vah264enc",
+    "vaapih264enc",
+    "qsvh264enc",
+    "x264enc",
+    "openh264enc",
+];
+
+#[derive(Debug, Clone)]
+pub struct EncoderChoice {
+    pub factory: String,
+    /// Why this encoder, for the startup log.
+    pub reason: String,
+}
+
+/// Picks the encoder for `spec` (`auto` or a factory name).
+pub fn choose(spec: &str) -> anyhow::Result<EncoderChoice> {
+    if spec != "auto" {
+        usable(spec).map_err(|why| anyhow!("encoder {spec:?} cannot be used: {why}"))?;
+        return Ok(EncoderChoice {
+            factory: spec.to_string(),
+            reason: "chosen with --encoder".into(),
+        });
+    }
+    let mut skipped = Vec::new();
+    for name in AUTO_ORDER {
+        match usable(name) {
+            Ok(()) => {
+                let mut reason = format!("auto: first usable of {}", AUTO_ORDER.join(", "));
+                if !skipped.is_empty() {
+                    reason.push_str(&format!("; skipped {}", skipped.join("; ")));
+                }
+                return Ok(EncoderChoice {
+                    factory: name.to_string(),
+                    reason,
+                });
+            }
+            Err(why) => skipped.push(format!("{name} ({why})")),
+        }
+    }
+    bail!(
+        "no usable H.264 encoder: {}. Install x264enc (gstreamer1.0-plugins-ugly) or openh264enc (gstreamer1.0-plugins-bad), or name one with --encoder",
+        skipped.join("; ")
+    )
+}
+
+fn usable(name: &str) -> Result<(), String> {
+    let factory = gst::ElementFactory::find(name).ok_or("not installed")?;
+    let h264 = gst::Caps::builder("video/x-h264").build();
+    let makes_h264 = factory
+        .static_pad_templates()
+        .iter()
+        .any(|t| t.direction() == gst::PadDirection::Src && t.caps().can_intersect(&h264));
+    if !makes_h264 {
+        return Err("does not produce video/x-h264".into());
+    }
+    let element = factory
+        .create()
+        .build()
+        .map_err(|e| format!("cannot be created: {e}"))?;
+    let ready = element.set_state(gst::State::Ready);
+    let _ = element.set_state(gst::State::Null);
+    ready.map_err(|_| "cannot start (no device or driver?)".to_string())?;
+    Ok(())
+}
+
+/// Settings a guest can change with CONFIG_REQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    pub bitrate_kbps: u32,
+    pub fps_n: i32,
+    pub fps_d: i32,
+}
+
+/// Sets a property only when the element has it, parsing `value` for the
+/// property's own type (so `"0"` suits an int or a uint, a nick an enum).
+fn set_if_present(element: &gst::Element, name: &str, value: &str) {
+    let Some(pspec) = element.find_property(name) else {
+        return;
+    };
+    match glib::Value::deserialize_with_pspec(value, &pspec) {
+        Ok(v) => element.set_property_from_value(name, &v),
+        Err(_) => warn!(
+            "{}: cannot set {name}={value}",
+            element.factory().map(|f| f.name()).unwrap_or_default()
+        ),
+    }
+}
+
+/// Whether the element's bitrate property counts bit/s (else kbit/s).
+fn bitrate_in_bps(factory: &str) -> bool {
+    factory == "openh264enc"
+}
+
+fn set_bitrate(element: &gst::Element, factory: &str, kbps: u32) {
+    let value = if bitrate_in_bps(factory) {
+        (kbps as u64 * 1000).min(u32::MAX as u64)
+    } else {
+        kbps as u64
+    };
+    set_if_present(element, "bitrate", &value.to_string());
+}
+
+/// Low-latency settings per known encoder: no B-frames, no lookahead,
+/// constant bitrate; keyframes only when asked for (or at the encoder's own
+/// long maximum interval).
+fn configure(element: &gst::Element, factory: &str, params: Params) {
+    let set = |k: &str, v: &str| set_if_present(element, k, v);
+    match factory {
+        "x264enc" => {
+            set("tune", "zerolatency");
+            set("speed-preset", "veryfast");
+            set("bframes", "0");
+            set("b-adapt", "false");
+            set("rc-lookahead", "0");
+            set("sliced-threads", "true");
+        }
+        "openh264enc" => {
+            set("usage-type", "camera");
+            set("rate-control", "bitrate");
+            set("complexity", "low");
+            set("scene-change-detection", "false");
+            set("enable-frame-skip", "false");
+        }
+        "nvh264enc" => {
+            set("preset", "low-latency-hq");
+            set("rc-mode", "cbr");
+            set("zerolatency", "true");
+            set("bframes", "0");
+            set("rc-lookahead", "0");
+        }
+        "vah264enc" => {
+            set("b-frames", "0");
+            set("rate-control", "cbr");
+            set("target-usage", "7");
+        }
+        "vaapih264enc" => {
+            set("max-bframes", "0");
+            set("rate-control", "cbr");
+        }
+        "qsvh264enc" => {
+            set("b-frames", "0");
+            set("rate-control", "cbr");
+            set("low-latency", "true");
+        }
+        "vtenc_h264_hw" | "vtenc_h264" => {
+            set("realtime", "true");
+            set("allow-frame-reordering", "false");
+        }
+        other => debug!("no low-latency settings known for {other}; using its defaults"),
+    }
+    set_bitrate(element, factory, params.bitrate_kbps);
+}
+
+/// What the writer of a connection gets back for one frame: the complete
+/// FRAME_RESPONSE message, or the ERROR to send instead.
+pub type Reply = Result<Vec<u8>, ErrorMessage>;
+
+/// One frame handed to a session.
+pub struct Job {
+    pub pts: i64,
+    pub session_id: u16,
+    pub reply: SyncSender<Reply>,
+    pub arrived: Instant,
+}
+
+struct Pending {
+    counter_pts: gst::ClockTime,
+    job: Job,
+}
+
+type Fifo = Arc<Mutex<VecDeque<Pending>>>;
+
+/// What a session was created for; a frame with another key needs a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionKey {
+    pub format: WireFormat,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl SessionKey {
+    pub fn of(l: &FrameLayout) -> SessionKey {
+        SessionKey {
+            format: l.format,
+            width: l.width,
+            height: l.height,
+        }
+    }
+
+    /// H.264 4:2:0 cannot code odd sizes: odd frames are padded by one
+    /// column/row repeating the edge.
+    fn coded_size(&self) -> (u32, u32) {
+        (self.width + self.width % 2, self.height + self.height % 2)
+    }
+
+    fn video_format(&self) -> gst_video::VideoFormat {
+        match self.format {
+            WireFormat::Bgra => gst_video::VideoFormat::Bgrx,
+            WireFormat::Rgba => gst_video::VideoFormat::Rgbx,
+            WireFormat::Nv12 => gst_video::VideoFormat::Nv12,
+        }
+    }
+}
+
+pub struct Session {
+    pub key: SessionKey,
+    factory: String,
+    pipeline: gst::Pipeline,
+    appsrc: gst_app::AppSrc,
+    encoder: gst::Element,
+    fifo: Fifo,
+    counter: u64,
+    frame_duration: gst::ClockTime,
+}
+
+impl Session {
+    pub fn new(
+        choice: &EncoderChoice,
+        key: SessionKey,
+        params: Params,
+        stats: Arc<ClientStats>,
+        peer: Arc<str>,
+    ) -> anyhow::Result<Session> {
+        let (w, h) = key.coded_size();
+        let (fps_n, fps_d) = if params.fps_n > 0 && params.fps_d > 0 {
+            (params.fps_n, params.fps_d)
+        } else {
+            (30, 1)
+        };
+        let caps = gst_video::VideoInfo::builder(key.video_format(), w, h)
+            .fps(gst::Fraction::new(fps_n, fps_d))
+            .build()
+            .context("raw video caps")?
+            .to_caps()
+            .context("raw video caps")?;
+        let frame_duration = gst::ClockTime::SECOND
+            .mul_div_floor(fps_d as u64, fps_n as u64)
+            .unwrap_or(gst::ClockTime::from_mseconds(33))
+            .max(gst::ClockTime::from_useconds(1));
+
+        let pipeline = gst::Pipeline::new();
+        let appsrc = gst_app::AppSrc::builder()
+            .caps(&caps)
+            .format(gst::Format::Time)
+            .max_bytes(0)
+            .build();
+        let encoder = gst::ElementFactory::make(&choice.factory)
+            .build()
+            .with_context(|| format!("cannot create {}", choice.factory))?;
+        configure(&encoder, &choice.factory, params);
+        let parse = gst::ElementFactory::make("h264parse")
+            .property("config-interval", -1i32)
+            .build()
+            .context("cannot create h264parse")?;
+        let h264 = gst::Caps::builder("video/x-h264")
+            .field("stream-format", "byte-stream")
+            .field("alignment", "au")
+            .build();
+        let filter = gst::ElementFactory::make("capsfilter")
+            .property("caps", &h264)
+            .build()?;
+        let appsink = gst_app::AppSink::builder()
+            .sync(false)
+            .async_(false)
+            .build();
+
+        let mut chain: Vec<gst::Element> = vec![appsrc.clone().upcast()];
+        let encoder_takes_format = encoder
+            .static_pad("sink")
+            .map(|p| p.query_caps(None).can_intersect(&caps))
+            .unwrap_or(false);
+        if !encoder_takes_format {
+            chain.push(gst::ElementFactory::make("videoconvert").build()?);
+        }
+        chain.extend([encoder.clone(), parse, filter, appsink.clone().upcast()]);
+        pipeline.add_many(&chain)?;
+        gst::Element::link_many(&chain).context("cannot link the encoding pipeline")?;
+
+        let fifo: Fifo = Arc::default();
+        let cb_fifo = fifo.clone();
+        appsink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    deliver(&sample, &cb_fifo, &stats, &peer);
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|_| anyhow!("the {} pipeline does not start", choice.factory))?;
+        debug!(
+            "session {}x{} {} (coded {w}x{h}) with {}{}",
+            key.width,
+            key.height,
+            key.format,
+            choice.factory,
+            if encoder_takes_format {
+                ""
+            } else {
+                " after videoconvert"
+            }
+        );
+        Ok(Session {
+            key,
+            factory: choice.factory.clone(),
+            pipeline,
+            appsrc,
+            encoder,
+            fifo,
+            counter: 0,
+            frame_duration,
+        })
+    }
+
+    pub fn set_bitrate(&self, kbps: u32) {
+        set_bitrate(&self.encoder, &self.factory, kbps);
+    }
+
+    /// Queues one frame. On failure the job comes back with the reason.
+    pub fn encode(
+        &mut self,
+        layout: &FrameLayout,
+        pixels: Vec<u8>,
+        job: Job,
+        force_keyframe: bool,
+    ) -> Result<(), (Job, String)> {
+        let pts = self.frame_duration * self.counter;
+        self.counter += 1;
+        let buffer = match frame_buffer(layout, pixels, pts, self.frame_duration) {
+            Ok(b) => b,
+            Err(e) => return Err((job, format!("cannot wrap the pixels: {e}"))),
+        };
+        if force_keyframe {
+            let event = gst_video::DownstreamForceKeyUnitEvent::builder()
+                .timestamp(pts)
+                .stream_time(pts)
+                .running_time(pts)
+                .all_headers(true)
+                .build();
+            self.appsrc.send_event(event);
+        }
+        self.fifo.lock().unwrap().push_back(Pending {
+            counter_pts: pts,
+            job,
+        });
+        if let Err(flow) = self.appsrc.push_buffer(buffer) {
+            let job = self.fifo.lock().unwrap().pop_back().map(|p| p.job);
+            if let Some(job) = job {
+                return Err((job, format!("the encoder refused the frame ({flow:?})")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first error the pipeline posted, if any.
+    pub fn take_error(&self) -> Option<String> {
+        let bus = self.pipeline.bus()?;
+        let msg = bus.pop_filtered(&[gst::MessageType::Error])?;
+        match msg.view() {
+            gst::MessageView::Error(e) => Some(format!(
+                "{}: {}",
+                e.src().map(|s| s.name().to_string()).unwrap_or_default(),
+                e.error()
+            )),
+            _ => None,
+        }
+    }
+
+    /// Answers every frame still in the session with an ERROR.
+    pub fn fail_all(&self, why: &str) {
+        let pending: Vec<Pending> = self.fifo.lock().unwrap().drain(..).collect();
+        for p in pending {
+            let _ = p.job.reply.try_send(Err(encode_failed(p.job.pts, why)));
+        }
+    }
+
+    /// Ends the session gracefully: waits (up to `timeout`) until every
+    /// queued frame is encoded and delivered.
+    pub fn finish(self, timeout: Duration) {
+        if self.fifo.lock().unwrap().is_empty() {
+            return;
+        }
+        let _ = self.appsrc.end_of_stream();
+        if let Some(bus) = self.pipeline.bus() {
+            let deadline = gst::ClockTime::from_nseconds(timeout.as_nanos() as u64);
+            let _ =
+                bus.timed_pop_filtered(deadline, &[gst::MessageType::Eos, gst::MessageType::Error]);
+        }
+        self.fail_all("the encoding session ended before this frame was encoded");
+    }
+}
+
+impl Drop for Session {
+    /// Stops the pipeline. Frames still pending are dropped unanswered
+    /// (their writer either already left or answers them by timeout).
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+        self.fifo.lock().unwrap().clear();
+    }
+}
+
+pub fn encode_failed(pts: i64, why: &str) -> ErrorMessage {
+    ErrorMessage::new(
+        error_code::ENCODE_FAILED,
+        format!("encode failed for frame pts={pts}: {why}"),
+    )
+}
+
+/// Matches an encoded access unit to its request and hands the response to
+/// the connection's writer.
+fn deliver(sample: &gst::Sample, fifo: &Fifo, stats: &ClientStats, peer: &str) {
+    let Some(buffer) = sample.buffer() else {
+        return;
+    };
+    let out_pts = buffer.pts();
+    let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+    let mut fifo = fifo.lock().unwrap();
+    // Frames before this one that never came out were dropped by the encoder.
+    while let (Some(front), Some(pts)) = (fifo.front(), out_pts) {
+        if front.counter_pts >= pts {
+            break;
+        }
+        let p = fifo.pop_front().unwrap();
+        warn!("{peer}: the encoder dropped frame pts={}", p.job.pts);
+        let _ = p
+            .job
+            .reply
+            .try_send(Err(encode_failed(p.job.pts, "the encoder dropped it")));
+    }
+    let matches = match (fifo.front(), out_pts) {
+        (Some(front), Some(pts)) => front.counter_pts == pts,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if !matches {
+        warn!("{peer}: encoded output at {out_pts:?} matches no pending frame; discarded");
+        return;
+    }
+    let p = fifo.pop_front().unwrap();
+    drop(fifo);
+    let Ok(map) = buffer.map_readable() else {
+        let _ = p
+            .job
+            .reply
+            .try_send(Err(encode_failed(p.job.pts, "unreadable output buffer")));
+        return;
+    };
+    stats.record_latency(p.job.arrived.elapsed());
+    let msg = frame_response(p.job.session_id, p.job.pts, keyframe, &map);
+    trace!(
+        "{peer}: encoded pts={} ({} bytes{})",
+        p.job.pts,
+        map.len(),
+        if keyframe { ", keyframe" } else { "" }
+    );
+    let _ = p.job.reply.try_send(Ok(msg));
+}
+
+/// A FRAME_RESPONSE with one Annex-B chunk; dts equals pts (no B-frames).
+fn frame_response(session_id: u16, pts: i64, keyframe: bool, au: &[u8]) -> Vec<u8> {
+    let payload = 24 + 4 + au.len();
+    let mut out = Vec::with_capacity(hxfr::HEADER_LEN + payload);
+    out.extend_from_slice(
+        &Header::new(msg_type::FRAME_RESPONSE, 0, session_id, payload as u32).to_bytes(),
+    );
+    out.extend_from_slice(&pts.to_le_bytes());
+    out.extend_from_slice(&pts.to_le_bytes());
+    out.extend_from_slice(&[keyframe as u8, 0, 0, 0]);
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&(au.len() as u32).to_le_bytes());
+    out.extend_from_slice(au);
+    out
+}
+
+/// Wraps the guest's pixels into a buffer without copying (odd sizes are
+/// the exception: they are padded to even), with a VideoMeta that tells the
+/// encoder the wire stride and plane offsets.
+fn frame_buffer(
+    layout: &FrameLayout,
+    pixels: Vec<u8>,
+    pts: gst::ClockTime,
+    duration: gst::ClockTime,
+) -> Result<gst::Buffer, glib::BoolError> {
+    let key = SessionKey::of(layout);
+    let (w, h) = key.coded_size();
+    let (pixels, stride, offsets) = if (w, h) == (layout.width, layout.height) {
+        (pixels, layout.stride as usize, layout.offsets)
+    } else {
+        pad_to_even(layout, &pixels)
+    };
+    let n = layout.n_planes;
+    let strides = [stride as i32; 2];
+    let mut buffer = gst::Buffer::from_mut_slice(pixels);
+    {
+        let b = buffer.get_mut().expect("a new buffer is writable");
+        b.set_pts(pts);
+        b.set_duration(duration);
+        gst_video::VideoMeta::add_full(
+            b,
+            gst_video::VideoFrameFlags::empty(),
+            key.video_format(),
+            w,
+            h,
+            &offsets[..n],
+            &strides[..n],
+        )?;
+    }
+    Ok(buffer)
+}
+
+/// Copies a frame of odd width or height into an even-sized one, repeating
+/// the last column and row. Returns the pixels, stride and plane offsets.
+fn pad_to_even(l: &FrameLayout, px: &[u8]) -> (Vec<u8>, usize, [usize; 2]) {
+    let (w, h) = (l.width as usize, l.height as usize);
+    let (w2, h2) = (w + w % 2, h + h % 2);
+    let stride = l.stride as usize;
+    match l.format {
+        WireFormat::Bgra | WireFormat::Rgba => {
+            let row = 4 * w2;
+            let mut out = vec![0u8; row * h2];
+            for y in 0..h2 {
+                let src = &px[y.min(h - 1) * stride..][..4 * w];
+                let dst = &mut out[y * row..][..row];
+                dst[..4 * w].copy_from_slice(src);
+                if w2 > w {
+                    dst[4 * w..].copy_from_slice(&src[4 * (w - 1)..]);
+                }
+            }
+            (out, row, [0, 0])
+        }
+        WireFormat::Nv12 => {
+            // The UV plane already covers ceil(w/2) x ceil(h/2) samples:
+            // exactly the even size's chroma.
+            let mut out = vec![0u8; w2 * h2 + w2 * (h2 / 2)];
+            for y in 0..h2 {
+                let src = &px[y.min(h - 1) * stride..][..w];
+                let dst = &mut out[y * w2..][..w2];
+                dst[..w].copy_from_slice(src);
+                if w2 > w {
+                    dst[w] = src[w - 1];
+                }
+            }
+            let uv = w2 * h2;
+            for y in 0..h2 / 2 {
+                let src = &px[l.offsets[1] + y * stride..][..w2];
+                out[uv + y * w2..][..w2].copy_from_slice(src);
+            }
+            (out, w2, [0, uv])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn odd_rgb_frames_repeat_their_edges() {
+        let l = FrameLayout::new(WireFormat::Bgra, 3, 1, 16, 16).unwrap();
+        let px: Vec<u8> = (0..16).collect();
+        let (out, stride, _) = pad_to_even(&l, &px);
+        assert_eq!(stride, 16);
+        assert_eq!(out.len(), 32);
+        assert_eq!(&out[..12], &px[..12]);
+        assert_eq!(&out[12..16], &px[8..12]);
+        assert_eq!(&out[16..], &out[..16]);
+    }
+
+    #[test]
+    fn odd_nv12_frames_keep_their_chroma() {
+        // 3x3: Y stride 4 (>= 2*ceil(3/2)), UV 2 rows.
+        let l = FrameLayout::new(WireFormat::Nv12, 3, 3, 4, 20).unwrap();
+        let px: Vec<u8> = (0..20).collect();
+        let (out, stride, offsets) = pad_to_even(&l, &px);
+        assert_eq!((stride, offsets), (4, [0, 16]));
+        assert_eq!(
+            &out[..16],
+            &[0, 1, 2, 2, 4, 5, 6, 6, 8, 9, 10, 10, 8, 9, 10, 10]
+        );
+        assert_eq!(&out[16..], &px[12..20]);
+    }
+}

@@ -1,0 +1,114 @@
+//! Per-client statistics, printed at the stats interval and at disconnect.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// Latencies kept for the p99 (a sliding window of the most recent frames).
+const LATENCY_WINDOW: usize = 4096;
+
+#[derive(Default)]
+pub struct ClientStats {
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub errors: AtomicU64,
+    latency: Mutex<Latency>,
+}
+
+#[derive(Default)]
+struct Latency {
+    sum_us: u128,
+    count: u64,
+    recent: VecDeque<u32>,
+}
+
+impl ClientStats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records the time from a frame's arrival to its encoded output.
+    pub fn record_latency(&self, d: Duration) {
+        let us = d.as_micros().min(u32::MAX as u128) as u32;
+        let mut l = self.latency.lock().unwrap();
+        l.sum_us += us as u128;
+        l.count += 1;
+        if l.recent.len() == LATENCY_WINDOW {
+            l.recent.pop_front();
+        }
+        l.recent.push_back(us);
+    }
+
+    /// (mean, p99) in microseconds over all frames / the recent window.
+    pub fn latency_us(&self) -> (u64, u64) {
+        let l = self.latency.lock().unwrap();
+        if l.count == 0 {
+            return (0, 0);
+        }
+        let mean = (l.sum_us / l.count as u128) as u64;
+        let mut v: Vec<u32> = l.recent.iter().copied().collect();
+        v.sort_unstable();
+        let idx = ((v.len() * 99).div_ceil(100)).saturating_sub(1);
+        (mean, v[idx] as u64)
+    }
+
+    pub fn summary(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (mean, p99) = self.latency_us();
+        format!(
+            "frames in {} out {}, encode latency mean {:.1} ms p99 {:.1} ms, bytes in {} out {}, errors {}",
+            get(&self.frames_in),
+            get(&self.frames_out),
+            mean as f64 / 1000.0,
+            p99 as f64 / 1000.0,
+            get(&self.bytes_in),
+            get(&self.bytes_out),
+            get(&self.errors),
+        )
+    }
+}
+
+/// The clients alive now, for the periodic report.
+#[derive(Default)]
+pub struct Registry {
+    clients: Mutex<Vec<(String, Weak<ClientStats>)>>,
+}
+
+impl Registry {
+    pub fn register(&self, peer: &str, stats: &Arc<ClientStats>) {
+        let mut c = self.clients.lock().unwrap();
+        c.retain(|(_, w)| w.strong_count() > 0);
+        c.push((peer.to_string(), Arc::downgrade(stats)));
+    }
+
+    pub fn report(&self) {
+        let mut c = self.clients.lock().unwrap();
+        c.retain(|(_, w)| w.strong_count() > 0);
+        for (peer, w) in c.iter() {
+            if let Some(s) = w.upgrade() {
+                info!("{peer}: stats: {}", s.summary());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_mean_and_p99() {
+        let s = ClientStats::default();
+        assert_eq!(s.latency_us(), (0, 0));
+        for ms in 1..=100 {
+            s.record_latency(Duration::from_millis(ms));
+        }
+        let (mean, p99) = s.latency_us();
+        assert_eq!(mean, 50_500);
+        assert_eq!(p99, 99_000);
+        assert!(s.summary().contains("p99 99.0 ms"));
+    }
+}
