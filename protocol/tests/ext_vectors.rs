@@ -109,7 +109,10 @@ fn vectors() -> Vec<(&'static str, &'static str, ExtMessage)> {
             HELLO_HEX,
             ExtMessage::Hello(Hello {
                 version: 1,
-                extensions: ext_bits::COMPACT | ext_bits::LZ4 | ext_bits::ERROR_PTS | ext_bits::DRAIN,
+                extensions: ext_bits::COMPACT
+                    | ext_bits::LZ4
+                    | ext_bits::ERROR_PTS
+                    | ext_bits::DRAIN,
                 tile_width: 64,
                 tile_height: 64,
                 agent: "vsockenc/0.1.0".into(),
@@ -156,9 +159,7 @@ fn vectors() -> Vec<(&'static str, &'static str, ExtMessage)> {
                     data_len: 15,
                     raw_len: 24,
                 },
-                body: bitmap_and(&hex(
-                    "39 a1 a2 00 01 00 80 c1 c2 00 00 00 00 00 00",
-                )),
+                body: bitmap_and(&hex("39 a1 a2 00 01 00 80 c1 c2 00 00 00 00 00 00")),
             }),
         ),
         (
@@ -406,9 +407,16 @@ fn fnv1a_reference_values() {
 fn negotiation_rules() {
     use ext_bits::*;
     assert_eq!(ext::negotiate(KNOWN, KNOWN), KNOWN);
-    assert_eq!(ext::negotiate(LZ4 | DRAIN, KNOWN), DRAIN, "LZ4 needs COMPACT");
+    assert_eq!(
+        ext::negotiate(LZ4 | DRAIN, KNOWN),
+        DRAIN,
+        "LZ4 needs COMPACT"
+    );
     assert_eq!(ext::negotiate(COMPACT | LZ4, COMPACT), COMPACT);
-    assert_eq!(ext::negotiate(0xffff_ffff, KNOWN & !FRAME_CHECKSUM), KNOWN & !FRAME_CHECKSUM);
+    assert_eq!(
+        ext::negotiate(0xffff_ffff, KNOWN & !FRAME_CHECKSUM),
+        KNOWN & !FRAME_CHECKSUM
+    );
     assert_eq!(ext::negotiate(DRAIN, 0), 0);
     assert_eq!(describe(COMPACT | DRAIN | 0x100), "COMPACT|DRAIN|0x100");
     assert_eq!(describe(0), "none");

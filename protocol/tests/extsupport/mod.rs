@@ -7,7 +7,7 @@ use hxfr::layout::WireFormat;
 /// Bytes from hex text; whitespace is ignored.
 pub fn hex(text: &str) -> Vec<u8> {
     let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    assert!(digits.len() % 2 == 0, "odd number of hex digits");
+    assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
     digits
         .chunks(2)
         .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).expect("hex digit"))
@@ -134,7 +134,13 @@ impl OwnedFrame {
 
 /// Visible rows of a wire-layout frame, for comparison with
 /// [`OwnedFrame::visible`].
-pub fn wire_visible(format: WireFormat, width: u32, height: u32, stride: usize, wire: &[u8]) -> Vec<Vec<u8>> {
+pub fn wire_visible(
+    format: WireFormat,
+    width: u32,
+    height: u32,
+    stride: usize,
+    wire: &[u8],
+) -> Vec<Vec<u8>> {
     let dims = OwnedFrame::plane_dims(format, width, height);
     let mut out = Vec::new();
     let mut at = 0;
