@@ -371,10 +371,16 @@ impl Decoder {
             });
         }
         if (size as usize) < min {
-            self.phase = Phase::Skip {
-                msg_type: header.msg_type,
-                left: size as u64,
-                emit: None,
+            // An empty payload leaves nothing to skip: the next header
+            // follows (a pending zero-byte skip would make `finish` report
+            // a truncated stream).
+            self.phase = match size {
+                0 => Phase::Header,
+                _ => Phase::Skip {
+                    msg_type: header.msg_type,
+                    left: size as u64,
+                    emit: None,
+                },
             };
             return Err(ProtocolError::PayloadTooSmall {
                 msg_type: header.msg_type,
