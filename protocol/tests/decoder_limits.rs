@@ -470,3 +470,23 @@ fn counting_allocator_counts() {
     assert_eq!(allocs.count, 2);
     assert!(allocs.largest >= 100);
 }
+
+/// A too-short payload of zero bytes leaves nothing to skip: the stream may
+/// end right after it (found by `fuzz_property`).
+#[test]
+fn empty_payload_below_the_minimum_then_end_of_stream() {
+    for t in [0x01u8, 0x02, 0x04, 0xff] {
+        let h = header(t, 0, 0);
+        let mut dec = Decoder::default();
+        let mut input = &h[..];
+        assert!(matches!(
+            dec.decode(&mut input),
+            Err(ProtocolError::PayloadTooSmall { .. })
+        ));
+        assert!(dec.is_idle());
+        dec.finish().unwrap();
+        let out = read_all(&mut Decoder::default(), &mut Cursor::new(h));
+        assert_eq!(out.fatal, None);
+        assert_eq!(out.errors.len(), 1);
+    }
+}

@@ -18,7 +18,7 @@ pub fn hex(text: &str) -> Vec<u8> {
         let code = line.split('#').next().unwrap();
         for tok in code.split_whitespace() {
             assert!(
-                tok.len() % 2 == 0,
+                tok.len().is_multiple_of(2),
                 "hex token {tok:?} has an odd number of digits"
             );
             for i in (0..tok.len()).step_by(2) {
