@@ -1,0 +1,336 @@
+//! Measures the compact frame codec on 1080p content: bytes on the wire
+//! against raw bytes, and the guest's CPU time per frame (compare + encode
+//! + write into a Unix socket) next to legacy mode (write the whole frame),
+//! plus the host's cost to apply a COMPACT_FRAME.
+//!
+//! ```sh
+//! cargo run --release -p vsockenc-protocol --example compact_bench [frames]
+//! ```
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use hxfr::compact::{self, CompactEncoder, Compression, Delta, Frame};
+use hxfr::ext::ExtMessage;
+use hxfr::layout::{FrameLayout, WireFormat};
+use hxfr::write::write_frame_request;
+use hxfr::{Decoded, Decoder, FrameRequest, Limits};
+
+const W: usize = 1920;
+const H: usize = 1080;
+
+/// A BGRx canvas the scenes draw into; NV12 is derived from it.
+struct Canvas {
+    px: Vec<u8>,
+}
+
+impl Canvas {
+    fn wallpaper() -> Canvas {
+        let mut px = vec![0u8; W * H * 4];
+        for y in 0..H {
+            for x in 0..W {
+                let i = (y * W + x) * 4;
+                px[i] = (x / 8) as u8;
+                px[i + 1] = (y / 5) as u8;
+                px[i + 2] = ((x + y) / 16) as u8;
+                px[i + 3] = 255;
+            }
+        }
+        Canvas { px }
+    }
+
+    fn rect(
+        &mut self,
+        x0: usize,
+        y0: usize,
+        w: usize,
+        h: usize,
+        f: impl Fn(usize, usize) -> [u8; 3],
+    ) {
+        for y in y0..(y0 + h).min(H) {
+            for x in x0..(x0 + w).min(W) {
+                let i = (y * W + x) * 4;
+                let c = f(x - x0, y - y0);
+                self.px[i..i + 3].copy_from_slice(&c);
+            }
+        }
+    }
+
+    fn nv12(&self) -> Vec<u8> {
+        let mut out = vec![0u8; W * H * 3 / 2];
+        for y in 0..H {
+            for x in 0..W {
+                let i = (y * W + x) * 4;
+                let (b, g, r) = (
+                    self.px[i] as u32,
+                    self.px[i + 1] as u32,
+                    self.px[i + 2] as u32,
+                );
+                out[y * W + x] = ((r + 2 * g + b) / 4) as u8;
+            }
+        }
+        for y in 0..H / 2 {
+            for x in 0..W / 2 {
+                let i = (2 * y * W + 2 * x) * 4;
+                let (b, r) = (self.px[i] as u32, self.px[i + 2] as u32);
+                out[W * H + y * W + 2 * x] = (128 + b / 2 - r / 4) as u8;
+                out[W * H + y * W + 2 * x + 1] = (128 + r / 2 - b / 4) as u8;
+            }
+        }
+        out
+    }
+}
+
+fn text_like(x: usize, y: usize) -> [u8; 3] {
+    if (x % 9 < 6) && (y % 18 < 13) && ((x / 9 + y / 18) % 7 != 0) && ((x * 7 + y * 3) % 5 < 2) {
+        [20, 20, 20]
+    } else {
+        [240, 240, 236]
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Frame `n` of a scene, as BGRx.
+fn scene(name: &str, n: usize, rng: &mut Rng) -> Canvas {
+    let mut c = Canvas::wallpaper();
+    match name {
+        "static" => {}
+        "typing" => {
+            // An editor window; one more character per frame, plus a caret.
+            c.rect(200, 150, 1200, 700, text_like);
+            let chars = n;
+            let (cx, cy) = (210 + (chars % 120) * 9, 160 + (chars / 120) * 18);
+            c.rect(cx, cy, 9, 18, |_, _| [0, 0, 0]);
+            c.rect(cx + 9, cy, 2, 18, |_, _| [0, 0, 255]);
+        }
+        "desktop" => {
+            // A window dragged across a still desktop, and a cursor.
+            c.rect(100, 80, 800, 600, text_like);
+            let (wx, wy) = (300 + (n * 6) % 900, 200 + (n * 3) % 500);
+            c.rect(wx, wy, 480, 320, |x, y| {
+                if y < 24 {
+                    [90, 60, 30]
+                } else {
+                    text_like(x, y)
+                }
+            });
+            c.rect(wx + 240, wy + 160, 16, 24, |_, _| [255, 255, 255]);
+        }
+        "gradient" => {
+            // Every pixel changes, smoothly (full motion, compressible).
+            for y in 0..H {
+                for x in 0..W {
+                    let i = (y * W + x) * 4;
+                    c.px[i] = (x + n * 3) as u8;
+                    c.px[i + 1] = (y + n * 2) as u8;
+                    c.px[i + 2] = (x / 2 + y / 2 + n) as u8;
+                }
+            }
+        }
+        "ball+noise" => {
+            // videotestsrc pattern=ball plus noise: everything changes.
+            for p in c.px.iter_mut() {
+                *p = (rng.next() >> 56) as u8;
+            }
+            let (bx, by) = (200 + (n * 17) % 1400, 200 + (n * 11) % 600);
+            c.rect(bx, by, 120, 120, |_, _| [255, 255, 255]);
+        }
+        _ => unreachable!(),
+    }
+    c
+}
+
+struct Sink {
+    stream: UnixStream,
+    reader: std::thread::JoinHandle<u64>,
+}
+
+fn sink() -> Sink {
+    let (a, mut b) = UnixStream::pair().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            match b.read(&mut buf) {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n as u64,
+            }
+        }
+    });
+    Sink { stream: a, reader }
+}
+
+struct Row {
+    scene: &'static str,
+    format: WireFormat,
+    raw: u64,
+    wire: u64,
+    legacy_write: Duration,
+    compact_cpu: Duration,
+    encode_only: Duration,
+    apply: Duration,
+    frames: usize,
+    compact_frames: usize,
+}
+
+fn run(scene_name: &'static str, format: WireFormat, frames: usize) -> Row {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let pics: Vec<Vec<u8>> = (0..frames + 1)
+        .map(|n| {
+            let c = scene(scene_name, n, &mut rng);
+            match format {
+                WireFormat::Nv12 => c.nv12(),
+                _ => c.px,
+            }
+        })
+        .collect();
+    let stride = format.min_stride(W as u32) as u32;
+    let layout = FrameLayout::new(format, W as u32, H as u32, stride, pics[0].len()).unwrap();
+    let frame = |i: usize| Frame::from_wire(&layout, &pics[i]).unwrap();
+    let req = |i: usize| FrameRequest {
+        width: W as u32,
+        height: H as u32,
+        format: format.fourcc(),
+        stride,
+        pts: i as i64,
+        duration: 16_666_667,
+        ..Default::default()
+    };
+
+    // Legacy: the whole frame into the socket.
+    let mut s = sink();
+    let t = Instant::now();
+    for i in 1..=frames {
+        write_frame_request(&mut s.stream, 1, &req(i), &[&pics[i]]).unwrap();
+    }
+    let legacy_write = t.elapsed();
+    drop(s.stream);
+    s.reader.join().unwrap();
+
+    // Compact: compare, encode and write (full frame when not smaller).
+    let mut enc = CompactEncoder::new(64, 64, Compression::Auto);
+    let mut s = sink();
+    let mut wire = 0u64;
+    let mut compact_frames = 0;
+    let mut messages = Vec::new();
+    let t = Instant::now();
+    for i in 1..=frames {
+        let (prev, cur) = (frame(i - 1), frame(i));
+        match enc.encode(&prev, &cur, &req(i), i as u32 - 1, 1) {
+            Delta::Compact(mut m) => {
+                wire += m.write_to(&mut s.stream).unwrap() as u64;
+                compact_frames += 1;
+                if messages.len() < 8 {
+                    messages.push((i, m.to_vec()));
+                }
+            }
+            Delta::Full(_) => {
+                wire += write_frame_request(&mut s.stream, 1, &req(i), &[&pics[i]]).unwrap() as u64;
+            }
+        }
+    }
+    let compact_cpu = t.elapsed();
+    drop(s.stream);
+    s.reader.join().unwrap();
+
+    // Compare + encode alone.
+    let t = Instant::now();
+    for i in 1..=frames {
+        let (prev, cur) = (frame(i - 1), frame(i));
+        std::hint::black_box(enc.encode(&prev, &cur, &req(i), 0, 1).is_full_frame_hint());
+    }
+    let encode_only = t.elapsed();
+
+    // Host: apply the first few COMPACT_FRAMEs onto their reference.
+    let mut apply = Duration::ZERO;
+    let mut scratch = Vec::new();
+    for (i, bytes) in &messages {
+        let mut reference = pics[i - 1].clone();
+        let mut dec = Decoder::with_extensions(Limits::default());
+        let Some(Decoded::Ext(_, ExtMessage::CompactFrame(cf))) =
+            dec.decode_ext(&mut &bytes[..]).unwrap()
+        else {
+            panic!()
+        };
+        let t = Instant::now();
+        compact::apply(&mut reference, &layout, &cf, &mut scratch).unwrap();
+        apply += t.elapsed();
+        assert_eq!(
+            compact::checksum(&Frame::from_wire(&layout, &reference).unwrap()),
+            compact::checksum(&frame(*i)),
+            "rebuilt frame differs"
+        );
+    }
+    if !messages.is_empty() {
+        apply /= messages.len() as u32;
+    }
+
+    Row {
+        scene: scene_name,
+        format,
+        raw: (layout.size as u64 + 56) * frames as u64,
+        wire,
+        legacy_write,
+        compact_cpu,
+        encode_only,
+        apply,
+        frames,
+        compact_frames,
+    }
+}
+
+trait Hint {
+    fn is_full_frame_hint(&self) -> bool;
+}
+impl Hint for Delta<'_> {
+    fn is_full_frame_hint(&self) -> bool {
+        matches!(self, Delta::Full(_))
+    }
+}
+
+fn main() {
+    let frames: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("frames"))
+        .unwrap_or(60);
+    println!(
+        "1080p, {frames} frames per row, 64x64 tiles, compression auto; times per frame (guest: compare+encode+write to a Unix socket; legacy: write the whole frame)"
+    );
+    println!(
+        "| scene | format | wire/raw | compact frames | legacy write µs | compact total µs | ratio | compare+encode µs | host apply µs |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for scene in ["static", "typing", "desktop", "gradient", "ball+noise"] {
+        for format in [WireFormat::Bgra, WireFormat::Nv12] {
+            let r = run(scene, format, frames);
+            let us = |d: Duration| d.as_secs_f64() * 1e6 / r.frames as f64;
+            println!(
+                "| {} | {} | {:.2}% | {}/{} | {:.0} | {:.0} | {:.2}x | {:.0} | {:.0} |",
+                r.scene,
+                if r.format == WireFormat::Nv12 {
+                    "NV12"
+                } else {
+                    "BGRx"
+                },
+                100.0 * r.wire as f64 / r.raw as f64,
+                r.compact_frames,
+                r.frames,
+                us(r.legacy_write),
+                us(r.compact_cpu),
+                r.compact_cpu.as_secs_f64() / r.legacy_write.as_secs_f64(),
+                us(r.encode_only),
+                r.apply.as_secs_f64() * 1e6,
+            );
+        }
+    }
+}
