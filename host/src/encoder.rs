@@ -439,7 +439,15 @@ fn deliver(sample: &gst::Sample, fifo: &Fifo, stats: &ClientStats, peer: &str) {
     let Some(buffer) = sample.buffer() else {
         return;
     };
-    let out_pts = buffer.pts();
+    // Encoders may shift timestamps (x264enc adds 1000 hours so that dts
+    // can precede pts) along with the segment: compare running times.
+    let out_pts = match sample
+        .segment()
+        .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+    {
+        Some(seg) => buffer.pts().and_then(|p| seg.to_running_time(p)),
+        None => buffer.pts(),
+    };
     let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
     let mut fifo = fifo.lock().unwrap();
     // Frames before this one that never came out were dropped by the encoder.
@@ -448,7 +456,10 @@ fn deliver(sample: &gst::Sample, fifo: &Fifo, stats: &ClientStats, peer: &str) {
             break;
         }
         let p = fifo.pop_front().unwrap();
-        warn!("{peer}: the encoder dropped frame pts={}", p.job.pts);
+        warn!(
+            "{peer}: the encoder dropped frame pts={} (its output at {}, next output at {:?})",
+            p.job.pts, p.counter_pts, out_pts
+        );
         let _ = p
             .job
             .reply
