@@ -1,0 +1,559 @@
+//! GObject/GStreamer glue of `vsockenc`: properties, pad templates and the
+//! `GstVideoEncoder` virtual methods. The logic lives in the sibling
+//! modules; see [`super::pending`] for the threading design.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_video::prelude::*;
+use gst_video::subclass::prelude::*;
+use parking_lot::Mutex;
+
+use super::output;
+use super::runtime::{FrameToSend, Shared};
+use super::settings::*;
+use super::stats;
+use super::transport;
+
+pub static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "vsockenc",
+        gst::DebugColorFlags::empty(),
+        Some("H.264 encoding by the VM host over AF_VSOCK/TCP/Unix socket"),
+    )
+});
+
+const SINK_FORMATS: [gst_video::VideoFormat; 5] = [
+    gst_video::VideoFormat::Bgrx,
+    gst_video::VideoFormat::Bgra,
+    gst_video::VideoFormat::Rgbx,
+    gst_video::VideoFormat::Rgba,
+    gst_video::VideoFormat::Nv12,
+];
+
+/// State that exists only between `start()` and `stop()`.
+struct State {
+    shared: Arc<Shared>,
+    info: Option<gst_video::VideoInfo>,
+}
+
+#[derive(Default)]
+pub struct VsockEnc {
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+    /// Counters of the last run, shown by `stats` after `stop()`.
+    last_stats: Mutex<Option<gst::Structure>>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for VsockEnc {
+    const NAME: &'static str = "GstVsockEnc";
+    type Type = super::VsockEnc;
+    type ParentType = gst_video::VideoEncoder;
+}
+
+impl VsockEnc {
+    fn shared(&self) -> Option<Arc<Shared>> {
+        self.state.lock().as_ref().map(|s| s.shared.clone())
+    }
+
+    /// Waits until fewer than `max-in-flight` frames are in flight, draining
+    /// ready frames meanwhile. Bounded by the response timeout: every frame
+    /// in flight has expired by then. Called with the stream lock held.
+    fn wait_for_capacity(&self, shared: &Shared) -> Result<(), gst::FlowError> {
+        let max = shared.settings.max_in_flight.max(1) as usize;
+        let give_up = Instant::now() + shared.settings.response_timeout() + Duration::from_secs(1);
+        let obj = self.obj();
+        loop {
+            let mut t = shared.pending.lock();
+            if t.is_flushing() || shared.stop.load(Ordering::SeqCst) {
+                return Err(gst::FlowError::Flushing);
+            }
+            shared.flow()?;
+            if t.in_flight() < max {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if t.has_ready(now) {
+                drop(t);
+                output::finish_ready(&obj, shared)?;
+                continue;
+            }
+            if now >= give_up {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "still {} frames in flight after the response timeout",
+                    t.in_flight()
+                );
+                return Ok(());
+            }
+            let wake = t.earliest_deadline().map_or(give_up, |d| d.min(give_up));
+            shared.pending.wait_until(&mut t, wake);
+        }
+    }
+
+    /// EOS: finishes every frame still in the element, waiting at most the
+    /// response timeout for their responses.
+    fn drain(&self, shared: &Shared) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let give_up =
+            Instant::now() + shared.settings.response_timeout() + Duration::from_millis(200);
+        let obj = self.obj();
+        loop {
+            output::finish_ready(&obj, shared)?;
+            let mut t = shared.pending.lock();
+            if t.is_empty() {
+                return Ok(gst::FlowSuccess::Ok);
+            }
+            if t.is_flushing() || shared.stop.load(Ordering::SeqCst) {
+                return Err(gst::FlowError::Flushing);
+            }
+            let now = Instant::now();
+            if now >= give_up {
+                gst::warning!(CAT, imp = self, "EOS: giving up on {} frames", t.len());
+                return Ok(gst::FlowSuccess::Ok);
+            }
+            if t.has_ready(now) {
+                continue;
+            }
+            let wake = t.earliest_deadline().map_or(give_up, |d| d.min(give_up));
+            shared.pending.wait_until(&mut t, wake);
+        }
+    }
+
+    fn set_flushing(&self, flushing: bool) {
+        if let Some(shared) = self.shared() {
+            shared.pending.lock().set_flushing(flushing);
+            shared.pending.notify();
+        }
+    }
+}
+
+impl ObjectImpl for VsockEnc {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("socket-path")
+                    .nick("Unix socket path")
+                    .blurb("Path of the host daemon's Unix socket; when set, it is used instead of TCP and AF_VSOCK")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("tcp-host")
+                    .nick("TCP host")
+                    .blurb("Host name or address of the host daemon (e.g. 10.0.2.2 with QEMU user networking); used when socket-path is not set, instead of AF_VSOCK")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("tcp-port")
+                    .nick("TCP port")
+                    .blurb("TCP port of the host daemon (1-65535)")
+                    .minimum(1)
+                    .maximum(65535)
+                    .default_value(DEFAULT_TCP_PORT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("cid")
+                    .nick("VSOCK CID")
+                    .blurb("AF_VSOCK context id of the host daemon (2 = the host); used when neither socket-path nor tcp-host is set")
+                    .default_value(DEFAULT_CID)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("port")
+                    .nick("VSOCK port")
+                    .blurb("AF_VSOCK port of the host daemon")
+                    .default_value(DEFAULT_PORT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt::builder("keyframe-interval")
+                    .nick("Keyframe interval")
+                    .blurb("Ask the host for a keyframe every this many frames (0 = never forced; the host encoder's own GOP applies)")
+                    .minimum(0)
+                    .maximum(i32::MAX)
+                    .default_value(DEFAULT_KEYFRAME_INTERVAL)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt::builder("bitrate")
+                    .nick("Bitrate")
+                    .blurb("Target bitrate in kbit/s, sent to the host in CONFIG_REQ (as bit/s). Like x264enc; the C gstvsockenc took bit/s here and ignored it")
+                    .minimum(1)
+                    .maximum(MAX_BITRATE)
+                    .default_value(DEFAULT_BITRATE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("response-timeout")
+                    .nick("Response timeout")
+                    .blurb("Milliseconds to wait for a frame's encoded response before dropping the frame (the next frame is then sent as a keyframe)")
+                    .minimum(MIN_RESPONSE_TIMEOUT)
+                    .maximum(MAX_RESPONSE_TIMEOUT)
+                    .default_value(DEFAULT_RESPONSE_TIMEOUT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-in-flight")
+                    .nick("Maximum frames in flight")
+                    .blurb("Frames sent to the host and not answered yet before the element blocks upstream")
+                    .minimum(1)
+                    .maximum(MAX_MAX_IN_FLIGHT)
+                    .default_value(DEFAULT_MAX_IN_FLIGHT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("connect-timeout")
+                    .nick("Connect timeout")
+                    .blurb("Milliseconds one connection attempt to the host may take")
+                    .minimum(MIN_CONNECT_TIMEOUT)
+                    .maximum(MAX_CONNECT_TIMEOUT)
+                    .default_value(DEFAULT_CONNECT_TIMEOUT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("reconnect")
+                    .nick("Reconnect")
+                    .blurb("Reconnect (every reconnect-interval) when the connection to the host is lost, dropping frames until then; false: a lost connection is an error")
+                    .default_value(DEFAULT_RECONNECT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("reconnect-interval")
+                    .nick("Reconnect interval")
+                    .blurb("Milliseconds between connection attempts while the host is away")
+                    .minimum(MIN_RECONNECT_INTERVAL)
+                    .maximum(MAX_RECONNECT_INTERVAL)
+                    .default_value(DEFAULT_RECONNECT_INTERVAL)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("wait-for-host")
+                    .nick("Wait for host")
+                    .blurb("Start even if the host daemon is not there yet and drop frames until it appears; false: a missing host at start is an error")
+                    .default_value(DEFAULT_WAIT_FOR_HOST)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("keepalive-interval")
+                    .nick("Keepalive interval")
+                    .blurb("Milliseconds of silence after which a PING is sent (legacy hosts drop clients silent for 30 s); 0 = off")
+                    .maximum(MAX_KEEPALIVE_INTERVAL)
+                    .default_value(DEFAULT_KEEPALIVE_INTERVAL)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("Counters (vsockenc-stats): frames-sent, frames-returned, frames-dropped and dropped-* by reason, late-responses, bytes-sent, bytes-received, in-flight, reconnects, host-errors, latency-mean-us, latency-max-us")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = self.settings.lock();
+        match pspec.name() {
+            "socket-path" => s.socket_path = value.get().expect("type checked upstream"),
+            "tcp-host" => s.tcp_host = value.get().expect("type checked upstream"),
+            "tcp-port" => s.tcp_port = value.get().expect("type checked upstream"),
+            "cid" => s.cid = value.get().expect("type checked upstream"),
+            "port" => s.port = value.get().expect("type checked upstream"),
+            "keyframe-interval" => {
+                s.keyframe_interval = value.get().expect("type checked upstream")
+            }
+            "bitrate" => s.bitrate_kbps = value.get().expect("type checked upstream"),
+            "response-timeout" => {
+                s.response_timeout_ms = value.get().expect("type checked upstream")
+            }
+            "max-in-flight" => s.max_in_flight = value.get().expect("type checked upstream"),
+            "connect-timeout" => s.connect_timeout_ms = value.get().expect("type checked upstream"),
+            "reconnect" => s.reconnect = value.get().expect("type checked upstream"),
+            "reconnect-interval" => {
+                s.reconnect_interval_ms = value.get().expect("type checked upstream")
+            }
+            "wait-for-host" => s.wait_for_host = value.get().expect("type checked upstream"),
+            "keepalive-interval" => {
+                s.keepalive_interval_ms = value.get().expect("type checked upstream")
+            }
+            other => unimplemented!("property {other}"),
+        }
+        gst::debug!(CAT, imp = self, "{} set", pspec.name());
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if pspec.name() == "stats" {
+            if let Some(shared) = self.shared() {
+                let t = shared.pending.lock();
+                return t.stats.to_structure(t.in_flight() as u32).to_value();
+            }
+            return self
+                .last_stats
+                .lock()
+                .clone()
+                .unwrap_or_else(stats::empty_structure)
+                .to_value();
+        }
+        let s = self.settings.lock();
+        match pspec.name() {
+            "socket-path" => s.socket_path.to_value(),
+            "tcp-host" => s.tcp_host.to_value(),
+            "tcp-port" => s.tcp_port.to_value(),
+            "cid" => s.cid.to_value(),
+            "port" => s.port.to_value(),
+            "keyframe-interval" => s.keyframe_interval.to_value(),
+            "bitrate" => s.bitrate_kbps.to_value(),
+            "response-timeout" => s.response_timeout_ms.to_value(),
+            "max-in-flight" => s.max_in_flight.to_value(),
+            "connect-timeout" => s.connect_timeout_ms.to_value(),
+            "reconnect" => s.reconnect.to_value(),
+            "reconnect-interval" => s.reconnect_interval_ms.to_value(),
+            "wait-for-host" => s.wait_for_host.to_value(),
+            "keepalive-interval" => s.keepalive_interval_ms.to_value(),
+            other => unimplemented!("property {other}"),
+        }
+    }
+}
+
+impl GstObjectImpl for VsockEnc {}
+
+impl ElementImpl for VsockEnc {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "VSOCK host H.264 encoder",
+                "Codec/Encoder/Video",
+                "Encodes video to H.264 by handing raw frames to vsockenc-host on the VM host over AF_VSOCK, TCP or a Unix socket",
+                "vsockenc developers",
+            )
+        });
+        Some(&*META)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let raw = gst_video::VideoCapsBuilder::new()
+                .format_list(SINK_FORMATS)
+                .width_range(1..=8192)
+                .height_range(1..=8192)
+                .build();
+            let dmabuf = gst_video::VideoCapsBuilder::new()
+                .features([gst_allocators::CAPS_FEATURE_MEMORY_DMABUF])
+                .format_list(SINK_FORMATS)
+                .width_range(1..=8192)
+                .height_range(1..=8192)
+                .build();
+            let mut sink_caps = raw;
+            sink_caps.merge(dmabuf);
+            let src_caps = gst::Caps::builder("video/x-h264")
+                .field("stream-format", "byte-stream")
+                .field("alignment", "au")
+                .field("width", gst::IntRange::new(1, 8192))
+                .field("height", gst::IntRange::new(1, 8192))
+                .build();
+            vec![
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &sink_caps,
+                )
+                .unwrap(),
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &src_caps,
+                )
+                .unwrap(),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::PausedToReady {
+            // Wake handle_frame/finish before the pads are deactivated.
+            self.set_flushing(true);
+        }
+        self.parent_change_state(transition)
+    }
+}
+
+impl VideoEncoderImpl for VsockEnc {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().clone();
+        let obj = self.obj();
+        let shared = Shared::new(settings.clone(), &obj);
+        let addr = shared.addr.clone();
+        gst::info!(CAT, imp = self, "connecting to {addr}");
+        if let Err(e) = shared.connect() {
+            let why = transport::describe(&e);
+            if !settings.wait_for_host {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::OpenReadWrite,
+                    [
+                        "no vsockenc-host listening on {addr} ({why}); {}",
+                        addr.remedy()
+                    ]
+                ));
+            }
+            gst::warning!(
+                CAT,
+                imp = self,
+                "no vsockenc-host on {addr} yet ({why}); dropping frames until it appears, retrying every {} ms",
+                settings.reconnect_interval_ms
+            );
+            shared.schedule_connect(Instant::now() + settings.reconnect_interval());
+        }
+        output::spawn(shared.clone(), obj.downgrade()).map_err(|e| {
+            shared.close();
+            gst::error_msg!(
+                gst::CoreError::Failed,
+                ["cannot start the output thread: {e}"]
+            )
+        })?;
+        *self.state.lock() = Some(State { shared, info: None });
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        let Some(state) = self.state.lock().take() else {
+            return Ok(());
+        };
+        let shared = state.shared;
+        shared.close();
+        if let Some(h) = shared.output_thread.lock().take() {
+            let _ = h.join();
+        }
+        let t = shared.pending.lock();
+        *self.last_stats.lock() = Some(t.stats.to_structure(0));
+        gst::info!(
+            CAT,
+            imp = self,
+            "stopped; {}",
+            t.stats.to_structure(t.in_flight() as u32)
+        );
+        Ok(())
+    }
+
+    fn set_format(
+        &self,
+        state: &gst_video::VideoCodecState<'static, gst_video::video_codec_state::Readable>,
+    ) -> Result<(), gst::LoggableError> {
+        let info = state.info().clone();
+        let shared = self
+            .shared()
+            .ok_or_else(|| gst::loggable_error!(CAT, "set_format before start"))?;
+        let obj = self.obj();
+        let caps = gst::Caps::builder("video/x-h264")
+            .field("stream-format", "byte-stream")
+            .field("alignment", "au")
+            .build();
+        let output_state = obj
+            .set_output_state(caps, Some(state))
+            .map_err(|_| gst::loggable_error!(CAT, "cannot set the output state"))?;
+        obj.negotiate(output_state).map_err(|_| {
+            gst::loggable_error!(CAT, "downstream refused video/x-h264 byte-stream au")
+        })?;
+
+        let fps = info.fps();
+        let (num, den) = if fps.numer() > 0 && fps.denom() > 0 {
+            (fps.numer() as u32, fps.denom() as u32)
+        } else {
+            (0, 1)
+        };
+        shared.set_config(hxfr::ConfigRequest {
+            width: info.width(),
+            height: info.height(),
+            bitrate: shared.settings.bitrate_bps(),
+            framerate_num: num,
+            framerate_den: den,
+            profile: 0,
+            level: 0,
+            realtime: true,
+        });
+
+        // A frame leaves the element one host round trip after it came in,
+        // at most after the response timeout; a realtime host encoder
+        // answers within about one frame interval.
+        let frame = (num > 0)
+            .then(|| gst::ClockTime::SECOND.mul_div_floor(den as u64, num as u64))
+            .flatten()
+            .unwrap_or(gst::ClockTime::ZERO);
+        let max =
+            gst::ClockTime::from_mseconds(shared.settings.response_timeout_ms as u64).max(frame);
+        obj.set_latency(frame, max);
+        gst::info!(CAT, imp = self, "format {info:?}; latency {frame} .. {max}");
+
+        if let Some(s) = self.state.lock().as_mut() {
+            s.info = Some(info);
+        }
+        Ok(())
+    }
+
+    fn handle_frame(
+        &self,
+        frame: gst_video::VideoCodecFrame,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let (shared, info) = {
+            let st = self.state.lock();
+            let st = st.as_ref().ok_or(gst::FlowError::Flushing)?;
+            (
+                st.shared.clone(),
+                st.info.clone().ok_or(gst::FlowError::NotNegotiated)?,
+            )
+        };
+        shared.flow()?;
+        let frame_id = frame.system_frame_number();
+        let pts = frame.pts();
+        let duration = frame.duration();
+        let force_requested = frame
+            .flags()
+            .contains(gst_video::VideoCodecFrameFlags::FORCE_KEYFRAME);
+        let input = frame.input_buffer_owned().ok_or(gst::FlowError::Error)?;
+        // The frame stays in the base class's list; it is taken back by
+        // number when its response is finished.
+        drop(frame);
+
+        let obj = self.obj();
+        let mut ret = output::finish_ready(&obj, &shared);
+        self.wait_for_capacity(&shared)?;
+        shared.send(FrameToSend {
+            frame_id,
+            input: &input,
+            info: &info,
+            pts,
+            duration,
+            force_requested,
+        })?;
+        let r = output::finish_ready(&obj, &shared);
+        if ret.is_ok() {
+            ret = r;
+        }
+        ret?;
+        shared.flow()
+    }
+
+    fn finish(&self) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let Some(shared) = self.shared() else {
+            return Ok(gst::FlowSuccess::Ok);
+        };
+        self.drain(&shared)
+    }
+
+    fn flush(&self) -> bool {
+        if let Some(shared) = self.shared() {
+            let mut t = shared.pending.lock();
+            t.clear();
+            t.set_flushing(false);
+            drop(t);
+            shared.reset_flow();
+            shared.pending.notify();
+        }
+        true
+    }
+
+    fn sink_event(&self, event: gst::Event) -> bool {
+        if let gst::EventView::FlushStart(_) = event.view() {
+            self.set_flushing(true);
+        }
+        self.parent_sink_event(event)
+    }
+}

@@ -1,0 +1,151 @@
+//! The output thread, and the drain that finishes ready frames.
+//!
+//! The output thread pushes a frame's output as soon as its response
+//! arrives, even when no further input comes (a static desktop). It sleeps
+//! on the pending table's condvar, waking when the reader completes a frame,
+//! at the earliest frame deadline (to drop timed-out frames) and when the
+//! link needs care (reconnect, keepalive). To finish frames it takes the
+//! encoder's stream lock first and only then the table's mutex, like
+//! `handle_frame`, which already holds the stream lock when it drains.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst_video::prelude::*;
+
+use super::imp::CAT;
+use super::pending::{Outcome, Ready};
+use super::runtime::Shared;
+use super::stream_lock::StreamLockGuard;
+
+/// Longest sleep without a reason to wake, to notice a lost element.
+const IDLE_WAKE: Duration = Duration::from_millis(500);
+
+pub fn spawn(shared: Arc<Shared>, element: glib::WeakRef<super::VsockEnc>) -> std::io::Result<()> {
+    let s = shared.clone();
+    let handle = std::thread::Builder::new()
+        .name("vsockenc-out".into())
+        .spawn(move || {
+            let r = catch_unwind(AssertUnwindSafe(|| run(&s, &element)));
+            if r.is_err() {
+                if let Some(el) = element.upgrade() {
+                    gst::element_error!(
+                        el,
+                        gst::CoreError::Failed,
+                        ("internal error: the vsockenc output thread panicked")
+                    );
+                }
+                s.set_flow(Err(gst::FlowError::Error));
+            }
+        })?;
+    *shared.output_thread.lock() = Some(handle);
+    Ok(())
+}
+
+enum Wake {
+    Drain,
+    Maintain,
+}
+
+fn run(shared: &Arc<Shared>, element: &glib::WeakRef<super::VsockEnc>) {
+    loop {
+        let wake = {
+            let mut t = shared.pending.lock();
+            loop {
+                if shared.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let now = Instant::now();
+                if !t.is_flushing() && t.has_ready(now) {
+                    break Wake::Drain;
+                }
+                let maint = shared.next_maintenance();
+                if maint.is_some_and(|m| m <= now) {
+                    break Wake::Maintain;
+                }
+                let mut wake_at = now + IDLE_WAKE;
+                for d in [t.earliest_deadline(), maint].into_iter().flatten() {
+                    wake_at = wake_at.min(d);
+                }
+                shared.pending.wait_until(&mut t, wake_at);
+            }
+        };
+        match wake {
+            Wake::Drain => {
+                let Some(el) = element.upgrade() else { return };
+                let _stream_lock = StreamLockGuard::lock(&el);
+                if shared.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let r = finish_ready(&el, shared);
+                if let Err(e) = r {
+                    shared.set_flow(Err(e));
+                }
+            }
+            Wake::Maintain => shared.maintain(Instant::now()),
+        }
+    }
+}
+
+/// Finishes, in input order, every frame whose fate is known. The caller
+/// holds the encoder's stream lock.
+pub fn finish_ready(
+    el: &super::VsockEnc,
+    shared: &Shared,
+) -> Result<gst::FlowSuccess, gst::FlowError> {
+    let ready = shared.pending.lock().pop_ready(Instant::now());
+    if ready.is_empty() {
+        return Ok(gst::FlowSuccess::Ok);
+    }
+    // Capacity was freed: wake handle_frame / finish if they wait.
+    shared.pending.notify();
+    let mut ret = Ok(gst::FlowSuccess::Ok);
+    for r in ready {
+        let res = finish_one(el, r);
+        if res.is_err() && ret.is_ok() {
+            ret = res;
+        }
+    }
+    ret
+}
+
+fn finish_one(el: &super::VsockEnc, r: Ready) -> Result<gst::FlowSuccess, gst::FlowError> {
+    let Some(mut frame) = el.frame(r.frame_id as i32) else {
+        // Flushed meanwhile.
+        return Ok(gst::FlowSuccess::Ok);
+    };
+    match r.outcome {
+        Outcome::Encoded(enc) => {
+            gst::trace!(
+                CAT,
+                obj = el,
+                "finishing frame {} (wire pts {}, {} bytes, keyframe {})",
+                r.frame_id,
+                r.wire_pts,
+                enc.data.len(),
+                enc.keyframe
+            );
+            if enc.keyframe {
+                frame.set_flags(gst_video::VideoCodecFrameFlags::SYNC_POINT);
+            }
+            frame.set_output_buffer(gst::Buffer::from_mut_slice(enc.data));
+            el.finish_frame(frame)
+        }
+        Outcome::Dropped(reason) => {
+            gst::debug!(
+                CAT,
+                obj = el,
+                "dropping frame {} (pts {:?}, wire pts {}): {}",
+                r.frame_id,
+                frame.pts(),
+                r.wire_pts,
+                reason.as_str()
+            );
+            // Without an output buffer the base class drops the frame.
+            el.finish_frame(frame)
+        }
+    }
+}

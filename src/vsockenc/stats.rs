@@ -1,0 +1,89 @@
+//! Counters of the element, exposed as the read-only `stats` structure.
+
+use std::time::Duration;
+
+use crate::vsockenc::pending::DropReason;
+
+pub const STATS_NAME: &str = "vsockenc-stats";
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub frames_sent: u64,
+    pub frames_returned: u64,
+    pub dropped_timeout: u64,
+    pub dropped_host_error: u64,
+    pub dropped_disconnect: u64,
+    pub dropped_no_host: u64,
+    pub dropped_awaiting_keyframe: u64,
+    pub late_responses: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub reconnects: u64,
+    pub host_errors: u64,
+    pub pings_sent: u64,
+    pub pongs_received: u64,
+    latency_sum_us: u64,
+    latency_count: u64,
+    pub latency_max_us: u64,
+}
+
+impl Stats {
+    pub fn count_drop(&mut self, reason: DropReason) {
+        match reason {
+            DropReason::Timeout => self.dropped_timeout += 1,
+            DropReason::HostError => self.dropped_host_error += 1,
+            DropReason::Disconnect => self.dropped_disconnect += 1,
+            DropReason::NoHost => self.dropped_no_host += 1,
+            DropReason::AwaitingKeyframe => self.dropped_awaiting_keyframe += 1,
+        }
+    }
+
+    pub fn frames_dropped(&self) -> u64 {
+        self.dropped_timeout
+            + self.dropped_host_error
+            + self.dropped_disconnect
+            + self.dropped_no_host
+            + self.dropped_awaiting_keyframe
+    }
+
+    pub fn record_latency(&mut self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        self.latency_sum_us = self.latency_sum_us.saturating_add(us);
+        self.latency_count += 1;
+        self.latency_max_us = self.latency_max_us.max(us);
+    }
+
+    pub fn latency_mean_us(&self) -> u64 {
+        self.latency_sum_us
+            .checked_div(self.latency_count)
+            .unwrap_or(0)
+    }
+
+    pub fn to_structure(&self, in_flight: u32) -> gst::Structure {
+        gst::Structure::builder(STATS_NAME)
+            .field("frames-sent", self.frames_sent)
+            .field("frames-returned", self.frames_returned)
+            .field("frames-dropped", self.frames_dropped())
+            .field("dropped-timeout", self.dropped_timeout)
+            .field("dropped-host-error", self.dropped_host_error)
+            .field("dropped-disconnect", self.dropped_disconnect)
+            .field("dropped-no-host", self.dropped_no_host)
+            .field("dropped-awaiting-keyframe", self.dropped_awaiting_keyframe)
+            .field("late-responses", self.late_responses)
+            .field("bytes-sent", self.bytes_sent)
+            .field("bytes-received", self.bytes_received)
+            .field("in-flight", in_flight)
+            .field("reconnects", self.reconnects)
+            .field("host-errors", self.host_errors)
+            .field("pings-sent", self.pings_sent)
+            .field("pongs-received", self.pongs_received)
+            .field("latency-mean-us", self.latency_mean_us())
+            .field("latency-max-us", self.latency_max_us)
+            .build()
+    }
+}
+
+/// The `stats` property value before the element ever ran.
+pub fn empty_structure() -> gst::Structure {
+    Stats::default().to_structure(0)
+}

@@ -1,0 +1,321 @@
+//! Where the host daemon is and how to reach it: address selection, connect
+//! with a timeout, and the socket options each transport needs.
+//!
+//! * Unix socket: nothing to tune.
+//! * TCP: `TCP_NODELAY`, because a small FRAME_REQUEST prefix waiting for
+//!   Nagle would add a round trip to every frame.
+//! * AF_VSOCK: `SO_VM_SOCKETS_CONNECT_TIMEOUT` (the kernel default is 2 s and
+//!   ignores `connect-timeout` otherwise) and large `SO_SNDBUF`/`SO_RCVBUF`
+//!   so a multi-megabyte frame does not trickle through the default 256 KiB.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::mem;
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vsock::VsockStream;
+
+/// Socket buffer asked for on AF_VSOCK (the kernel may cap it).
+const VSOCK_BUFFER_BYTES: u64 = 16 << 20;
+/// `SO_VM_SOCKETS_BUFFER_SIZE` and friends, from `<linux/vm_sockets.h>`.
+const SO_VM_SOCKETS_BUFFER_SIZE: libc::c_int = 0;
+const SO_VM_SOCKETS_BUFFER_MAX_SIZE: libc::c_int = 2;
+const SO_VM_SOCKETS_CONNECT_TIMEOUT: libc::c_int = 6;
+
+/// The host daemon's address, in the same spelling `vsockenc-host --listen`
+/// accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Unix(PathBuf),
+    Tcp { host: String, port: u16 },
+    Vsock { cid: u32, port: u32 },
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+            Address::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
+            Address::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+        }
+    }
+}
+
+impl Address {
+    /// What to tell a user whose host is not there.
+    pub fn remedy(&self) -> String {
+        let listen = match self {
+            Address::Vsock { port, .. } => format!("vsock:{port}"),
+            other => other.to_string(),
+        };
+        format!("start `vsockenc-host --listen {listen}` on the host or set wait-for-host=true")
+    }
+}
+
+/// A connected stream of any transport.
+#[derive(Debug)]
+pub enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+    Vsock(VsockStream),
+}
+
+impl Stream {
+    pub fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Vsock(s) => Stream::Vsock(s.try_clone()?),
+        })
+    }
+
+    pub fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(d),
+            Stream::Tcp(s) => s.set_read_timeout(d),
+            Stream::Vsock(s) => s.set_read_timeout(d),
+        }
+    }
+
+    pub fn set_write_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_write_timeout(d),
+            Stream::Tcp(s) => s.set_write_timeout(d),
+            Stream::Vsock(s) => s.set_write_timeout(d),
+        }
+    }
+
+    /// Wakes a reader blocked on this socket (any clone) and makes further
+    /// writes fail.
+    pub fn shutdown(&self) {
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(Shutdown::Both),
+            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
+            Stream::Vsock(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Vsock(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Vsock(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write_vectored(bufs),
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Vsock(s) => write_vectored_fd(std::os::fd::AsRawFd::as_raw_fd(s), bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `writev` on a raw socket: `VsockStream` only implements `write`, which
+/// would cost one syscall per row of a padded frame.
+fn write_vectored_fd(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    let n = bufs.len().min(1024);
+    // SAFETY: IoSlice is ABI-compatible with iovec; `fd` is open for the
+    // lifetime of the borrowed stream.
+    let r = unsafe { libc::writev(fd, bufs.as_ptr() as *const libc::iovec, n as libc::c_int) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Whether an error means "nobody is listening there (any more)" rather
+/// than a local problem.
+pub fn is_host_absent(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNRESET)
+            | Some(libc::ECONNREFUSED)
+            | Some(libc::ETIMEDOUT)
+            | Some(libc::ENOENT)
+            | Some(libc::EPIPE)
+            | Some(libc::ENODEV)
+            | Some(libc::EHOSTUNREACH)
+            | Some(libc::ENETUNREACH)
+    ) || matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::NotFound
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// A short description of a connect failure for messages.
+pub fn describe(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "connection refused".into(),
+        Some(libc::ENOENT) => "no such socket file".into(),
+        Some(libc::ETIMEDOUT) => "timed out".into(),
+        Some(libc::ECONNRESET) => "connection reset".into(),
+        _ if e.kind() == io::ErrorKind::TimedOut => "timed out".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Opens a connection to `addr`, giving up after `timeout`.
+pub fn connect(addr: &Address, timeout: Duration) -> io::Result<Stream> {
+    match addr {
+        Address::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path)?)),
+        Address::Tcp { host, port } => {
+            let mut last = io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{host} does not resolve to any address"),
+            );
+            for sa in (host.as_str(), *port).to_socket_addrs()? {
+                match TcpStream::connect_timeout(&sa, timeout) {
+                    Ok(s) => {
+                        s.set_nodelay(true)?;
+                        return Ok(Stream::Tcp(s));
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        }
+        Address::Vsock { cid, port } => connect_vsock(*cid, *port, timeout).map(Stream::Vsock),
+    }
+}
+
+fn connect_vsock(cid: u32, port: u32, timeout: Duration) -> io::Result<VsockStream> {
+    // SAFETY: plain socket syscalls on a descriptor we own; the descriptor
+    // is handed to VsockStream (which closes it) or closed on error.
+    unsafe {
+        let fd = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let stream = VsockStream::from_raw_fd(fd);
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        setsockopt(fd, libc::AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, &tv)?;
+        // Best effort: the buffer options are advisory.
+        let _ = setsockopt(
+            fd,
+            libc::AF_VSOCK,
+            SO_VM_SOCKETS_BUFFER_MAX_SIZE,
+            &VSOCK_BUFFER_BYTES,
+        );
+        let _ = setsockopt(
+            fd,
+            libc::AF_VSOCK,
+            SO_VM_SOCKETS_BUFFER_SIZE,
+            &VSOCK_BUFFER_BYTES,
+        );
+        let big = VSOCK_BUFFER_BYTES as libc::c_int;
+        let _ = setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &big);
+        let _ = setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &big);
+        let mut sa: libc::sockaddr_vm = mem::zeroed();
+        sa.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+        sa.svm_cid = cid;
+        sa.svm_port = port;
+        let r = libc::connect(
+            fd,
+            &sa as *const libc::sockaddr_vm as *const libc::sockaddr,
+            mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        );
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+unsafe fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
+    // SAFETY: `v` points to a live T of the size we pass.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            v as *const T as *const libc::c_void,
+            mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_spelled_like_the_daemon_flags() {
+        assert_eq!(
+            Address::Unix("/run/x.sock".into()).to_string(),
+            "unix:/run/x.sock"
+        );
+        let tcp = Address::Tcp {
+            host: "10.0.2.2".into(),
+            port: 15937,
+        };
+        assert_eq!(tcp.to_string(), "tcp:10.0.2.2:15937");
+        assert_eq!(
+            Address::Vsock { cid: 2, port: 5000 }.to_string(),
+            "vsock:2:5000"
+        );
+        assert!(Address::Vsock { cid: 2, port: 5000 }
+            .remedy()
+            .contains("--listen vsock:5000"));
+    }
+
+    #[test]
+    fn missing_unix_socket_counts_as_absent_host() {
+        let e = connect(
+            &Address::Unix("/nonexistent/vsockenc-test.sock".into()),
+            Duration::from_millis(100),
+        )
+        .unwrap_err();
+        assert!(is_host_absent(&e), "{e}");
+    }
+
+    #[test]
+    fn refused_tcp_counts_as_absent_host() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let e = connect(
+            &Address::Tcp {
+                host: "127.0.0.1".into(),
+                port,
+            },
+            Duration::from_millis(500),
+        )
+        .unwrap_err();
+        assert!(is_host_absent(&e), "{e}");
+    }
+}
