@@ -561,3 +561,91 @@ fn sizes_and_bodies_are_checked() {
         assert!(dec.is_idle());
     }
 }
+
+mod common;
+
+/// Byte strings quoted in docs/protocol.md: every fenced block, and every
+/// inline code span made only of hex bytes (at least a header's worth).
+/// Text after `#` on a line is a comment; tokens that are not two hex
+/// digits (`×`, counts) are left out.
+fn doc_byte_blocks() -> Vec<Vec<u8>> {
+    let doc = include_str!("../../docs/protocol.md");
+    let is_hex_byte = |t: &str| t.len() == 2 && t.bytes().all(|b| b.is_ascii_hexdigit());
+    let parse = |text: &str| -> Vec<u8> {
+        text.lines()
+            .flat_map(|l| l.split('#').next().unwrap().split_whitespace())
+            .filter(|t| is_hex_byte(t))
+            .map(|t| u8::from_str_radix(t, 16).unwrap())
+            .collect()
+    };
+    let mut blocks = Vec::new();
+    let mut fenced: Option<String> = None;
+    let mut prose = String::new();
+    for line in doc.lines() {
+        if line.starts_with("```") {
+            match fenced.take() {
+                Some(block) => blocks.push(parse(&block)),
+                None => fenced = Some(String::new()),
+            }
+            continue;
+        }
+        match &mut fenced {
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            None => {
+                prose.push_str(line);
+                prose.push(' ');
+            }
+        }
+    }
+    for (i, span) in prose.split('`').enumerate() {
+        let toks: Vec<&str> = span.split_whitespace().collect();
+        if i % 2 == 1 && toks.len() >= 12 && toks.iter().all(|t| is_hex_byte(t)) {
+            blocks.push(parse(span));
+        }
+    }
+    blocks
+}
+
+/// docs/protocol.md quotes the extension vectors of this file and the
+/// legacy vectors of tests/common/vectors.rs byte for byte.
+#[test]
+fn docs_quote_the_vectors() {
+    let blocks = doc_byte_blocks();
+    for (name, text, _) in vectors() {
+        assert!(
+            blocks.contains(&hex(text)),
+            "docs/protocol.md does not quote the {name} vector"
+        );
+    }
+    let legacy = [
+        common::vectors::frame_request_resource(),
+        common::vectors::frame_request_pixels(),
+        common::vectors::frame_response_annexb(),
+        common::vectors::frame_response_avcc(),
+        common::vectors::frame_response_empty(),
+        common::vectors::keyframe_req(),
+        common::vectors::config_req(),
+        common::vectors::config_resp(),
+        common::vectors::ping(),
+        common::vectors::pong(),
+        common::vectors::enable_scanout(),
+    ];
+    for v in legacy {
+        assert!(
+            blocks.contains(&v.bytes),
+            "docs/protocol.md does not quote the legacy vector {:?}",
+            v.name
+        );
+    }
+    // ERROR is quoted with its 243 bytes of NUL padding abbreviated.
+    let error = common::vectors::error().bytes;
+    assert!(
+        blocks
+            .iter()
+            .any(|b| b.len() > 29 && error.starts_with(&b[..29])),
+        "docs/protocol.md does not quote the ERROR vector"
+    );
+}
