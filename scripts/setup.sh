@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Installs what building and testing vsockenc needs on Debian 12, and
+# nothing when everything is already there (safe to run again and again).
+#
+#   scripts/setup.sh [GROUP...]
+#
+# The `base` group (build and run: Rust toolchain checks, GStreamer
+# development files and plugins, cargo-nextest) is always set up. Other
+# scripts name extra groups, e.g. `scripts/setup.sh vm`; the groups and
+# their Debian packages are listed once, in PACKAGE_GROUPS below.
+#
+# Missing Debian packages are installed with apt-get when run as root
+# (`apt-get update` once, then `apt-get install`). Otherwise the exact apt
+# line is printed and the script exits non-zero: nothing is half-done
+# silently.
+#
+# Environment:
+#   VSOCKENC_SETUP_NO_INSTALL=1   only check; never install anything
+set -euo pipefail
+
+# ---- package groups: add a group here, in one place -------------------------
+declare -A PACKAGE_GROUPS=(
+    [base]="pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+            gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+            gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav"
+    # Booting a real guest under QEMU (scripts/vm/, the real-guest tests).
+    [vm]="qemu-system-x86 linux-image-amd64 busybox-static cpio"
+    # The meson build and install check (meson.build, scripts/check-install.sh).
+    [meson]="meson ninja-build"
+)
+# Oldest Rust the workspace builds with (Cargo.toml rust-version).
+MIN_RUST="1.92"
+
+say() { echo "setup.sh: $*" >&2; }
+die() {
+    say "ERROR: $*"
+    exit 1
+}
+
+usage() {
+    echo "usage: scripts/setup.sh [GROUP...]   (groups: ${!PACKAGE_GROUPS[*]})" >&2
+    exit 2
+}
+
+groups=(base)
+for arg in "$@"; do
+    case $arg in
+        -h | --help) usage ;;
+        *)
+            [ -n "${PACKAGE_GROUPS[$arg]+x}" ] ||
+                die "unknown group '$arg' (known: ${!PACKAGE_GROUPS[*]})"
+            groups+=("$arg")
+            ;;
+    esac
+done
+
+can_install() {
+    [ "${VSOCKENC_SETUP_NO_INSTALL:-0}" != 1 ] && [ "$(id -u)" = 0 ]
+}
+
+# ---- Debian packages ----------------------------------------------------------
+wanted=()
+for g in "${groups[@]}"; do
+    # shellcheck disable=SC2206 # word splitting of the list is intended
+    wanted+=(${PACKAGE_GROUPS[$g]})
+done
+
+installed() {
+    dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^install ok installed$'
+}
+
+if command -v dpkg-query >/dev/null; then
+    missing=()
+    for p in "${wanted[@]}"; do
+        installed "$p" || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt_line="apt-get update && apt-get install -y --no-install-recommends ${missing[*]}"
+        if ! can_install; then
+            say "missing Debian packages: ${missing[*]}"
+            say "install them as root with:"
+            echo "    $apt_line"
+            exit 1
+        fi
+        say "installing Debian packages: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get -o DPkg::Lock::Timeout=600 update -qq ||
+            die "apt-get update failed (no network or a broken sources list?)"
+        apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" ||
+            die "apt-get install failed; try by hand: $apt_line"
+        for p in "${missing[@]}"; do
+            installed "$p" || die "$p is still not installed after apt-get install"
+        done
+    fi
+else
+    # Not Debian: we cannot name packages, but we can check what matters.
+    say "no dpkg here: not a Debian system, checking GStreamer through pkg-config instead"
+    say "(Debian names of what is needed: ${wanted[*]})"
+    command -v pkg-config >/dev/null || die "pkg-config is missing"
+fi
+
+for pc in gstreamer-1.0 gstreamer-base-1.0 gstreamer-video-1.0; do
+    pkg-config --exists "$pc" || die "pkg-config cannot find $pc (GStreamer development files)"
+done
+pkg-config --atleast-version=1.22 gstreamer-1.0 ||
+    die "GStreamer $(pkg-config --modversion gstreamer-1.0) is too old: 1.22 or newer is needed"
+command -v gst-inspect-1.0 >/dev/null || die "gst-inspect-1.0 is missing (gstreamer1.0-tools)"
+
+# ---- Rust toolchain -------------------------------------------------------------
+# Rust comes from rustup, not from Debian (Debian 12's cargo is too old).
+command -v cargo >/dev/null ||
+    die "cargo is missing: install Rust $MIN_RUST or newer with rustup (https://rustup.rs), then run this again"
+rustc_version=$(rustc --version | awk '{print $2}')
+if [ "$(printf '%s\n%s\n' "$MIN_RUST" "${rustc_version%%-*}" | sort -V | head -n1)" != "$MIN_RUST" ]; then
+    die "rustc $rustc_version is older than $MIN_RUST: run 'rustup update stable'"
+fi
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        command -v rustup >/dev/null || die "cargo $component is missing and there is no rustup to add it"
+        [ "${VSOCKENC_SETUP_NO_INSTALL:-0}" != 1 ] || die "cargo $component is missing: rustup component add $component"
+        say "adding the $component component"
+        rustup component add "$component"
+    fi
+done
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    [ "${VSOCKENC_SETUP_NO_INSTALL:-0}" != 1 ] ||
+        die "cargo-nextest is missing: cargo install cargo-nextest --locked"
+    say "installing cargo-nextest (cargo install cargo-nextest --locked; a few minutes)"
+    cargo install cargo-nextest --locked
+    cargo nextest --version >/dev/null 2>&1 ||
+        die "cargo-nextest still does not run (is ~/.cargo/bin on PATH?)"
+fi
+
+say "ready (${groups[*]}): GStreamer $(pkg-config --modversion gstreamer-1.0), rustc $rustc_version, $(cargo nextest --version 2>/dev/null | head -n1)"

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The whole test suite, the way CI runs it (.ci/run calls this and nothing
+# else):
+#
+#   scripts/test.sh
+#
+# 1. scripts/setup.sh: installs what is missing (as root) or says what is.
+# 2. cargo fmt --check, cargo clippy -D warnings, cargo build, all --locked.
+# 3. cargo nextest run --workspace: every test of every crate (protocol,
+#    element, host daemon, system tests, real-guest tests). New test files
+#    are picked up without touching this script.
+# 4. Extra suites with their own scripts (see "extra suites" below).
+#
+# Every step runs even when an earlier one failed, so one run shows every
+# problem; the script exits non-zero if any step failed and lists them.
+# Uses CARGO_TARGET_DIR when set, like any cargo command.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# One target directory for cargo and for the scripts that call cargo (the
+# meson check reuses the debug build through it).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+
+failed=()
+
+# Runs one step, announcing it and remembering a failure.
+step() {
+    local name=$1
+    shift
+    echo
+    echo "==> $name: $*"
+    local start=$SECONDS
+    if "$@"; then
+        echo "==> $name: ok ($((SECONDS - start)) s)"
+    else
+        local rc=$?
+        echo "==> $name: FAILED (exit $rc after $((SECONDS - start)) s)"
+        failed+=("$name")
+    fi
+}
+
+# Setup failing means the tools are missing: nothing else can run.
+if ! scripts/setup.sh; then
+    echo "test.sh: setup failed (see above); not running the tests" >&2
+    exit 1
+fi
+
+step fmt cargo fmt --all -- --check
+step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
+step build cargo build --workspace --locked
+
+# The fuzz crate is outside the workspace (cargo fuzz builds it alone); its
+# code is compiled by the protocol tests, but its lock file must follow the
+# protocol crate's dependencies or `cargo fuzz` breaks unnoticed. A failure
+# here is fixed by `cargo update -p vsockenc-protocol --manifest-path
+# protocol/fuzz/Cargo.toml`.
+fuzz_lockfile_is_current() {
+    cargo metadata --locked --format-version 1 --manifest-path protocol/fuzz/Cargo.toml >/dev/null
+}
+step fuzz-lockfile fuzz_lockfile_is_current
+
+# ---- extra suites: preparation that tests depend on --------------------------
+# Each runs only if its script exists and is executable. The real-guest
+# tests call scripts/vm/prepare.sh themselves; running it here first keeps a
+# cold-cache install (Debian packages, vhost-device-vsock, initramfs) out of
+# the tests' own time limit.
+if [ -x scripts/vm/prepare.sh ]; then
+    step vm-prepare scripts/vm/prepare.sh
+fi
+# ---- end of preparation ------------------------------------------------------
+
+# nextest prints the test counts ("N tests run: N passed, ...") at the end.
+step tests cargo nextest run --workspace --locked
+
+# ---- extra suites: checks with their own scripts ------------------------------
+# Each runs only if its script exists and is executable; the lead enables or
+# adds them here.
+if [ -x scripts/check-install.sh ]; then
+    # The meson build and install (debug: reuses the cargo build above).
+    step meson-install scripts/check-install.sh --buildtype=debug
+fi
+# ---- end of extra suites --------------------------------------------------------
+
+echo
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "test.sh: FAILED: ${failed[*]}"
+    exit 1
+fi
+echo "test.sh: all steps passed"
