@@ -119,11 +119,13 @@ pub fn serve(
             dead.store(true, Ordering::SeqCst);
             drop(session);
         }
-        End::Shutdown | End::Broken => {
+        End::Shutdown | End::Broken if !dead.load(Ordering::SeqCst) => {
             if let Some(s) = session {
                 s.finish(cfg.drain_timeout);
             }
         }
+        // The writer gave up on this guest: nothing more can be sent.
+        End::Shutdown | End::Broken => drop(session),
     }
     drop(reader);
     let _ = writer.join();
@@ -278,8 +280,10 @@ impl Reader<'_> {
         let invalid =
             |code, why: String| ErrorMessage::new(code, format!("frame pts={}: {why}", req.pts));
         let pixels = match pixels {
-            Some(p) => p,
-            None if req.resource_id != 0 => {
+            // A guest may set the pixel flag with an empty block next to a
+            // resource id: that is still a GPU-memory frame.
+            Some(p) if !(p.is_empty() && req.resource_id != 0) => p,
+            _ if req.resource_id != 0 => {
                 let e = invalid(
                     error_code::RESOURCE_NOT_FOUND,
                     format!(
@@ -289,7 +293,7 @@ impl Reader<'_> {
                 );
                 return self.reject(sid, e);
             }
-            None => {
+            _ => {
                 let e = invalid(
                     error_code::INVALID_MESSAGE,
                     "carries neither pixels (flag 0x01) nor a resource id".into(),
@@ -459,6 +463,7 @@ fn wait_reply(reply: &Receiver<Reply>, timeout: Duration, dead: &AtomicBool) -> 
             Ok(r) => return Some(r),
             Err(RecvTimeoutError::Timeout) => {}
             // The session ended without answering (the reader dropped it).
+            Err(RecvTimeoutError::Disconnected) if dead.load(Ordering::SeqCst) => return None,
             Err(RecvTimeoutError::Disconnected) => {
                 return Some(Err(encode_failed(0, "the encoding session ended")))
             }

@@ -120,6 +120,19 @@ impl Daemon {
         }
     }
 
+    /// Waits until the log contains `needle` at least `n` times.
+    pub fn wait_log_count(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.log().matches(needle).count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "log never showed {needle:?} {n} times:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// PID of the daemon itself (the child is `timeout`, its parent).
     pub fn pid(&self) -> i32 {
         let deadline = Instant::now() + WAIT;
