@@ -54,6 +54,8 @@ pub enum CompactError {
     Inconsistent(String),
     /// The LZ4 block is corrupt or does not decompress to `raw_len` bytes.
     Decompress(String),
+    /// The reference frame it names is not the one held (or none is).
+    NoReference { want: u32, have: Option<u32> },
 }
 
 impl fmt::Display for CompactError {
@@ -69,6 +71,16 @@ impl fmt::Display for CompactError {
             }
             CompactError::Inconsistent(s) => write!(f, "inconsistent compact frame: {s}"),
             CompactError::Decompress(s) => write!(f, "compact frame tile data: {s}"),
+            CompactError::NoReference { want, have } => match have {
+                Some(h) => write!(
+                    f,
+                    "compact frame names reference frame {want}, but the host holds frame {h}"
+                ),
+                None => write!(
+                    f,
+                    "compact frame names reference frame {want}, but the host holds no reference frame"
+                ),
+            },
         }
     }
 }

@@ -27,6 +27,7 @@
 //! Like the legacy messages, a payload may be longer than its fixed part (a
 //! newer peer may append fields); the extra bytes are ignored.
 
+pub use crate::ext_state::{ChecksumCheck, GuestExt, HostExt};
 use crate::header::{Header, HEADER_LEN};
 use crate::message::{get_i64, get_u32, put_u32, FrameRequest, FRAME_REQUEST_FIXED};
 

@@ -23,6 +23,7 @@ pub mod compact;
 pub mod decoder;
 pub mod error;
 pub mod ext;
+pub mod ext_state;
 pub mod header;
 pub mod layout;
 pub mod limits;

@@ -1,0 +1,534 @@
+//! The per-connection bookkeeping of the extensions, without any I/O: what
+//! was negotiated, frame indices, the host's reference frame and the
+//! guest's outstanding checksums and drains. `vsockenc` keeps one
+//! [`GuestExt`] and `vsockenc-host` one [`HostExt`] per connection; both
+//! start over on every new connection.
+
+use std::collections::VecDeque;
+
+use crate::compact::{self, CompactError, Frame};
+use crate::ext::{
+    ext_bits, negotiate, CompactFrame, ErrorPts, ExtMessage, FrameChecksum, Hello, HelloAck,
+    CHECKSUM_FLAG_REBUILT, EXT_VERSION,
+};
+use crate::layout::FrameLayout;
+use crate::message::{ErrorMessage, Message};
+
+/// The host's side of one connection.
+#[derive(Debug)]
+pub struct HostExt {
+    supported: u32,
+    max_frame_bytes: u32,
+    agent: String,
+    /// Accepted extensions; 0 until a HELLO was answered.
+    accepted: u32,
+    answered: bool,
+    next_index: u32,
+    reference: Option<Reference>,
+    scratch: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Reference {
+    index: u32,
+    layout: FrameLayout,
+    pixels: Vec<u8>,
+}
+
+impl HostExt {
+    /// `supported`: the [`ext_bits`] this host offers.
+    pub fn new(supported: u32, max_frame_bytes: u32, agent: &str) -> Self {
+        HostExt {
+            supported,
+            max_frame_bytes,
+            agent: agent.to_string(),
+            accepted: 0,
+            answered: false,
+            next_index: 0,
+            reference: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The HELLO_ACK to send for this HELLO; `None` for a repeated HELLO,
+    /// which is ignored.
+    pub fn on_hello(&mut self, hello: &Hello) -> Option<HelloAck> {
+        if self.answered {
+            return None;
+        }
+        self.answered = true;
+        self.accepted = negotiate(hello.extensions, self.supported);
+        Some(HelloAck {
+            version: hello.version.clamp(1, EXT_VERSION),
+            extensions: self.accepted,
+            max_frame_bytes: self.max_frame_bytes,
+            agent: self.agent.clone(),
+        })
+    }
+
+    /// Extensions in force (0 for a legacy guest).
+    pub fn accepted(&self) -> u32 {
+        self.accepted
+    }
+
+    pub fn has(&self, bit: u32) -> bool {
+        self.accepted & bit != 0
+    }
+
+    /// Numbers a frame message (FRAME_REQUEST or COMPACT_FRAME, refused
+    /// ones too). Call once per frame message, in stream order.
+    pub fn next_frame(&mut self) -> u32 {
+        let i = self.next_index;
+        self.next_index = self.next_index.wrapping_add(1);
+        i
+    }
+
+    /// A full frame was accepted: it becomes the reference (a copy is kept
+    /// only when COMPACT is in force).
+    pub fn keep_full(&mut self, index: u32, layout: &FrameLayout, pixels: &[u8]) {
+        if !self.has(ext_bits::COMPACT) {
+            self.reference = None;
+            return;
+        }
+        match &mut self.reference {
+            // Reuse the buffer: steady-state full frames do not allocate.
+            Some(r) if r.pixels.len() == pixels.len() => {
+                r.pixels.copy_from_slice(pixels);
+                r.index = index;
+                r.layout = *layout;
+            }
+            _ => {
+                self.reference = Some(Reference {
+                    index,
+                    layout: *layout,
+                    pixels: pixels.to_vec(),
+                })
+            }
+        }
+    }
+
+    /// Forgets the reference: every COMPACT_FRAME is refused until the next
+    /// full frame.
+    pub fn forget_reference(&mut self) {
+        self.reference = None;
+    }
+
+    /// Rebuilds frame `index` from a COMPACT_FRAME. On success it is the new
+    /// reference (see [`HostExt::reference`]); on error the reference is
+    /// forgotten.
+    pub fn rebuild(&mut self, index: u32, cf: &CompactFrame) -> Result<(), CompactError> {
+        let r = self.try_rebuild(index, cf);
+        if r.is_err() {
+            self.reference = None;
+        }
+        r
+    }
+
+    /// The reference frame: its index, layout and pixels.
+    pub fn reference(&self) -> Option<(u32, &FrameLayout, &[u8])> {
+        self.reference
+            .as_ref()
+            .map(|r| (r.index, &r.layout, &r.pixels[..]))
+    }
+
+    fn try_rebuild(&mut self, index: u32, cf: &CompactFrame) -> Result<(), CompactError> {
+        if !self.has(ext_bits::COMPACT) {
+            return Err(CompactError::GeometryMismatch(
+                "COMPACT was not negotiated on this connection".into(),
+            ));
+        }
+        if cf.header.encoding == crate::ext::TileEncoding::Lz4 && !self.has(ext_bits::LZ4) {
+            return Err(CompactError::Decompress(
+                "LZ4 was not negotiated on this connection".into(),
+            ));
+        }
+        let want = cf.header.ref_index;
+        let Some(r) = self.reference.as_mut() else {
+            return Err(CompactError::NoReference { want, have: None });
+        };
+        if r.index != want {
+            return Err(CompactError::NoReference {
+                want,
+                have: Some(r.index),
+            });
+        }
+        compact::apply(&mut r.pixels, &r.layout, cf, &mut self.scratch)?;
+        r.index = index;
+        Ok(())
+    }
+
+    /// The message that reports a failed frame: ERROR_PTS when negotiated,
+    /// else the legacy ERROR.
+    pub fn frame_error(&self, session_id: u16, pts: i64, index: u32, e: ErrorMessage) -> Vec<u8> {
+        if self.has(ext_bits::ERROR_PTS) {
+            ExtMessage::ErrorPts(ErrorPts {
+                pts,
+                frame_index: index,
+                code: e.code,
+                message: e.message,
+            })
+            .encode(session_id)
+        } else {
+            Message::Error(e).encode(session_id)
+        }
+    }
+
+    /// The FRAME_CHECKSUM of an accepted frame, when negotiated.
+    pub fn checksum_message(
+        &self,
+        session_id: u16,
+        pts: i64,
+        index: u32,
+        rebuilt: bool,
+        layout: &FrameLayout,
+        pixels: &[u8],
+    ) -> Option<Vec<u8>> {
+        if !self.has(ext_bits::FRAME_CHECKSUM) {
+            return None;
+        }
+        let frame = Frame::from_wire(layout, pixels).ok()?;
+        Some(
+            ExtMessage::FrameChecksum(FrameChecksum {
+                pts,
+                frame_index: index,
+                flags: if rebuilt { CHECKSUM_FLAG_REBUILT } else { 0 },
+                checksum: compact::checksum(&frame),
+            })
+            .encode(session_id),
+        )
+    }
+}
+
+/// The guest's side of one connection.
+#[derive(Debug)]
+pub struct GuestExt {
+    requested: u32,
+    /// Accepted extensions, once HELLO_ACK arrived.
+    accepted: Option<u32>,
+    next_index: u32,
+    /// Index of the last frame the host holds pixels of, if a COMPACT_FRAME
+    /// may refer to it.
+    reference: Option<u32>,
+    checksums: VecDeque<(u32, u64)>,
+    pub checksum_matches: u64,
+    pub checksum_mismatches: u64,
+    drains_done: VecDeque<u64>,
+}
+
+/// Most checksums remembered while waiting for the host's.
+const MAX_CHECKSUMS: usize = 256;
+
+/// What a FRAME_CHECKSUM from the host told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumCheck {
+    Match,
+    /// The host encodes other pixels than the guest had.
+    Mismatch {
+        expected: u64,
+        host: u64,
+    },
+    /// No checksum was recorded for that frame.
+    Unknown,
+}
+
+impl GuestExt {
+    pub fn new(requested: u32) -> Self {
+        GuestExt {
+            requested,
+            accepted: None,
+            next_index: 0,
+            reference: None,
+            checksums: VecDeque::new(),
+            checksum_matches: 0,
+            checksum_mismatches: 0,
+            drains_done: VecDeque::new(),
+        }
+    }
+
+    /// The HELLO that opens the connection.
+    pub fn hello(&self, tile_width: u16, tile_height: u16, agent: &str) -> Hello {
+        Hello {
+            version: EXT_VERSION,
+            extensions: self.requested,
+            tile_width,
+            tile_height,
+            agent: agent.to_string(),
+        }
+    }
+
+    /// HELLO_ACK arrived: returns the extensions now in force (never more
+    /// than were asked for).
+    pub fn on_ack(&mut self, ack: &HelloAck) -> u32 {
+        let mut a = ack.extensions & self.requested & ext_bits::KNOWN;
+        if a & ext_bits::COMPACT == 0 {
+            a &= !ext_bits::LZ4;
+        }
+        self.accepted = Some(a);
+        a
+    }
+
+    /// Extensions in force: 0 until HELLO_ACK.
+    pub fn accepted(&self) -> u32 {
+        self.accepted.unwrap_or(0)
+    }
+
+    pub fn has(&self, bit: u32) -> bool {
+        self.accepted() & bit != 0
+    }
+
+    /// Whether HELLO_ACK has arrived.
+    pub fn acknowledged(&self) -> bool {
+        self.accepted.is_some()
+    }
+
+    /// The reference a COMPACT_FRAME for the next frame may use, if any: a
+    /// frame the host holds, COMPACT negotiated, no error since, and no
+    /// keyframe forced.
+    pub fn compact_reference(&self, force_keyframe: bool) -> Option<u32> {
+        if force_keyframe || !self.has(ext_bits::COMPACT) {
+            return None;
+        }
+        self.reference
+            .filter(|r| r.wrapping_add(1) == self.next_index)
+    }
+
+    /// Numbers the frame about to be sent.
+    pub fn next_frame(&mut self) -> u32 {
+        let i = self.next_index;
+        self.next_index = self.next_index.wrapping_add(1);
+        i
+    }
+
+    /// Frame `index` went out; `with_pixels`: the host now holds its pixels.
+    pub fn frame_sent(&mut self, index: u32, with_pixels: bool) {
+        self.reference = with_pixels.then_some(index);
+    }
+
+    /// An error (ERROR, ERROR_PTS) arrived: the next frame goes out in full.
+    pub fn invalidate(&mut self) {
+        self.reference = None;
+    }
+
+    /// Remembers the checksum of frame `index` to compare with the host's.
+    pub fn expect_checksum(&mut self, index: u32, checksum: u64) {
+        if self.checksums.len() == MAX_CHECKSUMS {
+            self.checksums.pop_front();
+        }
+        self.checksums.push_back((index, checksum));
+    }
+
+    /// Compares the host's FRAME_CHECKSUM with the recorded one.
+    pub fn on_checksum(&mut self, c: &FrameChecksum) -> ChecksumCheck {
+        let Some(pos) = self.checksums.iter().position(|(i, _)| *i == c.frame_index) else {
+            return ChecksumCheck::Unknown;
+        };
+        let (_, expected) = self.checksums.remove(pos).unwrap();
+        // Older entries were for frames the host never accepted.
+        self.checksums.drain(..pos);
+        if expected == c.checksum {
+            self.checksum_matches += 1;
+            ChecksumCheck::Match
+        } else {
+            self.checksum_mismatches += 1;
+            ChecksumCheck::Mismatch {
+                expected,
+                host: c.checksum,
+            }
+        }
+    }
+
+    /// DRAIN_DONE arrived.
+    pub fn on_drain_done(&mut self, token: u64) {
+        if self.drains_done.len() == 16 {
+            self.drains_done.pop_front();
+        }
+        self.drains_done.push_back(token);
+    }
+
+    /// Whether DRAIN_DONE with `token` has arrived.
+    pub fn drain_done(&self, token: u64) -> bool {
+        self.drains_done.contains(&token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compact::{CompactEncoder, Compression, Delta};
+    use crate::ext::ext_bits::*;
+    use crate::layout::WireFormat;
+    use crate::message::FrameRequest;
+    use crate::{Decoded, Decoder, Limits};
+
+    fn hello(ext: u32) -> Hello {
+        Hello {
+            version: 1,
+            extensions: ext,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn host_answers_the_first_hello_only() {
+        let mut h = HostExt::new(COMPACT | LZ4 | ERROR_PTS | DRAIN, 1000, "host");
+        assert_eq!(h.accepted(), 0);
+        let ack = h.on_hello(&hello(KNOWN)).unwrap();
+        assert_eq!(ack.extensions, COMPACT | LZ4 | ERROR_PTS | DRAIN);
+        assert_eq!(ack.max_frame_bytes, 1000);
+        assert_eq!(ack.version, 1);
+        assert!(h.on_hello(&hello(DRAIN)).is_none());
+        assert_eq!(h.accepted(), COMPACT | LZ4 | ERROR_PTS | DRAIN);
+    }
+
+    #[test]
+    fn frame_errors_follow_the_negotiation() {
+        let legacy = HostExt::new(KNOWN, 0, "h");
+        let e = ErrorMessage::new(-5, "x");
+        let bytes = legacy.frame_error(1, 7, 3, e.clone());
+        assert_eq!(bytes, Message::Error(e.clone()).encode(1));
+        let mut ext = HostExt::new(KNOWN, 0, "h");
+        ext.on_hello(&hello(ERROR_PTS));
+        let bytes = ext.frame_error(1, 7, 3, e);
+        let mut d = Decoder::with_extensions(Limits::default());
+        let Some(Decoded::Ext(_, ExtMessage::ErrorPts(p))) = d.decode_ext(&mut &bytes[..]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((p.pts, p.frame_index, p.code), (7, 3, -5));
+    }
+
+    /// Guest and host state machines together: full frame, compact frames,
+    /// a wrong reference, recovery with a full frame; checksums agree.
+    #[test]
+    fn guest_and_host_agree() {
+        let mut guest = GuestExt::new(COMPACT | FRAME_CHECKSUM);
+        let mut host = HostExt::new(KNOWN, 0, "h");
+        let ack = host.on_hello(&guest.hello(16, 16, "g")).unwrap();
+        // Frame 0 goes out before the ack: legacy, full.
+        let (w, h) = (40u32, 24u32);
+        let layout = FrameLayout::new(WireFormat::Bgra, w, h, 160, 160 * 24).unwrap();
+        let mut pixels = vec![1u8; 160 * 24];
+        assert_eq!(guest.compact_reference(false), None);
+        let i0 = guest.next_frame();
+        guest.frame_sent(i0, true);
+        let hi0 = host.next_frame();
+        assert_eq!(i0, hi0);
+        host.keep_full(hi0, &layout, &pixels);
+        assert_eq!(guest.on_ack(&ack), COMPACT | FRAME_CHECKSUM);
+        // COMPACT was not accepted when frame 0 arrived? It was: the host
+        // answered the HELLO first, so it kept frame 0.
+        let mut enc = CompactEncoder::new(16, 16, Compression::Off);
+        for n in 1..4u8 {
+            let mut next = pixels.clone();
+            next[n as usize * 10] = n;
+            let r = guest.compact_reference(false).expect("compact allowed");
+            let idx = guest.next_frame();
+            let prev_f = Frame::from_wire(&layout, &pixels).unwrap();
+            let cur_f = Frame::from_wire(&layout, &next).unwrap();
+            let req = FrameRequest {
+                width: w,
+                height: h,
+                format: WireFormat::Bgra.fourcc(),
+                stride: 160,
+                pts: n as i64,
+                ..Default::default()
+            };
+            let Delta::Compact(m) = enc.encode(&prev_f, &cur_f, &req, r, 1) else {
+                panic!()
+            };
+            guest.frame_sent(idx, true);
+            guest.expect_checksum(idx, compact::checksum(&cur_f));
+            let bytes = m.to_vec();
+            let mut d = Decoder::with_extensions(Limits::default());
+            let Some(Decoded::Ext(_, ExtMessage::CompactFrame(cf))) =
+                d.decode_ext(&mut &bytes[..]).unwrap()
+            else {
+                panic!()
+            };
+            let hi = host.next_frame();
+            host.rebuild(hi, &cf).unwrap();
+            let (ri, l, px) = host.reference().unwrap();
+            assert_eq!((ri, px), (hi, &next[..]));
+            let msg = host.checksum_message(1, n as i64, hi, true, l, px).unwrap();
+            let Some(Decoded::Ext(_, ExtMessage::FrameChecksum(c))) =
+                d.decode_ext(&mut &msg[..]).unwrap()
+            else {
+                panic!()
+            };
+            assert_eq!(guest.on_checksum(&c), ChecksumCheck::Match);
+            pixels = next;
+        }
+        assert_eq!(guest.checksum_matches, 3);
+        // A COMPACT_FRAME naming the wrong reference is refused and the
+        // reference forgotten.
+        let idx = host.next_frame();
+        let mut cf = CompactFrame::default();
+        cf.header.ref_index = 99;
+        let e = host.rebuild(idx, &cf).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "compact frame names reference frame 99, but the host holds frame 3"
+        );
+        cf.header.ref_index = 3;
+        let e = host.rebuild(idx + 1, &cf).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "compact frame names reference frame 3, but the host holds no reference frame"
+        );
+        // The guest learns of the error and sends a full frame.
+        guest.invalidate();
+        assert_eq!(guest.compact_reference(false), None);
+        // A forced keyframe is always full.
+        let i = guest.next_frame();
+        guest.frame_sent(i, true);
+        assert_eq!(guest.compact_reference(true), None);
+        assert!(guest.compact_reference(false).is_some());
+    }
+
+    #[test]
+    fn guest_never_uses_what_it_did_not_ask_for() {
+        let mut g = GuestExt::new(DRAIN);
+        assert_eq!(g.accepted(), 0);
+        assert!(!g.acknowledged());
+        let a = g.on_ack(&HelloAck {
+            extensions: KNOWN,
+            ..Default::default()
+        });
+        assert_eq!(a, DRAIN);
+        assert!(g.compact_reference(false).is_none());
+        let mut g = GuestExt::new(LZ4 | DRAIN);
+        assert_eq!(
+            g.on_ack(&HelloAck {
+                extensions: KNOWN,
+                ..Default::default()
+            }),
+            DRAIN
+        );
+    }
+
+    #[test]
+    fn checksums_and_drains() {
+        let mut g = GuestExt::new(FRAME_CHECKSUM);
+        g.expect_checksum(1, 11);
+        g.expect_checksum(2, 22);
+        g.expect_checksum(3, 33);
+        let c = |i, s| FrameChecksum {
+            frame_index: i,
+            checksum: s,
+            ..Default::default()
+        };
+        assert_eq!(g.on_checksum(&c(2, 22)), ChecksumCheck::Match);
+        assert_eq!(g.on_checksum(&c(1, 11)), ChecksumCheck::Unknown);
+        assert_eq!(
+            g.on_checksum(&c(3, 34)),
+            ChecksumCheck::Mismatch {
+                expected: 33,
+                host: 34
+            }
+        );
+        assert_eq!((g.checksum_matches, g.checksum_mismatches), (1, 1));
+        assert!(!g.drain_done(5));
+        g.on_drain_done(5);
+        assert!(g.drain_done(5));
+    }
+}
