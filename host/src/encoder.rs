@@ -404,9 +404,11 @@ impl Session {
     /// Ends the session gracefully: waits (up to `timeout`) until every
     /// queued frame is encoded and delivered.
     pub fn finish(self, timeout: Duration) {
-        if self.fifo.lock().unwrap().is_empty() {
+        let pending = self.fifo.lock().unwrap().len();
+        if pending == 0 {
             return;
         }
+        debug!("finishing {pending} in-flight frame(s) (up to {timeout:?})");
         let _ = self.appsrc.end_of_stream();
         if let Some(bus) = self.pipeline.bus() {
             let deadline = gst::ClockTime::from_nseconds(timeout.as_nanos() as u64);
