@@ -1,0 +1,194 @@
+//! Command-line options of the benchmark (hand-parsed: no extra dependency).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const USAGE: &str = "\
+usage: bench [options]
+
+Measures vsockenc against the transport limit, the one-frame-in-flight design,
+in-guest x264enc and plain gst-launch-1.0, in one run; prints a table and
+writes JSON.
+
+options:
+  --quick                few frames per run: a smoke test in well under a minute
+  --sections LIST        comma-separated subset of: transport,element,cpu,daemon,memory
+                         (or 1..6; 3, the in-flight ratio, comes with element)
+                         default: all
+  --duration SECS        seconds per throughput run (default 1.5, quick 0.5)
+  --reps N               repetitions of each throughput run; the median counts
+                         (default 3, quick 1: the machine is shared and noisy)
+  --json PATH            write the results as JSON to PATH
+  --host-bin PATH        the vsockenc-host daemon (default: <target>/release/vsockenc-host
+                         next to this executable's target dir)
+  --memory-frames N      frames of the memory run (default 5000, quick 300)
+  --memory-size WxH      frame size of the memory run (default 1280x720)
+  --daemon-frames N      frames of the daemon throughput run (default 300, quick 40)
+  --work-dir DIR         where sockets and temporary files go (default: a fresh dir in /tmp)
+  -h, --help             this text
+";
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub quick: bool,
+    pub transport: bool,
+    pub element: bool,
+    pub cpu: bool,
+    pub daemon: bool,
+    pub memory: bool,
+    pub duration: Duration,
+    pub reps: usize,
+    pub json: Option<PathBuf>,
+    pub host_bin: Option<PathBuf>,
+    pub memory_frames: u64,
+    pub memory_size: (u32, u32),
+    pub daemon_frames: u64,
+    pub work_dir: Option<PathBuf>,
+}
+
+/// What `main` should do.
+pub enum Mode {
+    Bench(Options),
+    /// Internal: the HXFR test peer, run as a child process so that its CPU
+    /// time is not charged to the guest side.
+    Peer {
+        listen: String,
+        latency: Duration,
+    },
+    Help,
+}
+
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
+    let mut args = args.into_iter();
+    let mut o = Options {
+        quick: false,
+        transport: true,
+        element: true,
+        cpu: true,
+        daemon: true,
+        memory: true,
+        duration: Duration::from_millis(1500),
+        reps: 3,
+        json: None,
+        host_bin: None,
+        memory_frames: 5000,
+        memory_size: (1280, 720),
+        daemon_frames: 300,
+        work_dir: None,
+    };
+    let mut duration = None;
+    let mut reps = None;
+    let mut memory_frames: Option<u64> = None;
+    let mut daemon_frames: Option<u64> = None;
+    let mut peer_listen = None;
+    let mut peer_latency = Duration::ZERO;
+    let mut is_peer = false;
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "-h" | "--help" => return Ok(Mode::Help),
+            "--quick" => o.quick = true,
+            "--sections" => {
+                let list = value("--sections")?;
+                o.transport = false;
+                o.element = false;
+                o.cpu = false;
+                o.daemon = false;
+                o.memory = false;
+                for s in list.split(',').map(str::trim) {
+                    match s {
+                        "1" | "transport" => o.transport = true,
+                        "2" | "3" | "element" | "baseline" => o.element = true,
+                        "4" | "cpu" => o.cpu = true,
+                        "5" | "daemon" => o.daemon = true,
+                        "6" | "memory" => o.memory = true,
+                        "all" => {
+                            o.transport = true;
+                            o.element = true;
+                            o.cpu = true;
+                            o.daemon = true;
+                            o.memory = true;
+                        }
+                        other => return Err(format!("unknown section {other:?}")),
+                    }
+                }
+            }
+            "--duration" => {
+                let v: f64 = value("--duration")?
+                    .parse()
+                    .map_err(|e| format!("--duration: {e}"))?;
+                duration = Some(Duration::from_secs_f64(v.max(0.1)));
+            }
+            "--reps" => {
+                reps = Some(
+                    value("--reps")?
+                        .parse::<usize>()
+                        .map_err(|e| format!("--reps: {e}"))?
+                        .max(1),
+                )
+            }
+            "--json" => o.json = Some(value("--json")?.into()),
+            "--host-bin" => o.host_bin = Some(value("--host-bin")?.into()),
+            "--memory-frames" => {
+                memory_frames = Some(
+                    value("--memory-frames")?
+                        .parse()
+                        .map_err(|e| format!("--memory-frames: {e}"))?,
+                )
+            }
+            "--daemon-frames" => {
+                daemon_frames = Some(
+                    value("--daemon-frames")?
+                        .parse()
+                        .map_err(|e| format!("--daemon-frames: {e}"))?,
+                )
+            }
+            "--memory-size" => {
+                let v = value("--memory-size")?;
+                let (w, h) = v
+                    .split_once('x')
+                    .ok_or_else(|| format!("--memory-size: want WxH, got {v}"))?;
+                o.memory_size = (
+                    w.parse().map_err(|e| format!("--memory-size: {e}"))?,
+                    h.parse().map_err(|e| format!("--memory-size: {e}"))?,
+                );
+            }
+            "--work-dir" => o.work_dir = Some(value("--work-dir")?.into()),
+            "--peer" => is_peer = true,
+            "--listen" => peer_listen = Some(value("--listen")?),
+            "--latency-ms" => {
+                let ms: f64 = value("--latency-ms")?
+                    .parse()
+                    .map_err(|e| format!("--latency-ms: {e}"))?;
+                peer_latency = Duration::from_secs_f64(ms / 1000.0);
+            }
+            other => return Err(format!("unknown option {other:?}\n\n{USAGE}")),
+        }
+    }
+    if is_peer {
+        let listen = peer_listen.ok_or("--peer needs --listen")?;
+        return Ok(Mode::Peer {
+            listen,
+            latency: peer_latency,
+        });
+    }
+    if o.quick {
+        o.duration = Duration::from_millis(500);
+        o.reps = 1;
+        o.memory_frames = 300;
+        o.daemon_frames = 40;
+    }
+    if let Some(d) = duration {
+        o.duration = d;
+    }
+    if let Some(n) = reps {
+        o.reps = n;
+    }
+    if let Some(n) = memory_frames {
+        o.memory_frames = n.max(10);
+    }
+    if let Some(n) = daemon_frames {
+        o.daemon_frames = n.max(10);
+    }
+    Ok(Mode::Bench(o))
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One command for the vsockenc benchmark: builds the element example and the
+# vsockenc-host daemon in release mode, runs every section, writes
+# docs/bench-results.json and the plot docs/bench-throughput.png.
+#
+#   scripts/bench.sh                 # full run (about 10 minutes on 2 cores)
+#   scripts/bench.sh --quick         # smoke test; results go to the target dir, not docs/
+#   scripts/bench.sh --sections transport,element
+#
+# Extra arguments go to the benchmark (see `--help`). Plotting needs
+# matplotlib (Debian: apt-get install python3-matplotlib); without it the
+# JSON is still written and the plot is skipped with a note.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+
+out=docs
+for a in "$@"; do
+    if [ "$a" = "--quick" ] || [ "$a" = "--sections" ]; then
+        out="$CARGO_TARGET_DIR/bench-partial"
+    fi
+done
+out="${BENCH_OUT:-$out}"
+mkdir -p "$out"
+
+cargo build --release --locked -p vsockenc-host
+cargo build --release --locked -p gst-plugin-vsockenc --example bench
+
+"$CARGO_TARGET_DIR/release/examples/bench" \
+    --host-bin "$CARGO_TARGET_DIR/release/vsockenc-host" \
+    --json "$out/bench-results.json" "$@" | tee "$CARGO_TARGET_DIR/bench-output.txt"
+
+py=""
+for p in python3 /usr/bin/python3; do
+    if command -v "$p" >/dev/null && "$p" -c 'import matplotlib' 2>/dev/null; then
+        py="$p"
+        break
+    fi
+done
+if [ -n "$py" ]; then
+    "$py" scripts/plot_bench.py "$out/bench-results.json" "$out/bench-throughput.png"
+else
+    echo "bench.sh: matplotlib not found (apt-get install python3-matplotlib); plot skipped" >&2
+fi
+echo "bench.sh: results in $out/bench-results.json, table in $CARGO_TARGET_DIR/bench-output.txt"
