@@ -19,6 +19,7 @@ mod harness;
 use common::{ChoppyReader, Rng};
 use counting_alloc::measure;
 use harness::FUZZ_LIMITS;
+use hxfr::decoder::Decoded;
 use hxfr::message::ERROR_FIXED;
 use hxfr::{
     ConfigRequest, Decoder, ErrorMessage, FrameRequest, FrameResponse, Header, Limits, Message,
@@ -113,6 +114,37 @@ fn random_message(rng: &mut Rng, l: &Limits) -> Message {
     }
 }
 
+/// An extension message (types 0x40..=0x46, see `hxfr::ext`): DRAIN and
+/// DRAIN_DONE encoded properly, the others as a header with a payload of
+/// random bytes around their fixed size, so the extension body decoders see
+/// both sense and nonsense.
+fn random_extension_message(rng: &mut Rng) -> Vec<u8> {
+    use hxfr::ext::{self, ExtMessage};
+    match rng.below(4) {
+        0 => ExtMessage::Drain {
+            token: rng.next_u64(),
+        }
+        .encode(1),
+        1 => ExtMessage::DrainDone {
+            token: rng.next_u64(),
+        }
+        .encode(1),
+        _ => {
+            let (t, fixed) = [
+                (ext::ext_type::HELLO, ext::HELLO_FIXED),
+                (ext::ext_type::HELLO_ACK, ext::HELLO_ACK_FIXED),
+                (ext::ext_type::COMPACT_FRAME, ext::COMPACT_FIXED),
+                (ext::ext_type::ERROR_PTS, ext::ERROR_PTS_FIXED),
+                (ext::ext_type::FRAME_CHECKSUM, ext::FRAME_CHECKSUM_FIXED),
+            ][rng.below(5)];
+            let n = (fixed + rng.below(200)).saturating_sub(4);
+            let mut out = Header::new(t, 0, 1, n as u32).to_bytes().to_vec();
+            out.extend(rng.bytes(n));
+            out
+        }
+    }
+}
+
 /// Bends a valid stream into a broken one.
 fn mutate(rng: &mut Rng, stream: &mut Vec<u8>, l: &Limits) {
     for _ in 0..rng.range(1, 4) {
@@ -171,14 +203,29 @@ fn mutate(rng: &mut Rng, stream: &mut Vec<u8>, l: &Limits) {
 
 #[derive(Debug, PartialEq)]
 enum Event {
-    Message(Header, Message),
+    Message(Decoded),
     Error(String),
     End(Option<String>),
 }
 
-/// Feeds `stream` to `decode` in random pieces, measuring every call.
-fn decode_measured(stream: &[u8], l: Limits, rng: &mut Rng, largest: &mut usize) -> Vec<Event> {
-    let mut dec = Decoder::new(l);
+fn new_decoder(l: Limits, extensions: bool) -> Decoder {
+    if extensions {
+        Decoder::with_extensions(l)
+    } else {
+        Decoder::new(l)
+    }
+}
+
+/// Feeds `stream` to `decode` (or `decode_ext`) in random pieces, measuring
+/// every call.
+fn decode_measured(
+    stream: &[u8],
+    l: Limits,
+    ext: bool,
+    rng: &mut Rng,
+    largest: &mut usize,
+) -> Vec<Event> {
+    let mut dec = new_decoder(l, ext);
     let mut events = Vec::new();
     let max_piece = [1, 7, 64, 1000, usize::MAX][rng.below(5)];
     let mut rest = stream;
@@ -187,10 +234,15 @@ fn decode_measured(stream: &[u8], l: Limits, rng: &mut Rng, largest: &mut usize)
         let mut input = &rest[..n];
         rest = &rest[n..];
         while !input.is_empty() {
-            let (res, a) = measure(|| dec.decode(&mut input));
+            let (res, a) = measure(|| match ext {
+                true => dec.decode_ext(&mut input),
+                false => dec
+                    .decode(&mut input)
+                    .map(|m| m.map(|(h, m)| Decoded::Legacy(h, m))),
+            });
             *largest = (*largest).max(a.largest);
             match res {
-                Ok(Some((h, m))) => events.push(Event::Message(h, m)),
+                Ok(Some(d)) => events.push(Event::Message(d)),
                 Ok(None) => assert!(input.is_empty()),
                 Err(e) if e.is_fatal() => {
                     events.push(Event::End(Some(e.to_string())));
@@ -204,17 +256,28 @@ fn decode_measured(stream: &[u8], l: Limits, rng: &mut Rng, largest: &mut usize)
     events
 }
 
-/// Reads `stream` through `read_from` from a reader that blocks and
-/// interrupts at random, measuring every call.
-fn read_measured(stream: &[u8], l: Limits, seed: u64, largest: &mut usize) -> Vec<Event> {
-    let mut dec = Decoder::new(l);
+/// Reads `stream` through `read_from` (or `read_from_ext`) from a reader
+/// that blocks and interrupts at random, measuring every call.
+fn read_measured(
+    stream: &[u8],
+    l: Limits,
+    ext: bool,
+    seed: u64,
+    largest: &mut usize,
+) -> Vec<Event> {
+    let mut dec = new_decoder(l, ext);
     let mut r = ChoppyReader::new(stream.to_vec(), seed, 1 + (seed as usize % 700));
     let mut events = Vec::new();
     for _ in 0..10_000_000 {
-        let (res, a) = measure(|| dec.read_from(&mut r));
+        let (res, a) = measure(|| match ext {
+            true => dec.read_from_ext(&mut r),
+            false => dec
+                .read_from(&mut r)
+                .map(|m| m.map(|(h, m)| Decoded::Legacy(h, m))),
+        });
         *largest = (*largest).max(a.largest);
         match res {
-            Ok(Some((h, m))) => events.push(Event::Message(h, m)),
+            Ok(Some(d)) => events.push(Event::Message(d)),
             Ok(None) => {
                 events.push(Event::End(None));
                 return events;
@@ -230,23 +293,26 @@ fn read_measured(stream: &[u8], l: Limits, seed: u64, largest: &mut usize) -> Ve
     panic!("read_from made no progress");
 }
 
-/// Runs one stream through both paths and checks every property.
+/// Runs one stream through both paths, as a legacy peer and with the
+/// extensions enabled, and checks every property.
 fn check_stream(stream: &[u8], l: Limits, rng: &mut Rng, seed: u64) -> usize {
     let bound = allocation_bound(&l);
     let mut largest = 0;
-    let by_slices = decode_measured(stream, l, rng, &mut largest);
-    let by_reader = read_measured(stream, l, seed, &mut largest);
-    assert!(
-        largest <= bound,
-        "seed {seed}: an allocation of {largest} bytes exceeds the bound {bound} set by {l:?}"
-    );
-    assert_eq!(
-        by_slices, by_reader,
-        "seed {seed}: decode and read_from disagree"
-    );
-    for e in &by_slices {
-        if let Event::Message(h, m) = e {
-            harness::check_within_limits(h, m, &l);
+    for ext in [false, true] {
+        let by_slices = decode_measured(stream, l, ext, rng, &mut largest);
+        let by_reader = read_measured(stream, l, ext, seed, &mut largest);
+        assert!(
+            largest <= bound,
+            "seed {seed} (extensions: {ext}): an allocation of {largest} bytes exceeds the bound {bound} set by {l:?}"
+        );
+        assert_eq!(
+            by_slices, by_reader,
+            "seed {seed} (extensions: {ext}): decode and read_from disagree"
+        );
+        for e in &by_slices {
+            if let Event::Message(d) = e {
+                harness::check_decoded(d, &l, ext);
+            }
         }
     }
     largest
@@ -257,23 +323,29 @@ fn random_and_mutated_streams_never_panic_or_overallocate() {
     let l = FUZZ_LIMITS;
     let mut largest_seen = 0;
     let mut messages_decoded = 0usize;
+    let mut ext_decoded = 0usize;
     let mut kinds = std::collections::BTreeSet::new();
     for seed in 0..STREAMS {
         let mut rng = Rng::new(seed);
-        let msgs: Vec<Message> = (0..rng.range(1, 12))
-            .map(|_| random_message(&mut rng, &l))
-            .collect();
-        let mut stream: Vec<u8> = msgs.iter().flat_map(|m| m.encode(1)).collect();
+        let mut stream = Vec::new();
+        for _ in 0..rng.range(1, 12) {
+            if rng.chance(1, 6) {
+                stream.extend(random_extension_message(&mut rng));
+            } else {
+                stream.extend(random_message(&mut rng, &l).encode(1));
+            }
+        }
         if seed % 5 != 0 {
             mutate(&mut rng, &mut stream, &l);
         }
         largest_seen = largest_seen.max(check_stream(&stream, l, &mut rng, seed));
-        let out = decode_measured(&stream, l, &mut rng, &mut 0);
+        let out = decode_measured(&stream, l, true, &mut rng, &mut 0);
         for e in &out {
             match e {
-                Event::Message(h, _) => {
+                Event::Message(d) => {
                     messages_decoded += 1;
-                    kinds.insert(format!("message {:#04x}", h.msg_type));
+                    ext_decoded += matches!(d, Decoded::Ext(..)) as usize;
+                    kinds.insert(format!("message {:#04x}", d.header().msg_type));
                 }
                 Event::Error(t) | Event::End(Some(t)) => {
                     kinds.insert(t.split(" at ").next().unwrap().chars().take(24).collect());
@@ -293,6 +365,7 @@ fn random_and_mutated_streams_never_panic_or_overallocate() {
         "no stream came near the limits ({largest_seen})"
     );
     assert!(messages_decoded > 5000, "{messages_decoded}");
+    assert!(ext_decoded > 300, "{ext_decoded} extension messages");
     for needle in [
         "payload_size",
         "nal_count",

@@ -4,10 +4,13 @@
 //!
 //! Input layout: byte 0 picks the piece size for [`Decoder::decode`], byte 1
 //! the read size and the `WouldBlock` rhythm of the reader given to
-//! [`Decoder::read_from`]; the rest is the byte stream.
+//! [`Decoder::read_from`]; the rest is the byte stream. Every input is
+//! decoded twice: as a legacy peer sees it, and with the negotiated
+//! extensions enabled ([`Decoder::decode_ext`], [`Decoder::read_from_ext`]).
 
 use std::io::{self, Read};
 
+use hxfr::decoder::Decoded;
 use hxfr::{Decoder, Header, Limits, Message};
 
 /// Limits small enough that the fuzzer reaches every boundary quickly.
@@ -22,7 +25,7 @@ pub const FUZZ_LIMITS: Limits = Limits {
 /// One thing the decoder said.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
-    Message(Header, Message),
+    Message(Decoded),
     /// A recoverable error, as its display text.
     Error(String),
     /// The error that ended the stream (display text), if any.
@@ -35,35 +38,57 @@ pub fn run(data: &[u8]) {
         return;
     }
     let (control, stream) = data.split_at(2);
-    let piece = 1 + control[0] as usize;
-    let by_slices = decode_in_pieces(stream, FUZZ_LIMITS, piece);
-    let mut reader = Choppy {
-        data: stream,
-        max_read: 1 + (control[1] & 0x3f) as usize,
-        block_every: 1 + (control[1] >> 6) as usize,
-        reads: 0,
-    };
-    let by_reader = read_all(&mut reader, FUZZ_LIMITS);
-    assert_eq!(
-        by_slices, by_reader,
-        "decode() and read_from() disagree on the same bytes"
-    );
-    for event in &by_slices {
-        if let Event::Message(h, m) = event {
-            check_within_limits(h, m, &FUZZ_LIMITS);
+    for extensions in [false, true] {
+        let piece = 1 + control[0] as usize;
+        let by_slices = decode_in_pieces(stream, FUZZ_LIMITS, piece, extensions);
+        let mut reader = Choppy {
+            data: stream,
+            max_read: 1 + (control[1] & 0x3f) as usize,
+            block_every: 1 + (control[1] >> 6) as usize,
+            reads: 0,
+        };
+        let by_reader = read_all(&mut reader, FUZZ_LIMITS, extensions);
+        assert_eq!(
+            by_slices, by_reader,
+            "decode() and read_from() disagree on the same bytes (extensions: {extensions})"
+        );
+        for event in &by_slices {
+            if let Event::Message(d) = event {
+                check_decoded(d, &FUZZ_LIMITS, extensions);
+            }
         }
     }
 }
 
-/// Feeds `stream` through [`Decoder::decode`] in `piece`-byte slices.
-pub fn decode_in_pieces(stream: &[u8], limits: Limits, piece: usize) -> Vec<Event> {
-    let mut dec = Decoder::new(limits);
+fn new_decoder(limits: Limits, extensions: bool) -> Decoder {
+    if extensions {
+        Decoder::with_extensions(limits)
+    } else {
+        Decoder::new(limits)
+    }
+}
+
+/// Feeds `stream` through [`Decoder::decode`] (or [`Decoder::decode_ext`])
+/// in `piece`-byte slices.
+pub fn decode_in_pieces(
+    stream: &[u8],
+    limits: Limits,
+    piece: usize,
+    extensions: bool,
+) -> Vec<Event> {
+    let mut dec = new_decoder(limits, extensions);
     let mut events = Vec::new();
     for chunk in stream.chunks(piece.max(1)) {
         let mut input = chunk;
         while !input.is_empty() {
-            match dec.decode(&mut input) {
-                Ok(Some((h, m))) => events.push(Event::Message(h, m)),
+            let res = if extensions {
+                dec.decode_ext(&mut input)
+            } else {
+                dec.decode(&mut input)
+                    .map(|m| m.map(|(h, m)| Decoded::Legacy(h, m)))
+            };
+            match res {
+                Ok(Some(d)) => events.push(Event::Message(d)),
                 Ok(None) => assert!(input.is_empty(), "Ok(None) with input left"),
                 Err(e) if e.is_fatal() => {
                     events.push(Event::End(Some(e.to_string())));
@@ -85,15 +110,21 @@ pub fn decode_in_pieces(stream: &[u8], limits: Limits, piece: usize) -> Vec<Even
     events
 }
 
-/// Reads `r` to its end through [`Decoder::read_from`], retrying
-/// `WouldBlock`.
-pub fn read_all<R: Read>(r: &mut R, limits: Limits) -> Vec<Event> {
-    let mut dec = Decoder::new(limits);
+/// Reads `r` to its end through [`Decoder::read_from`] (or
+/// [`Decoder::read_from_ext`]), retrying `WouldBlock`.
+pub fn read_all<R: Read>(r: &mut R, limits: Limits, extensions: bool) -> Vec<Event> {
+    let mut dec = new_decoder(limits, extensions);
     let mut events = Vec::new();
     let mut stalls = 0u32;
     loop {
-        match dec.read_from(r) {
-            Ok(Some((h, m))) => events.push(Event::Message(h, m)),
+        let res = if extensions {
+            dec.read_from_ext(r)
+        } else {
+            dec.read_from(r)
+                .map(|m| m.map(|(h, m)| Decoded::Legacy(h, m)))
+        };
+        match res {
+            Ok(Some(d)) => events.push(Event::Message(d)),
             Ok(None) => {
                 events.push(Event::End(None));
                 return events;
@@ -107,6 +138,19 @@ pub fn read_all<R: Read>(r: &mut R, limits: Limits) -> Vec<Event> {
                 return events;
             }
             Err(e) => events.push(Event::Error(e.to_string())),
+        }
+    }
+}
+
+/// Checks a decoded message against the limits; an extension message may
+/// only appear when extensions are enabled.
+pub fn check_decoded(d: &Decoded, l: &Limits, extensions: bool) {
+    match d {
+        Decoded::Legacy(h, m) => check_within_limits(h, m, l),
+        Decoded::Ext(h, _) => {
+            assert!(extensions, "extension message from a legacy decoder");
+            let max = l.max_pixel_bytes as u64 + 4096;
+            assert!(h.payload_size as u64 <= max.max(l.max_small_payload as u64));
         }
     }
 }
@@ -141,7 +185,7 @@ struct Choppy<'a> {
 impl Read for Choppy<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.reads += 1;
-        if self.reads % (self.block_every + 1) == 0 {
+        if self.reads.is_multiple_of(self.block_every + 1) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let n = buf.len().min(self.max_read).min(self.data.len());
