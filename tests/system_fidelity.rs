@@ -20,10 +20,14 @@ use sys::tempdir::TempDir;
 const FRAMES: usize = 20;
 /// Luma must match closely.
 const MIN_PSNR_DB: f64 = 30.0;
-/// Chroma is checked more loosely: the host's RGB→YUV chroma downsampling may
-/// legitimately filter differently from `videoconvert` at the sharp colour-bar
-/// edges; this still catches swapped, shifted or garbled chroma planes.
-const MIN_CHROMA_PSNR_DB: f64 = 25.0;
+/// Chroma must match as closely at even sizes. At odd sizes a 4:2:0 picture
+/// cannot be coded exactly, and an encoder may code 4:4:4 instead (x264enc
+/// does for RGB input); the decoder's chroma then has a different siting
+/// than `videoconvert`'s reference, which costs PSNR at every sharp
+/// colour-bar edge without anything being wrong. There chroma is only
+/// checked for being the right planes (swapped or garbled chroma scores far
+/// below this); luma stays strict.
+const MIN_CHROMA_PSNR_DB_ODD: f64 = 20.0;
 /// Even, odd with padded NV12 stride (321 → 324), and a small odd size.
 const SIZES: [(u32, u32); 3] = [(320, 240), (321, 241), (97, 55)];
 
@@ -88,10 +92,10 @@ fn run_fidelity(daemon: &Daemon, format: &str, width: u32, height: u32) -> RunRe
         );
         let psnr = frame_psnr(r, o);
         for (plane, (&p, name)) in psnr.iter().zip(["Y", "U", "V"]).enumerate() {
-            let min = if plane == 0 {
+            let min = if plane == 0 || (width % 2 == 0 && height % 2 == 0) {
                 MIN_PSNR_DB
             } else {
-                MIN_CHROMA_PSNR_DB
+                MIN_CHROMA_PSNR_DB_ODD
             };
             assert!(
                 p > min,
