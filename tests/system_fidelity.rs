@@ -92,7 +92,7 @@ fn run_fidelity(daemon: &Daemon, format: &str, width: u32, height: u32) -> RunRe
         );
         let psnr = frame_psnr(r, o);
         for (plane, (&p, name)) in psnr.iter().zip(["Y", "U", "V"]).enumerate() {
-            let min = if plane == 0 || (width % 2 == 0 && height % 2 == 0) {
+            let min = if plane == 0 || (width.is_multiple_of(2) && height.is_multiple_of(2)) {
                 MIN_PSNR_DB
             } else {
                 MIN_CHROMA_PSNR_DB_ODD
