@@ -218,7 +218,8 @@ fn run(scene_name: &'static str, format: WireFormat, frames: usize) -> Row {
     // writing thread's CPU time (user + system), and medians are reported.
     let mut legacy = sink();
     let mut compact = sink();
-    let mut enc = CompactEncoder::new(64, 64, Compression::Auto);
+    let tile = tile_size();
+    let mut enc = CompactEncoder::new(tile, tile, Compression::Auto);
     let mut wire = 0u64;
     let mut compact_frames = 0;
     let mut messages = Vec::new();
@@ -313,7 +314,8 @@ fn main() {
         .map(|a| a.parse().expect("frames"))
         .unwrap_or(60);
     println!(
-        "1080p, {frames} frames per row, 64x64 tiles, compression auto. Median CPU time per frame of the sending thread (user+system): legacy = write the whole frame into a Unix socket; compact = compare + encode + write what it decided."
+        "1080p, {frames} frames per row, {t}x{t} tiles, compression auto. Median CPU time per frame of the sending thread (user+system): legacy = write the whole frame into a Unix socket; compact = compare + encode + write what it decided.",
+        t = tile_size()
     );
     println!(
         "| scene | format | wire/raw | compact frames | legacy CPU µs | compact CPU µs | compact/legacy | compare+encode µs | host apply µs |"
@@ -342,4 +344,12 @@ fn main() {
             );
         }
     }
+}
+
+/// Tile edge from `COMPACT_TILE` (default 64).
+fn tile_size() -> u16 {
+    std::env::var("COMPACT_TILE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(compact::DEFAULT_TILE_SIZE)
 }
