@@ -97,7 +97,12 @@ KERNEL="/boot/vmlinuz-$KVER"
 [ -r "$KERNEL" ] || die "$KERNEL not readable"
 
 # ---- initramfs -------------------------------------------------------------
-self_hash="$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"
+# Key: this script (it holds /init and the module list) and the exact kernel
+# and busybox files, so a rebuilt package of the same version is noticed.
+self_hash="$({
+  cat "${BASH_SOURCE[0]}"
+  stat -L -c '%n %s %Y' "$KERNEL" "/lib/modules/$KVER/modules.dep" "$BUSYBOX"
+} | sha256sum | cut -c1-16)"
 INITRD="$CACHE/initramfs-$KVER-$self_hash.cpio.gz"
 if [ ! -s "$INITRD" ]; then
   log "building initramfs for kernel $KVER"
