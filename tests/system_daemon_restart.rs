@@ -159,8 +159,10 @@ fn daemon_killed_and_restarted(transport: Transport) {
     let decoded = decode_annexb(&aus);
     assert_eq!(decoded.len(), aus.len(), "not every AU decoded");
 
-    // Accounting: each frame given to the element either left as one AU or
-    // was dropped for a counted reason; nothing is in flight after EOS.
+    // Accounting (src/vsockenc/pending.rs): every frame given to the element
+    // gets one table entry, which ends as exactly one AU or one counted drop;
+    // a returned frame is output unless it is a delta frame while the stream
+    // waits for a keyframe; nothing is in flight after EOS.
     assert!(stats.u64("reconnects") >= 1, "{stats}");
     let lost = stats.u64("dropped-disconnect") + stats.u64("dropped-no-host");
     assert!(
@@ -179,6 +181,24 @@ fn daemon_killed_and_restarted(transport: Transport) {
         "frames in ({frames_in}) != AUs out ({}) + frames-dropped: {stats}",
         aus.len()
     );
+    assert_eq!(
+        stats.u64("frames-returned"),
+        aus.len() as u64 + stats.u64("dropped-awaiting-keyframe"),
+        "frames-returned != AUs out ({}) + dropped-awaiting-keyframe: {stats}",
+        aus.len()
+    );
+    // Frames sent either came back or were lost for a reason counted on sent
+    // frames (dropped-disconnect also counts frames that found no connection,
+    // hence <=); frames never sent are the rest of the input.
+    assert!(
+        stats.u64("frames-sent")
+            <= stats.u64("frames-returned")
+                + stats.u64("dropped-timeout")
+                + stats.u64("dropped-host-error")
+                + stats.u64("dropped-disconnect"),
+        "{stats}"
+    );
+    assert!(stats.u64("frames-sent") < frames_in, "{stats}");
     drop(daemon);
 }
 
