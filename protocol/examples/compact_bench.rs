@@ -3,8 +3,13 @@
 //! and write into a Unix socket) next to legacy mode (write the whole
 //! frame), plus the host's cost to apply a COMPACT_FRAME.
 //!
+//! With `link`, frames are instead paced at 60 fps through a proxy that caps
+//! the link at 150 MB/s, and the frames per second that get through are
+//! counted, legacy against compact.
+//!
 //! ```sh
 //! cargo run --release -p vsockenc-protocol --example compact_bench [frames]
+//! cargo run --release -p vsockenc-protocol --example compact_bench link [seconds]
 //! ```
 
 use std::io::Read;
@@ -309,6 +314,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("link") {
+        return link_main();
+    }
     let frames: usize = std::env::args()
         .nth(1)
         .map(|a| a.parse().expect("frames"))
@@ -352,4 +360,136 @@ fn tile_size() -> u16 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(compact::DEFAULT_TILE_SIZE)
+}
+
+/// Link emulation: bytes per second the proxy lets through.
+const LINK_RATE: f64 = 150e6;
+/// Frames per second the sender offers.
+const OFFERED_FPS: f64 = 60.0;
+
+/// Copies `from` to `to`, never faster than `rate` bytes per second.
+fn rate_limited_proxy(mut from: UnixStream, mut to: UnixStream, rate: f64) {
+    use std::io::Write;
+    let mut buf = vec![0u8; 64 << 10];
+    let start = std::time::Instant::now();
+    let mut sent = 0f64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).is_err() {
+            return;
+        }
+        sent += n as f64;
+        let due = Duration::from_secs_f64(sent / rate);
+        let now = start.elapsed();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+    }
+}
+
+/// Runs `secs` seconds of 1080p `scene` through the capped link; returns
+/// (frames delivered per second, mean bytes per frame).
+fn link_run(
+    scene_name: &'static str,
+    format: WireFormat,
+    compact_mode: bool,
+    secs: f64,
+) -> (f64, f64) {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let distinct = 60;
+    let pics: Vec<Vec<u8>> = (0..distinct)
+        .map(|n| {
+            let c = scene(scene_name, n, &mut rng);
+            match format {
+                WireFormat::Nv12 => c.nv12(),
+                _ => c.px,
+            }
+        })
+        .collect();
+    let stride = format.min_stride(W as u32) as u32;
+    let layout = FrameLayout::new(format, W as u32, H as u32, stride, pics[0].len()).unwrap();
+    let (mut tx, proxy_in) = UnixStream::pair().unwrap();
+    let (proxy_out, mut rx) = UnixStream::pair().unwrap();
+    std::thread::spawn(move || rate_limited_proxy(proxy_in, proxy_out, LINK_RATE));
+    let receiver = std::thread::spawn(move || {
+        let mut dec = Decoder::with_extensions(Limits::default());
+        let mut arrivals = Vec::new();
+        while let Ok(Some(_)) = dec.read_from_ext(&mut rx) {
+            arrivals.push(std::time::Instant::now());
+        }
+        arrivals
+    });
+    let mut enc = CompactEncoder::new(tile_size(), tile_size(), Compression::Auto);
+    let start = std::time::Instant::now();
+    let mut bytes = 0u64;
+    let mut i = 0usize;
+    while start.elapsed().as_secs_f64() < secs {
+        let due = Duration::from_secs_f64(i as f64 / OFFERED_FPS);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let cur_px = &pics[i % distinct];
+        let req = FrameRequest {
+            width: W as u32,
+            height: H as u32,
+            format: format.fourcc(),
+            stride,
+            pts: i as i64,
+            duration: 16_666_667,
+            ..Default::default()
+        };
+        let mut sent = false;
+        if compact_mode && i > 0 {
+            let prev = Frame::from_wire(&layout, &pics[(i - 1) % distinct]).unwrap();
+            let cur = Frame::from_wire(&layout, cur_px).unwrap();
+            if let Delta::Compact(mut m) = enc.encode(&prev, &cur, &req, i as u32 - 1, 1) {
+                bytes += m.write_to(&mut tx).unwrap() as u64;
+                sent = true;
+            }
+        }
+        if !sent {
+            bytes += write_frame_request(&mut tx, 1, &req, &[cur_px]).unwrap() as u64;
+        }
+        i += 1;
+    }
+    drop(tx);
+    let arrivals = receiver.join().unwrap();
+    // Frames that arrived within the run's duration.
+    let end = start + Duration::from_secs_f64(secs);
+    let delivered = arrivals.iter().filter(|t| **t <= end).count();
+    (delivered as f64 / secs, bytes as f64 / i as f64)
+}
+
+fn link_main() {
+    let secs: f64 = std::env::args()
+        .nth(2)
+        .map(|a| a.parse().expect("seconds"))
+        .unwrap_or(4.0);
+    println!(
+        "1080p desktop-like content offered at {OFFERED_FPS} fps through a link capped at {} MB/s, {secs} s per row",
+        LINK_RATE / 1e6
+    );
+    println!("| scene | format | mode | bytes/frame | fps delivered |");
+    println!("|---|---|---|---|---|");
+    for scene in ["desktop", "typing"] {
+        for format in [WireFormat::Nv12, WireFormat::Bgra] {
+            for compact_mode in [false, true] {
+                let (fps, per_frame) = link_run(scene, format, compact_mode, secs);
+                println!(
+                    "| {scene} | {} | {} | {:.0} | {:.1} |",
+                    if format == WireFormat::Nv12 {
+                        "NV12"
+                    } else {
+                        "BGRx"
+                    },
+                    if compact_mode { "compact" } else { "legacy" },
+                    per_frame,
+                    fps
+                );
+            }
+        }
+    }
 }
