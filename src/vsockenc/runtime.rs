@@ -322,7 +322,10 @@ impl Shared {
         if self.stop.load(Ordering::SeqCst) {
             return;
         }
-        match self.link.lock().clone() {
+        // Bind first: a guard in the match scrutinee would live through the
+        // arms, and `connect()` locks `link` again.
+        let link = self.link.lock().clone();
+        match link {
             Some(c) if !c.is_closed() => self.keepalive(&c, now),
             _ => {
                 let due = self.next_connect.lock().is_some_and(|t| t <= now);
@@ -390,7 +393,8 @@ impl Shared {
 
     /// When `maintain` has something to do next.
     pub fn next_maintenance(&self) -> Option<Instant> {
-        match self.link.lock().clone() {
+        let link = self.link.lock().clone();
+        match link {
             Some(c) if !c.is_closed() => {
                 let ka = self.settings.keepalive_interval()?;
                 let t = c.times();

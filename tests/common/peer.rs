@@ -446,13 +446,15 @@ fn serve(stream: PeerStream, connection: usize, ctx: Ctx) {
             let now = Instant::now();
             while heap.peek().is_some_and(|Reverse(o)| o.due <= now) {
                 let Reverse(o) = heap.pop().unwrap();
-                if writer.write_all(&o.bytes).is_err() {
-                    return;
-                }
+                // Counted before the write: once the guest has the answer
+                // it may send the next frame at once.
                 if o.is_response {
                     let mut r = record.lock().unwrap();
                     r.answered += 1;
                     r.outstanding = r.outstanding.saturating_sub(1);
+                }
+                if writer.write_all(&o.bytes).is_err() {
+                    return;
                 }
             }
             let wait = heap

@@ -1,0 +1,450 @@
+//! What a real host and a real VM throw at the element: timeouts, ERRORs,
+//! garbage, disconnects, a host that goes away and comes back, no host at
+//! all, an idle stream that needs keepalives.
+
+mod common;
+
+use std::time::Duration;
+
+use common::peer::{Action, PeerBuilder};
+use common::*;
+use gst::prelude::*;
+
+const T: Duration = Duration::from_secs(20);
+
+fn ms(n: u64) -> gst::ClockTime {
+    gst::ClockTime::from_mseconds(n)
+}
+
+fn frame(i: u64) -> gst::Buffer {
+    bgrx_buffer(64, 48, i as u8, ms(i * 33))
+}
+
+/// An element with its own bus, so tests can read its warnings.
+fn element(path: &std::path::Path, props: &[(&str, &dyn ToValue)]) -> (gst::Element, gst::Bus) {
+    init();
+    let e = gst::ElementFactory::make("vsockenc")
+        .property("socket-path", path.to_str().unwrap())
+        .build()
+        .unwrap();
+    for (k, v) in props {
+        e.set_property_from_value(k, &v.to_value());
+    }
+    let bus = gst::Bus::new();
+    e.set_bus(Some(&bus));
+    (e, bus)
+}
+
+fn messages(bus: &gst::Bus) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(m) = bus.pop() {
+        match m.view() {
+            gst::MessageView::Warning(w) => {
+                out.push(format!("WARNING {} | {:?}", w.error(), w.debug()))
+            }
+            gst::MessageView::Error(e) => {
+                out.push(format!("ERROR {} | {:?}", e.error(), e.debug()))
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn pts_of(b: &gst::Buffer) -> u64 {
+    b.pts().unwrap().mseconds() / 33
+}
+
+#[test]
+fn timeout_drops_a_frame_and_the_next_output_is_a_keyframe() {
+    let path = socket_path("tmo");
+    let peer = PeerBuilder::unix(&path)
+        .script(|f| {
+            if f.index == 3 {
+                Action::Silence
+            } else {
+                Action::Answer
+            }
+        })
+        .start();
+    let (e, _bus) = element(
+        &path,
+        &[("response-timeout", &300u32), ("max-in-flight", &8u32)],
+    );
+    let mut h = harness_with(&e);
+    h.play();
+    for i in 0..8 {
+        h.push(frame(i)).unwrap();
+    }
+    assert!(
+        wait_until(T, || stat(&e, "dropped-timeout") == 1),
+        "frame 3 times out"
+    );
+    for i in 8..10 {
+        h.push(frame(i)).unwrap();
+    }
+    let mut out = Vec::new();
+    while out.len() < 5 {
+        out.push(pull(&mut h, T).expect("output"));
+    }
+    let seq: Vec<u64> = out.iter().map(pts_of).collect();
+    assert_eq!(
+        seq,
+        vec![0, 1, 2, 8, 9],
+        "3 dropped, 4..7 undecodable without it"
+    );
+    assert!(is_keyframe(&out[0]));
+    assert!(
+        is_keyframe(&out[3]),
+        "first output after the drop is a keyframe"
+    );
+    assert!(!is_keyframe(&out[4]));
+    let rec = peer.record();
+    assert!(
+        rec.frames[8].request.force_keyframe,
+        "keyframe requested after the drop"
+    );
+    assert_eq!(stat(&e, "dropped-timeout"), 1);
+    assert_eq!(stat(&e, "dropped-awaiting-keyframe"), 4);
+    assert_eq!(stat(&e, "frames-dropped"), 5);
+    assert!(wait_until(T, || stat(&e, "late-responses") == 0));
+}
+
+#[test]
+fn late_response_is_counted_and_discarded() {
+    let path = socket_path("late");
+    let _peer = PeerBuilder::unix(&path)
+        .script(|f| {
+            if f.index == 1 {
+                Action::AnswerAfter(Duration::from_millis(600))
+            } else {
+                Action::Answer
+            }
+        })
+        .start();
+    let (e, _bus) = element(&path, &[("response-timeout", &200u32)]);
+    let mut h = harness_with(&e);
+    h.play();
+    h.push(frame(0)).unwrap();
+    h.push(frame(1)).unwrap();
+    assert_eq!(pts_of(&pull(&mut h, T).unwrap()), 0);
+    assert!(
+        wait_until(T, || stat(&e, "late-responses") == 1),
+        "late answer seen"
+    );
+    assert_eq!(stat(&e, "dropped-timeout"), 1);
+    h.push(frame(2)).unwrap();
+    let b = pull(&mut h, T).unwrap();
+    assert_eq!(pts_of(&b), 2);
+    assert!(is_keyframe(&b));
+}
+
+#[test]
+fn host_error_drops_the_frame_and_is_reported() {
+    let path = socket_path("err");
+    let peer = PeerBuilder::unix(&path)
+        .script(|f| {
+            if f.index == 2 {
+                Action::Error {
+                    code: hxfr::error_code::ENCODE_FAILED,
+                    message: "encode failed: out of cheese".into(),
+                }
+            } else {
+                Action::Answer
+            }
+        })
+        .start();
+    let (e, bus) = element(&path, &[]);
+    let mut h = harness_with(&e);
+    h.play();
+    for i in 0..3 {
+        h.push(frame(i)).unwrap();
+    }
+    assert!(wait_until(T, || stat(&e, "host-errors") == 1));
+    for i in 3..5 {
+        h.push(frame(i)).unwrap();
+    }
+    let seq: Vec<gst::Buffer> = (0..4).map(|_| pull(&mut h, T).expect("output")).collect();
+    assert_eq!(seq.iter().map(pts_of).collect::<Vec<_>>(), vec![0, 1, 3, 4]);
+    assert!(is_keyframe(&seq[2]));
+    assert!(peer.record().frames[3].request.force_keyframe);
+    assert_eq!(stat(&e, "dropped-host-error"), 1);
+    let msgs = messages(&bus);
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("out of cheese") && m.contains(&path.display().to_string())),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn garbage_from_the_host_reconnects_without_panic() {
+    let path = socket_path("garb");
+    let peer = PeerBuilder::unix(&path)
+        .script(|f| {
+            if f.index == 2 {
+                Action::Garbage(b"this is not HXFR at all, sorry".to_vec())
+            } else {
+                Action::Answer
+            }
+        })
+        .start();
+    let (e, bus) = element(&path, &[("reconnect-interval", &50u32)]);
+    let mut h = harness_with(&e);
+    h.play();
+    for i in 0..3 {
+        h.push(frame(i)).unwrap();
+    }
+    assert!(peer.wait_for(T, |r| r.connections == 2), "reconnected");
+    assert!(wait_until(T, || stat(&e, "reconnects") == 1));
+    for i in 3..5 {
+        h.push(frame(i)).unwrap();
+    }
+    let seq: Vec<gst::Buffer> = (0..4).map(|_| pull(&mut h, T).expect("output")).collect();
+    assert_eq!(seq.iter().map(pts_of).collect::<Vec<_>>(), vec![0, 1, 3, 4]);
+    assert!(is_keyframe(&seq[2]));
+    assert_eq!(stat(&e, "dropped-disconnect"), 1);
+    let msgs = messages(&bus);
+    assert!(
+        msgs.iter().any(|m| m.starts_with("WARNING")
+            && m.contains("bad magic")
+            && m.contains(&format!("unix:{}", path.display()))),
+        "{msgs:?}"
+    );
+    let rec = peer.record();
+    assert_eq!(rec.configs.len(), 2, "CONFIG_REQ again after the reconnect");
+}
+
+#[test]
+fn disconnect_in_flight_with_reconnect_off_is_an_error() {
+    let path = socket_path("dcerr");
+    let _peer = PeerBuilder::unix(&path)
+        .script(|f| {
+            if f.index == 1 {
+                Action::Disconnect
+            } else {
+                Action::Answer
+            }
+        })
+        .start();
+    let (e, bus) = element(&path, &[("reconnect", &false)]);
+    let mut h = harness_with(&e);
+    h.play();
+    h.push(frame(0)).unwrap();
+    // The host hangs up on this one; the error may already be seen here.
+    let _ = h.push(frame(1));
+    assert!(wait_until(T, || stat(&e, "dropped-disconnect") >= 1));
+    let flow = h.push(frame(2));
+    assert_eq!(flow, Err(gst::FlowError::Error));
+    let msgs = messages(&bus);
+    assert!(
+        msgs.iter().any(|m| m.starts_with("ERROR")
+            && m.contains("lost connection")
+            && m.contains("reconnect=true")),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn host_killed_then_back_with_reconnect_on() {
+    init();
+    let path = socket_path("kill");
+    let mut peer = PeerBuilder::unix(&path).start();
+    let p = gst::parse::launch(&format!(
+        "videotestsrc is-live=true ! video/x-raw,format=BGRx,width=64,height=48,framerate=30/1 ! \
+         vsockenc name=enc reconnect-interval=100 socket-path={} ! appsink name=out sync=false",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let enc = p.by_name("enc").unwrap();
+    let out = p
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let pull = || {
+        out.try_pull_sample(gst::ClockTime::from_seconds(20))
+            .expect("output")
+            .buffer_owned()
+            .unwrap()
+    };
+    for _ in 0..5 {
+        pull();
+    }
+    peer.kill();
+    assert!(wait_until(T, || stat(&enc, "dropped-disconnect")
+        + stat(&enc, "dropped-no-host")
+        >= 3));
+    // Empty what came out before the host died.
+    while out.try_pull_sample(gst::ClockTime::ZERO).is_some() {}
+    let before = stat(&enc, "frames-returned");
+    let peer2 = PeerBuilder::unix(&path).start();
+    assert!(
+        peer2.wait_for(T, |r| r.frames.len() >= 3),
+        "frames reach the new host"
+    );
+    // The first output once the host is back is a keyframe.
+    let mut b = pull();
+    while stat(&enc, "frames-returned") <= before && b.pts().is_some() {
+        if is_keyframe(&b) {
+            break;
+        }
+        b = pull();
+    }
+    assert!(is_keyframe(&b), "stream restarts with a keyframe");
+    for _ in 0..3 {
+        pull();
+    }
+    assert!(stat(&enc, "reconnects") >= 1);
+    let rec = peer2.record();
+    assert!(rec.frames[0].request.force_keyframe);
+    assert_eq!(rec.configs.len(), 1, "CONFIG_REQ sent to the new host");
+    let msgs = collect_bus(&p.bus().unwrap(), Duration::from_millis(100), |_| false);
+    p.set_state(gst::State::Null).unwrap();
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m.view(), gst::MessageView::Warning(w)
+            if w.error().to_string().contains("lost connection"))),
+        "a warning tells that the host went away"
+    );
+}
+
+#[test]
+fn missing_host_at_start_is_an_error_naming_address_and_remedy() {
+    init();
+    let path = socket_path("nohost");
+    let p = gst::parse::launch(&format!(
+        "videotestsrc ! video/x-raw,format=BGRx,width=64,height=48 ! vsockenc socket-path={} ! fakesink",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    assert!(p.set_state(gst::State::Playing).is_err());
+    let msgs = collect_bus(&p.bus().unwrap(), T, |m| {
+        matches!(m.view(), gst::MessageView::Error(_))
+    });
+    p.set_state(gst::State::Null).unwrap();
+    let err = msgs
+        .iter()
+        .find_map(|m| match m.view() {
+            gst::MessageView::Error(e) => Some(format!("{} {:?}", e.error(), e.debug())),
+            _ => None,
+        })
+        .expect("an error message");
+    assert!(
+        err.contains(&format!(
+            "no vsockenc-host listening on unix:{}",
+            path.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("vsockenc-host --listen unix:"), "{err}");
+    assert!(err.contains("wait-for-host=true"), "{err}");
+}
+
+#[test]
+fn wait_for_host_drops_frames_until_the_host_appears() {
+    init();
+    let path = socket_path("wait");
+    let p = gst::parse::launch(&format!(
+        "videotestsrc is-live=true ! video/x-raw,format=BGRx,width=64,height=48,framerate=30/1 ! \
+         vsockenc name=enc wait-for-host=true reconnect-interval=50 socket-path={} ! appsink name=out sync=false",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let enc = p.by_name("enc").unwrap();
+    let out = p
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    assert!(wait_until(T, || stat(&enc, "dropped-no-host") >= 3));
+    let _peer = PeerBuilder::unix(&path).start();
+    let first = out
+        .try_pull_sample(gst::ClockTime::from_seconds(20))
+        .expect("output once the host is there");
+    assert!(is_keyframe(first.buffer().unwrap()));
+    assert_eq!(
+        stat(&enc, "reconnects"),
+        0,
+        "first connection is not a reconnect"
+    );
+    p.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn idle_stream_sends_pings() {
+    let path = socket_path("ping");
+    let peer = PeerBuilder::unix(&path).start();
+    let (e, _bus) = element(&path, &[("keepalive-interval", &100u32)]);
+    let mut h = harness_with(&e);
+    h.play();
+    h.push(frame(0)).unwrap();
+    pull(&mut h, T).unwrap();
+    assert!(peer.wait_for(T, |r| r.pings >= 3), "PING while idle");
+    assert!(wait_until(T, || stat(&e, "pongs-received") >= 2));
+    assert_eq!(peer.record().connections, 1, "PONG keeps the connection");
+}
+
+#[test]
+fn host_that_stops_answering_pings_is_dropped_and_reconnected() {
+    let path = socket_path("deaf");
+    let peer = PeerBuilder::unix(&path).answer_ping(false).start();
+    let (e, _bus) = element(
+        &path,
+        &[
+            ("keepalive-interval", &100u32),
+            ("response-timeout", &200u32),
+            ("reconnect-interval", &50u32),
+        ],
+    );
+    let mut h = harness_with(&e);
+    h.play();
+    h.push(frame(0)).unwrap();
+    pull(&mut h, T).unwrap();
+    assert!(
+        peer.wait_for(T, |r| r.connections >= 2),
+        "silent host replaced"
+    );
+    assert!(wait_until(T, || stat(&e, "reconnects") >= 1));
+}
+
+#[test]
+fn disconnect_mid_stream_recovers_with_a_keyframe() {
+    let path = socket_path("dc");
+    let peer = PeerBuilder::unix(&path)
+        .delay(Duration::from_millis(50))
+        .disconnect_after(4)
+        .start();
+    let (e, _bus) = element(
+        &path,
+        &[("reconnect-interval", &50u32), ("max-in-flight", &8u32)],
+    );
+    let mut h = harness_with(&e);
+    h.play();
+    for i in 0..6 {
+        h.push(frame(i)).unwrap();
+    }
+    assert!(peer.wait_for(T, |r| r.connections == 2));
+    assert!(wait_until(T, || stat(&e, "reconnects") == 1));
+    for i in 6..9 {
+        h.push(frame(i)).unwrap();
+    }
+    let mut got = Vec::new();
+    while let Some(b) = pull(&mut h, Duration::from_secs(3)) {
+        got.push(b);
+    }
+    let seq: Vec<u64> = got.iter().map(pts_of).collect();
+    assert!(seq.contains(&6) && seq.contains(&8), "{seq:?}");
+    assert!(seq.windows(2).all(|w| w[0] < w[1]), "{seq:?}");
+    let after = got.iter().position(|b| pts_of(b) >= 6).unwrap();
+    assert!(is_keyframe(&got[after]));
+    assert!(stat(&e, "dropped-disconnect") >= 1);
+}
