@@ -10,6 +10,8 @@ mod sys;
 
 use std::time::{Duration, Instant};
 
+use gst::prelude::*;
+
 use sys::daemon::{Daemon, Transport};
 use sys::frames::{frame_psnr, FrameCollector};
 use sys::pipeline::{self, Stats};
@@ -191,4 +193,142 @@ fn fidelity_tcp_rgba() {
 #[test]
 fn fidelity_tcp_nv12() {
     fidelity(Transport::Tcp, "NV12");
+}
+
+/// One synthetic frame of `format` (BGRx or NV12) at `width`×`height` laid out
+/// with padded strides and a gap between planes, described by a `VideoMeta`,
+/// the way a GPU download or a DMA-BUF import delivers frames. The padding
+/// is filled with garbage so that ignoring the meta's strides shows.
+fn padded_frame(format: &str, width: u32, height: u32, n: u64) -> gst::Buffer {
+    let (w, h) = (width as usize, height as usize);
+    // Moving, detailed but compressible content.
+    let luma = |x: usize, y: usize| ((x * 3 + y * 2 + n as usize * 4) % 220 + 16) as u8;
+    let square = |x: usize, y: usize| {
+        let sx = (n as usize * 3) % w.max(1);
+        x >= sx && x < sx + w / 4 && y >= h / 3 && y < h / 3 + h / 4
+    };
+    let (data, offsets, strides): (Vec<u8>, Vec<usize>, Vec<i32>) = match format {
+        "BGRx" => {
+            let stride = w * 4 + 52;
+            let mut d = vec![0xABu8; stride * h];
+            for y in 0..h {
+                for x in 0..w {
+                    let p = &mut d[y * stride + x * 4..][..4];
+                    let v = luma(x, y);
+                    let (b, g, r) = if square(x, y) {
+                        (30, 200, 240)
+                    } else {
+                        (v, v / 2 + 60, 255 - v)
+                    };
+                    p.copy_from_slice(&[b, g, r, 0]);
+                }
+            }
+            (d, vec![0], vec![stride as i32])
+        }
+        "NV12" => {
+            let stride = w.div_ceil(64) * 64 + 32;
+            let uv_offset = stride * h + 4096;
+            let ch = h.div_ceil(2);
+            let mut d = vec![0xABu8; uv_offset + stride * ch];
+            for y in 0..h {
+                for x in 0..w {
+                    d[y * stride + x] = if square(x, y) { 200 } else { luma(x, y) };
+                }
+            }
+            for y in 0..ch {
+                for x in 0..w.div_ceil(2) {
+                    let i = uv_offset + y * stride + x * 2;
+                    let sq = square(x * 2, y * 2);
+                    d[i] = if sq { 60 } else { (100 + x % 50) as u8 };
+                    d[i + 1] = if sq { 200 } else { (110 + y % 40) as u8 };
+                }
+            }
+            (d, vec![0, uv_offset], vec![stride as i32, stride as i32])
+        }
+        other => unreachable!("no padded layout for {other}"),
+    };
+    let mut buffer = gst::Buffer::from_mut_slice(data);
+    {
+        let b = buffer.get_mut().unwrap();
+        let duration = gst::ClockTime::SECOND / 30;
+        b.set_pts(duration * n);
+        b.set_duration(duration);
+        let vf = match format {
+            "BGRx" => gst_video::VideoFormat::Bgrx,
+            _ => gst_video::VideoFormat::Nv12,
+        };
+        gst_video::VideoMeta::add_full(
+            b,
+            gst_video::VideoFrameFlags::empty(),
+            vf,
+            width,
+            height,
+            &offsets,
+            &strides,
+        )
+        .expect("add VideoMeta");
+    }
+    buffer
+}
+
+/// Frames whose memory layout differs from GStreamer's default (padded
+/// rows, a gap between NV12 planes; only a `VideoMeta` describes it) must
+/// be sent with the right pixels.
+fn fidelity_padded(format: &str, width: u32, height: u32) {
+    sys::init();
+    let dir = TempDir::new("pad");
+    let daemon = Daemon::start(Transport::Unix, &dir, &[]);
+    let desc = format!(
+        "appsrc name=src format=time \
+           caps=video/x-raw,format={format},width={width},height={height},framerate=30/1 ! \
+           tee name=t \
+         t. ! queue ! videoconvert ! video/x-raw,format=I420 ! appsink name=ref sync=false \
+         t. ! queue ! vsockenc name=enc {props} bitrate=8000 ! h264parse ! avdec_h264 ! \
+           videoconvert ! video/x-raw,format=I420 ! appsink name=out sync=false",
+        props = daemon.addr.element_props()
+    );
+    let p = pipeline::launch(&desc);
+    let reference = FrameCollector::attach(&p, "ref");
+    let output = FrameCollector::attach(&p, "out");
+    let enc = pipeline::element(&p, "enc");
+    let src = pipeline::element(&p, "src")
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    src.set_max_bytes(0);
+    pipeline::play(&p);
+    for n in 0..FRAMES as u64 {
+        src.push_buffer(padded_frame(format, width, height, n))
+            .expect("push frame");
+    }
+    src.end_of_stream().unwrap();
+    let result = pipeline::wait_eos(&p, Duration::from_secs(45));
+    let stats = Stats::of(&enc);
+    pipeline::shutdown(&p);
+    let ctx = format!("padded {format} {width}x{height}");
+    result.unwrap_or_else(|e| panic!("{ctx}: {e}; stats {stats}"));
+    let (reference, output) = (reference.frames(), output.frames());
+    assert_eq!(reference.len(), FRAMES, "{ctx}: reference frame count");
+    assert_eq!(output.len(), FRAMES, "{ctx}: decoded frame count; {stats}");
+    let mut min_y = f64::MAX;
+    for (i, (r, o)) in reference.iter().zip(&output).enumerate() {
+        assert_eq!(o.running_time, r.running_time, "{ctx}: frame {i} timestamp");
+        let psnr = frame_psnr(r, o);
+        assert!(
+            psnr[0] > MIN_PSNR_DB,
+            "{ctx}: frame {i} Y PSNR {:.2} dB: the meta's strides/offsets were not honoured?",
+            psnr[0]
+        );
+        min_y = min_y.min(psnr[0]);
+    }
+    println!("{ctx} with VideoMeta strides: min Y PSNR {min_y:.1} dB over {FRAMES} frames");
+}
+
+#[test]
+fn fidelity_padded_strides_bgrx() {
+    fidelity_padded("BGRx", 161, 97);
+}
+
+#[test]
+fn fidelity_padded_strides_nv12() {
+    fidelity_padded("NV12", 161, 97);
 }
