@@ -303,3 +303,38 @@ fn real_h264_round_trip_decodes() {
         );
     }
 }
+
+#[test]
+fn keyframe_interval_and_force_key_unit_events_set_force_keyframe() {
+    let path = socket_path("kf");
+    let peer = PeerBuilder::unix(&path).start();
+    let mut h = harness(&path, &[("keyframe-interval", &5i32)]);
+    h.play();
+    for i in 0..12u64 {
+        if i == 7 {
+            h.push_event(
+                gst_video::DownstreamForceKeyUnitEvent::builder()
+                    .all_headers(true)
+                    .build(),
+            );
+        }
+        h.push(bgrx_buffer(64, 48, 0, ms(i * 33))).unwrap();
+    }
+    for i in 0..12u64 {
+        let b = pull(&mut h, T).expect("output");
+        assert_eq!(b.pts(), Some(ms(i * 33)));
+    }
+    let forced: Vec<usize> = peer
+        .record()
+        .frames
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.request.force_keyframe)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        forced,
+        vec![0, 5, 7],
+        "first frame, every 5th, and the event"
+    );
+}
