@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::peer::PeerBuilder;
 use common::*;
-use gst::prelude::*;
 use gst_allocators::prelude::*;
 
 const W: u32 = 64;
