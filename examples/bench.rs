@@ -1,15 +1,33 @@
-//! vsockenc benchmark: one run measures the transport limit, vsockenc through
-//! a simulated host at several latencies and in-flight limits, the guest CPU
-//! per frame against in-guest x264enc, the real `vsockenc-host` daemon
-//! against plain `gst-launch-1.0`, and memory over a long run.
+//! vsockenc benchmark: one run, on one machine and transport, measures
+//!
+//! 1. `transport`: the transport limit, frame-sized FRAME_REQUESTs
+//!    (`hxfr::write::write_frame_request`) to a reader thread
+//!    (`hxfr::Decoder::read_from`) over a Unix socket and TCP loopback,
+//!    1080p BGRx and NV12;
+//! 2. `element`: `appsrc ! vsockenc socket-path=… max-in-flight=N ! fakesink`
+//!    through an HXFR peer process (this program with `--peer`) that answers
+//!    every frame with a tiny access unit after 0, 10 or 30 ms, N = 1, 2, 4;
+//! 3. with 2, the one-frame-in-flight baseline (the C element's design): the
+//!    ratio of each N to N = 1;
+//! 4. `cpu`: guest CPU per 1080p frame (getrusage of this process; the peer
+//!    is another process) with vsockenc against in-guest x264enc ultrafast;
+//! 5. `daemon`: the real `vsockenc-host` with x264enc against plain
+//!    `gst-launch-1.0` with the daemon's encoder settings (fps, latency
+//!    p50/p99);
+//! 6. `memory`: peak RSS of the guest and the daemon over a 5,000-frame run,
+//!    first against last thousand frames;
+//!
+//! then prints each target of issue 6 as met or not, with the figures.
 //!
 //! ```sh
 //! scripts/bench.sh              # release build + full run + docs/bench-results.json + plot
-//! cargo run --release --example bench -- --quick
+//! scripts/bench.sh --quick      # smoke test, well under a minute
 //! cargo run --release --example bench -- --sections transport,element --json out.json
+//! cargo run --release --example bench -- --help
 //! ```
 //!
-//! See docs/PERFORMANCE.md for the results on the project's machine.
+//! Sections 5 and 6 need the daemon binary (`cargo build --release -p
+//! vsockenc-host`, or `--host-bin`). See docs/PERFORMANCE.md for results.
 
 #[path = "bench/args.rs"]
 mod args;

@@ -19,11 +19,21 @@ use anyhow::{anyhow, bail, Context, Result};
 pub const DAEMON_X264_CHAIN: &str = "x264enc name=enc tune=zerolatency speed-preset=veryfast bframes=0 b-adapt=false rc-lookahead=0 sliced-threads=true bitrate=4000 ! h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au";
 
 /// Where `scripts/bench.sh` puts the daemon: `<target>/release/vsockenc-host`,
-/// next to `<target>/release/examples/bench`.
+/// next to `<target>/release/examples/bench`. Falls back to the other
+/// profile's directory, then to `vsockenc-host` on PATH.
 pub fn default_host_bin() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let profile_dir = exe.parent()?.parent()?;
-    Some(profile_dir.join("vsockenc-host"))
+    let target_dir = profile_dir.parent()?;
+    let mut candidates = vec![profile_dir.join("vsockenc-host")];
+    for profile in ["release", "debug"] {
+        candidates.push(target_dir.join(profile).join("vsockenc-host"));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("vsockenc-host")));
+    }
+    let found = candidates.iter().find(|c| c.is_file()).cloned();
+    Some(found.unwrap_or_else(|| candidates.swap_remove(0)))
 }
 
 pub struct Daemon {
@@ -124,6 +134,21 @@ pub struct PlainRun {
     pub fps: f64,
 }
 
+/// Writes the frames where [`plain_gst_launch`] reads them.
+pub fn write_frame_files(frames: &crate::frames::Frames, dir: &Path) -> Result<()> {
+    for (i, b) in frames.buffers.iter().enumerate() {
+        let map = b.map_readable()?;
+        std::fs::write(dir.join(format!("frame-{i:03}.raw")), map.as_slice())?;
+    }
+    Ok(())
+}
+
+pub fn remove_frame_files(frames: &crate::frames::Frames, dir: &Path) {
+    for i in 0..frames.buffers.len() {
+        let _ = std::fs::remove_file(dir.join(format!("frame-{i:03}.raw")));
+    }
+}
+
 /// Runs `gst-launch-1.0` on the same frames (written to files, read back by
 /// multifilesrc and timestamped by rawvideoparse) with the daemon's encoder
 /// settings, and takes its own "Execution ended after" time.
@@ -133,10 +158,6 @@ pub fn plain_gst_launch(
     count: u64,
 ) -> Result<PlainRun> {
     let k = frames.buffers.len();
-    for (i, b) in frames.buffers.iter().enumerate() {
-        let map = b.map_readable()?;
-        std::fs::write(dir.join(format!("frame-{i:03}.raw")), map.as_slice())?;
-    }
     let fmt = match frames.format {
         crate::frames::Format::Nv12 => "nv12",
         crate::frames::Format::Bgrx => "bgrx",
@@ -172,9 +193,6 @@ pub fn plain_gst_launch(
         .find_map(|l| l.split("Execution ended after ").nth(1))
         .ok_or_else(|| anyhow!("no `Execution ended after` in gst-launch output: {text}"))?;
     let seconds = parse_clock(t.trim())?;
-    for i in 0..k {
-        let _ = std::fs::remove_file(dir.join(format!("frame-{i:03}.raw")));
-    }
     Ok(PlainRun {
         command,
         frames: count,
