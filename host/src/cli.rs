@@ -41,6 +41,14 @@ vah264enc, vaapih264enc, qsvh264enc, x264enc, openh264enc. Each known encoder
 is set up for low latency (no B-frames, zero-latency tuning, bitrate from the
 guest's CONFIG_REQ or --bitrate, keyframes on request).
 
+Frames: BGRA/BGRx, RGBA/RGBx and NV12 pixels (resource_id 0). Frames naming a
+virtio-gpu resource get an ERROR: this daemon cannot read guest GPU memory.
+H.264 4:2:0 has no odd sizes: an odd width or height is padded by one
+repeated column/row. A client holds at most --max-in-flight frames of memory.
+
+Logs: every line about a client names it as tcp:ADDR#N, unix:PATH#N or
+vsock:CID:PORT#N, where N numbers the connections since start.
+
 Exit status: 0 after a clean shutdown (SIGINT/SIGTERM: stop accepting, finish
 in-flight encodes for a bounded time, send their responses, remove socket
 files; a second signal exits at once), 1 when the daemon cannot start (an

@@ -176,6 +176,23 @@ fn configure(element: &gst::Element, factory: &str, params: Params) {
     set_bitrate(element, factory, params.bitrate_kbps);
 }
 
+/// The 4:2:0 format to convert to for an encoder that cannot take the
+/// guest's format. Left to itself, videoconvert picks the format closest to
+/// RGB, which for x264enc is Y444: a High 4:4:4 stream that most (hardware)
+/// decoders cannot play.
+fn yuv420_caps(encoder: &gst::Element) -> gst::Caps {
+    let accepted = encoder.static_pad("sink").map(|p| p.query_caps(None));
+    for format in ["NV12", "I420"] {
+        let caps = gst::Caps::builder("video/x-raw")
+            .field("format", format)
+            .build();
+        if accepted.as_ref().is_some_and(|a| a.can_intersect(&caps)) {
+            return caps;
+        }
+    }
+    gst::Caps::builder("video/x-raw").build()
+}
+
 /// What the writer of a connection gets back for one frame: the complete
 /// FRAME_RESPONSE message, or the ERROR to send instead.
 pub type Reply = Result<Vec<u8>, ErrorMessage>;
@@ -296,6 +313,11 @@ impl Session {
             .unwrap_or(false);
         if !encoder_takes_format {
             chain.push(gst::ElementFactory::make("videoconvert").build()?);
+            chain.push(
+                gst::ElementFactory::make("capsfilter")
+                    .property("caps", yuv420_caps(&encoder))
+                    .build()?,
+            );
         }
         chain.extend([encoder.clone(), parse, filter, appsink.clone().upcast()]);
         pipeline.add_many(&chain)?;
@@ -303,11 +325,12 @@ impl Session {
 
         let fifo: Fifo = Arc::default();
         let cb_fifo = fifo.clone();
+        let cb_peer = peer.clone();
         appsink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    deliver(&sample, &cb_fifo, &stats, &peer);
+                    deliver(&sample, &cb_fifo, &stats, &cb_peer);
                     Ok(gst::FlowSuccess::Ok)
                 })
                 .build(),
@@ -316,7 +339,7 @@ impl Session {
             .set_state(gst::State::Playing)
             .map_err(|_| anyhow!("the {} pipeline does not start", choice.factory))?;
         debug!(
-            "session {}x{} {} (coded {w}x{h}) with {}{}",
+            "{peer}: session {}x{} {} (coded {w}x{h}) with {}{}",
             key.width,
             key.height,
             key.format,

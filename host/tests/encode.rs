@@ -24,6 +24,15 @@ fn nal_types(au: &[u8]) -> Vec<u8> {
     types
 }
 
+/// profile_idc of the first SPS in an Annex-B access unit.
+fn sps_profile(au: &[u8]) -> u8 {
+    let at = au
+        .windows(4)
+        .position(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == NAL_SPS)
+        .expect("an SPS");
+    au[at + 4]
+}
+
 /// Sends `count` frames of one format and size (pts from `pts_of`), checks
 /// the responses and the decoded pictures; returns the mean PSNR.
 fn check_segment(
@@ -55,6 +64,11 @@ fn check_segment(
     assert!(
         types.contains(&NAL_SPS) && types.contains(&NAL_PPS),
         "SPS/PPS in-band: {types:?}"
+    );
+    let profile = sps_profile(&responses[0].chunks[0]);
+    assert!(
+        [66, 77, 100].contains(&profile),
+        "{fmt:?}: a 4:2:0 profile any decoder plays, not profile_idc {profile}"
     );
     // Decode with sequential timestamps: the guest's pts need not be monotonic.
     let aus: Vec<(i64, Vec<u8>)> = responses

@@ -24,13 +24,17 @@ const SOURCE: &str = "videotestsrc horizontal-speed=8";
 
 /// fps of `gst-launch-1.0` encoding FRAMES frames of `format` (process
 /// start-up included). x264enc cannot take BGRx: `convert` adds the
-/// videoconvert the daemon adds too. `queue` puts the test source in its own
+/// conversion to NV12 the daemon does too. `queue` puts the test source in its own
 /// thread, as the daemon's client is.
 fn gst_launch_fps(format: &str, convert: bool, queue: bool) -> (f64, String) {
     let cmd = format!(
         "{SOURCE} num-buffers={FRAMES} ! video/x-raw,format={format},width=1920,height=1080,framerate=30/1 ! {}{}{X264} ! h264parse config-interval=-1 ! fakesink",
         if queue { "queue max-size-buffers=4 ! " } else { "" },
-        if convert { "videoconvert ! " } else { "" }
+        if convert {
+            "videoconvert ! video/x-raw,format=NV12 ! "
+        } else {
+            ""
+        }
     );
     let t = Instant::now();
     let out = Command::new("timeout")
