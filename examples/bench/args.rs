@@ -18,6 +18,9 @@ options:
   --duration SECS        seconds per throughput run (default 1.5, quick 0.5)
   --reps N               repetitions of each throughput run; the median counts
                          (default 3, quick 1: the machine is shared and noisy)
+  --formats LIST         of section 2: BGRx,NV12 (default both)
+  --latencies LIST       simulated host latencies in ms for section 2 (default 0,10,30)
+  --in-flight LIST       max-in-flight values for section 2 (default 1,2,4)
   --json PATH            write the results as JSON to PATH
   --host-bin PATH        the vsockenc-host daemon (default: <target>/release/vsockenc-host
                          next to this executable's target dir)
@@ -38,6 +41,9 @@ pub struct Options {
     pub memory: bool,
     pub duration: Duration,
     pub reps: usize,
+    pub formats: Vec<String>,
+    pub latencies_ms: Vec<u64>,
+    pub in_flight: Vec<u32>,
     pub json: Option<PathBuf>,
     pub host_bin: Option<PathBuf>,
     pub memory_frames: u64,
@@ -69,6 +75,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
         memory: true,
         duration: Duration::from_millis(1500),
         reps: 3,
+        formats: vec!["BGRx".into(), "NV12".into()],
+        latencies_ms: vec![0, 10, 30],
+        in_flight: vec![1, 2, 4],
         json: None,
         host_bin: None,
         memory_frames: 5000,
@@ -126,6 +135,23 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
                         .map_err(|e| format!("--reps: {e}"))?
                         .max(1),
                 )
+            }
+            "--formats" => {
+                o.formats = Vec::new();
+                for f in value("--formats")?.split(',') {
+                    match f.trim().to_ascii_uppercase().as_str() {
+                        "BGRX" => o.formats.push("BGRx".into()),
+                        "NV12" => o.formats.push("NV12".into()),
+                        other => return Err(format!("--formats: unknown {other:?}")),
+                    }
+                }
+            }
+            "--latencies" => o.latencies_ms = list(&value("--latencies")?, "--latencies")?,
+            "--in-flight" => {
+                o.in_flight = list(&value("--in-flight")?, "--in-flight")?;
+                if o.in_flight.iter().any(|n| !(1..=64).contains(n)) {
+                    return Err("--in-flight: values 1..64".into());
+                }
             }
             "--json" => o.json = Some(value("--json")?.into()),
             "--host-bin" => o.host_bin = Some(value("--host-bin")?.into()),
@@ -191,4 +217,17 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
         o.daemon_frames = n.max(10);
     }
     Ok(Mode::Bench(o))
+}
+
+fn list<T: std::str::FromStr>(v: &str, name: &str) -> Result<Vec<T>, String>
+where
+    T::Err: std::fmt::Display,
+{
+    v.split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<T>()
+                .map_err(|e| format!("{name}: {x:?}: {e}"))
+        })
+        .collect()
 }
