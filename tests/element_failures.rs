@@ -69,7 +69,7 @@ fn timeout_drops_a_frame_and_the_next_output_is_a_keyframe() {
         .start();
     let (e, _bus) = element(
         &path,
-        &[("response-timeout", &300u32), ("max-in-flight", &8u32)],
+        &[("response-timeout", &1500u32), ("max-in-flight", &8u32)],
     );
     let mut h = harness_with(&e);
     h.play();
@@ -116,13 +116,13 @@ fn late_response_is_counted_and_discarded() {
     let _peer = PeerBuilder::unix(&path)
         .script(|f| {
             if f.index == 1 {
-                Action::AnswerAfter(Duration::from_millis(600))
+                Action::AnswerAfter(Duration::from_millis(1500))
             } else {
                 Action::Answer
             }
         })
         .start();
-    let (e, _bus) = element(&path, &[("response-timeout", &200u32)]);
+    let (e, _bus) = element(&path, &[("response-timeout", &500u32)]);
     let mut h = harness_with(&e);
     h.play();
     h.push(frame(0)).unwrap();

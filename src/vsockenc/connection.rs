@@ -165,10 +165,13 @@ impl Connection {
     }
 
     pub fn send_ping(&self) -> io::Result<usize> {
-        let n = self.send_message(&Message::Ping)?;
-        let mut t = self.times.lock();
-        t.ping_outstanding.get_or_insert(Instant::now());
-        Ok(n)
+        // Marked before the write: the PONG may be read before the write
+        // call returns.
+        self.times
+            .lock()
+            .ping_outstanding
+            .get_or_insert(Instant::now());
+        self.send_message(&Message::Ping)
     }
 
     fn send_message(&self, m: &Message) -> io::Result<usize> {
