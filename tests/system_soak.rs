@@ -29,6 +29,7 @@ struct Sample {
     /// Cumulative mean response latency at this point.
     latency_mean_us: u64,
     aus: u64,
+    dropped: u64,
 }
 
 fn mean(v: &[u64]) -> f64 {
@@ -99,6 +100,7 @@ fn soak_live_stream() {
             returned: stats.u64("frames-returned"),
             latency_mean_us: stats.u64("latency-mean-us"),
             aus: aus.load(Ordering::Relaxed),
+            dropped: stats.u64("frames-dropped"),
         });
     }
     let eos = pipeline::stop_with_eos(&p, Duration::from_secs(30));
@@ -107,8 +109,8 @@ fn soak_live_stream() {
     eos.unwrap_or_else(|e| panic!("no EOS at the end of the soak: {e}; {stats}"));
 
     println!(
-        "{:>7} {:>10} {:>10} {:>8} {:>12}",
-        "t(s)", "host KiB", "guest KiB", "AUs", "lat ms (int)"
+        "{:>7} {:>10} {:>10} {:>8} {:>8} {:>12}",
+        "t(s)", "host KiB", "guest KiB", "AUs", "dropped", "lat ms (int)"
     );
     // Per-interval mean latency, from the cumulative mean and counts.
     let mut interval_latency = Vec::new();
@@ -124,11 +126,12 @@ fn soak_live_stream() {
         };
         interval_latency.push(lat);
         println!(
-            "{:>7.1} {:>10} {:>10} {:>8} {:>12.2}",
+            "{:>7.1} {:>10} {:>10} {:>8} {:>8} {:>12.2}",
             s.at.as_secs_f64(),
             s.host_rss_kib,
             s.self_rss_kib,
             s.aus,
+            s.dropped,
             lat / 1000.0
         );
         prev = Some(s);
