@@ -380,7 +380,10 @@ impl Session {
             Ok(b) => b,
             Err(e) => return Err((job, format!("cannot wrap the pixels: {e}"))),
         };
-        if force_keyframe {
+        // A session's first frame is an IDR anyway; a force-key-unit event
+        // sent before stream-start/caps/segment have gone downstream makes
+        // x264enc ignore every later one of the session.
+        if force_keyframe && self.counter > 1 {
             let event = gst_video::DownstreamForceKeyUnitEvent::builder()
                 .timestamp(pts)
                 .stream_time(pts)

@@ -211,7 +211,8 @@ fn openh264enc_works() {
 fn keyframes_come_when_asked_for() {
     let daemon = Daemon::start(&["--listen", "tcp:127.0.0.1:0", "--encoder", "x264enc"]);
     let mut client = Client::tcp(daemon.tcp());
-    let forced = [10usize, 17];
+    // Frame 0 is forced too: the element always forces a new session's first frame.
+    let forced = [0usize, 10, 17];
     let frames: Vec<_> = (0..30u32)
         .map(|t| {
             let f = test_frame(Fmt::Nv12, 64, 48, 64, t, 3);
