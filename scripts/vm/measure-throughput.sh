@@ -8,9 +8,12 @@
 # ${CARGO_TARGET_DIR:-<repo>/target}/release if built there, else .../debug).
 # Build first, e.g. `cargo build --release -p vsockenc-host -p gst-plugin-vsockenc`.
 #
-# For each size the guest runs, with the same moving test pattern:
-#   1. videotestsrc ! fakesink             (what the emulated guest can produce)
-#   2. videotestsrc ! vsockenc cid=2 ! h264parse ! fakesink
+# For each size the guest runs:
+#   source:    videotestsrc ! fakesink   (what the emulated guest can produce)
+#   vsockenc:  videotestsrc ! vsockenc cid=2 ! h264parse ! fakesink
+#   frozen-vs: videotestsrc num-buffers=1 ! imagefreeze ! vsockenc ... (one
+#              frame sent over and over: transport + daemon without the cost
+#              of drawing the pattern in the emulated guest)
 # and prints frames/s from gst-launch's "Execution ended after" (PLAYING to
 # EOS: excludes loading GStreamer, includes connecting to the daemon).
 # The guest is emulated (no KVM), so these numbers bound what the transport
@@ -39,6 +42,7 @@ done
 
 run="$(mktemp -d /tmp/vsockenc-measure.XXXXXX)"
 daemon_pid=""
+# shellcheck disable=SC2317 # called from the EXIT trap
 cleanup() {
   [ -z "$daemon_pid" ] || kill "$daemon_pid" 2>/dev/null || true
   [ -z "$daemon_pid" ] || wait "$daemon_pid" 2>/dev/null || true
@@ -69,8 +73,11 @@ cat >"$run/guest.sh" <<EOF
 export GST_PLUGIN_PATH=$run/plugins GST_REGISTRY=$run/registry.bin GST_REGISTRY_UPDATE=no
 measure() { # label frames width height element-tail...
   label=\$1 n=\$2 w=\$3 h=\$4; shift 4
-  out=\$(timeout -k 10 900 gst-launch-1.0 videotestsrc num-buffers=\$n horizontal-speed=3 ! \\
-    video/x-raw,format=NV12,width=\$w,height=\$h,framerate=30/1 ! "\$@" 2>&1)
+  case \$label in
+  frozen*) src="videotestsrc num-buffers=1 ! video/x-raw,format=NV12,width=\$w,height=\$h,framerate=30/1 ! imagefreeze num-buffers=\$n" ;;
+  *) src="videotestsrc num-buffers=\$n horizontal-speed=3 ! video/x-raw,format=NV12,width=\$w,height=\$h,framerate=30/1" ;;
+  esac
+  out=\$(timeout -k 10 900 gst-launch-1.0 \$src ! "\$@" 2>&1)
   rc=\$?
   echo "\$out" > $run/last-\$label-\${w}x\${h}.log
   echo "\$out" | sed -n 's/.*Execution ended after \([0-9]*\):\([0-9]*\):\([0-9.]*\).*/\1 \2 \3/p' |
@@ -81,8 +88,10 @@ measure() { # label frames width height element-tail...
 measure source 20 320 240 fakesink
 measure source $n_small 320 240 fakesink
 measure vsockenc $n_small 320 240 vsockenc cid=2 port=5000 ! h264parse ! fakesink
+measure frozen-vs $n_small 320 240 vsockenc cid=2 port=5000 ! h264parse ! fakesink
 measure source $n_large 1280 720 fakesink
 measure vsockenc $n_large 1280 720 vsockenc cid=2 port=5000 ! h264parse ! fakesink
+measure frozen-vs $n_large 1280 720 vsockenc cid=2 port=5000 ! h264parse ! fakesink
 EOF
 
 echo "measure-throughput.sh: plugin and daemon from $prof; load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

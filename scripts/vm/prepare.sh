@@ -85,6 +85,7 @@ fi
 # ---- kernel ----------------------------------------------------------------
 KVER="${VSOCKENC_VM_KERNEL:-}"
 if [ -z "$KVER" ]; then
+  # shellcheck disable=SC2012 # kernel file names are plain
   for k in $(ls -1 /boot/vmlinuz-* 2>/dev/null | sed 's|^/boot/vmlinuz-||' | sort -V -r); do
     if [ -d "/lib/modules/$k/kernel" ]; then
       KVER="$k"
@@ -115,7 +116,7 @@ if [ ! -s "$INITRD" ]; then
   modlist=""
   for m in "${MODULES[@]}"; do
     # Module file names may use '-' or '_' interchangeably.
-    pat="$(echo "$m" | sed 's/[-_]/[-_]/g')"
+    pat="${m//[-_]/[-_]}"
     f="$(find "/lib/modules/$KVER/kernel" -regextype posix-extended \
       -regex ".*/${pat}\.ko(\.xz|\.zst|\.gz)?" -print -quit)"
     if [ -z "$f" ]; then
@@ -191,10 +192,10 @@ EOF
   mv -f "$INITRD.tmp" "$INITRD"
   rm -rf "$work"
   trap - EXIT
-  # Drop initramfs images of older script versions.
-  for old in "$CACHE"/initramfs-*.cpio.gz; do
-    [ "$old" = "$INITRD" ] || rm -f "$old"
-  done
+  # Keep the few newest images only (other checkouts of the project, with
+  # another version of this script, may be using theirs right now).
+  # shellcheck disable=SC2012 # our own plain file names
+  ls -1t "$CACHE"/initramfs-*.cpio.gz | tail -n +5 | xargs -r rm -f
 fi
 
 {

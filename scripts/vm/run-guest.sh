@@ -52,8 +52,9 @@ KERNEL="" INITRD="" VHOST_DEVICE_VSOCK="" QEMU=""
 while IFS='=' read -r k v; do
   case "$k" in KERNEL | INITRD | VHOST_DEVICE_VSOCK | QEMU) printf -v "$k" '%s' "$v" ;; esac
 done <<<"$env_out"
-[ -n "$KERNEL" ] && [ -n "$INITRD" ] && [ -n "$VHOST_DEVICE_VSOCK" ] && [ -n "$QEMU" ] ||
+if [ -z "$KERNEL" ] || [ -z "$INITRD" ] || [ -z "$VHOST_DEVICE_VSOCK" ] || [ -z "$QEMU" ]; then
   die "prepare.sh did not report KERNEL/INITRD/VHOST_DEVICE_VSOCK/QEMU"
+fi
 
 if [ "$(cd "$(dirname "$SCRIPT")" && pwd -P)/$(basename "$SCRIPT")" != "$RUNDIR/guest.sh" ]; then
   cp "$SCRIPT" "$RUNDIR/guest.sh"
@@ -63,6 +64,7 @@ rm -f "$RUNDIR/guest.status" "$RUNDIR/guest.log" "$RUNDIR/console.log" \
 
 vhost_pid=""
 qemu_pid=""
+# shellcheck disable=SC2317 # called from the EXIT trap
 cleanup() {
   local p
   for p in $qemu_pid $vhost_pid; do
