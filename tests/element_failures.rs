@@ -448,3 +448,63 @@ fn disconnect_mid_stream_recovers_with_a_keyframe() {
     assert!(is_keyframe(&got[after]));
     assert!(stat(&e, "dropped-disconnect") >= 1);
 }
+
+/// A FRAME_RESPONSE header announcing `payload_size` bytes.
+fn response_header(payload_size: u32) -> Vec<u8> {
+    hxfr::Header::new(hxfr::msg_type::FRAME_RESPONSE, 0, 1, payload_size)
+        .to_bytes()
+        .to_vec()
+}
+
+fn bad_host_reconnects(tag: &str, bad: Vec<u8>, expect: &str) {
+    let path = socket_path(tag);
+    let peer = PeerBuilder::unix(&path)
+        .script(move |f| match (f.connection, f.conn_index) {
+            (0, 2) => Action::Garbage(bad.clone()),
+            (0, 3) => Action::Disconnect,
+            _ => Action::Answer,
+        })
+        .start();
+    let (e, bus) = element(&path, &[("reconnect-interval", &50u32)]);
+    let mut h = harness_with(&e);
+    h.play();
+    for i in 0..4 {
+        let _ = h.push(frame(i));
+    }
+    assert!(peer.wait_for(T, |r| r.connections == 2), "reconnected");
+    assert!(wait_until(T, || stat(&e, "reconnects") == 1));
+    for i in 4..6 {
+        h.push(frame(i)).unwrap();
+    }
+    let mut out = Vec::new();
+    while out.last().map(pts_of) != Some(5) {
+        out.push(pull(&mut h, T).expect("output up to frame 5"));
+    }
+    let got: Vec<u64> = out.iter().map(pts_of).collect();
+    // Frame 3 may or may not have made it to the new connection.
+    assert!(got == [0, 1, 4, 5] || got == [0, 1, 3, 4, 5], "{got:?}");
+    assert!(
+        is_keyframe(&out[2]),
+        "first output after the break is a keyframe"
+    );
+    let msgs = messages(&bus);
+    assert!(
+        msgs.iter().any(|m| m.starts_with("WARNING")
+            && m.contains(expect)
+            && m.contains(&format!("unix:{}", path.display()))
+            && m.contains("pts")),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn impossible_size_from_the_host_reconnects_with_a_warning() {
+    bad_host_reconnects("huge", response_header(0xFFFF_FFF0), "exceeds limit");
+}
+
+#[test]
+fn truncated_message_from_the_host_reconnects_with_a_warning() {
+    let mut bad = response_header(200);
+    bad.extend_from_slice(&[0u8; 30]);
+    bad_host_reconnects("trunc", bad, "stream ended inside FRAME_RESPONSE");
+}

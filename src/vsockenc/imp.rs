@@ -343,6 +343,13 @@ impl ElementImpl for VsockEnc {
                 .field("alignment", "au")
                 .field("width", gst::IntRange::new(1, 8192))
                 .field("height", gst::IntRange::new(1, 8192))
+                .field(
+                    "framerate",
+                    gst::FractionRange::new(
+                        gst::Fraction::new(0, 1),
+                        gst::Fraction::new(i32::MAX, 1),
+                    ),
+                )
                 .build();
             vec![
                 gst::PadTemplate::new(

@@ -290,9 +290,9 @@ impl Table {
     }
 
     /// Fails every frame still waiting on connection `generation`. Returns
-    /// how many.
-    pub fn fail_generation(&mut self, generation: u64, reason: DropReason) -> usize {
-        let mut n = 0;
+    /// their wire PTS.
+    pub fn fail_generation(&mut self, generation: u64, reason: DropReason) -> Vec<i64> {
+        let mut lost = Vec::new();
         for e in self
             .entries
             .iter_mut()
@@ -300,12 +300,12 @@ impl Table {
         {
             e.outcome = Some(Outcome::Dropped(reason));
             remember(&mut self.expired, e.wire_pts);
-            n += 1;
+            lost.push(e.wire_pts);
         }
-        if n > 0 {
+        if !lost.is_empty() {
             self.force_next = true;
         }
-        n
+        lost
     }
 
     /// Drops every waiting frame whose deadline has passed. Returns their
@@ -547,7 +547,7 @@ mod tests {
         let now = Instant::now();
         t.insert_sent(0, 0, now, T, 1);
         t.insert_sent(1, 10, now, T, 2);
-        assert_eq!(t.fail_generation(1, DropReason::Disconnect), 1);
+        assert_eq!(t.fail_generation(1, DropReason::Disconnect), vec![0]);
         assert_eq!(t.in_flight(), 1);
         assert!(t.take_force_keyframe());
     }

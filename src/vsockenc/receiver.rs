@@ -14,6 +14,7 @@ use std::time::Instant;
 use hxfr::{nal, Decoder, FrameResponse, Message};
 
 use crate::vsockenc::connection::Connection;
+use crate::vsockenc::imp::CAT;
 use crate::vsockenc::pending::{DropReason, Encoded, Match, Pending};
 use crate::vsockenc::transport::{self, Stream};
 
@@ -21,11 +22,12 @@ use crate::vsockenc::transport::{self, Stream};
 pub trait ReaderEvents: Send + Sync {
     /// The host sent an ERROR; `pts` is the frame it was taken to be about.
     fn host_error(&self, conn: &Connection, code: i32, message: &str, pts: Option<i64>);
-    /// Something odd that the reader survived (skipped message, ...).
+    /// A bad message the reader skipped (framing intact), or an empty
+    /// response.
     fn protocol_warning(&self, conn: &Connection, what: &str);
-    /// The connection is gone; `dropped` frames in flight were lost. Not
-    /// called when the element closed the connection itself.
-    fn lost(&self, conn: &Connection, why: &str, dropped: usize);
+    /// The connection is gone; the frames in flight with these wire PTS
+    /// were lost. Not called when the element closed the connection itself.
+    fn lost(&self, conn: &Connection, why: &str, dropped: &[i64]);
 }
 
 pub fn run(
@@ -49,7 +51,7 @@ pub fn run(
         .fail_generation(conn.generation, DropReason::Disconnect);
     pending.notify();
     if !closed_by_us {
-        events.lost(&conn, &why, dropped);
+        events.lost(&conn, &why, &dropped);
     }
 }
 
@@ -79,6 +81,9 @@ fn read_loop(
             }
             Ok(None) => return "the host closed the connection".into(),
             Err(e) if e.is_timeout() => continue,
+            // Skipping gigabytes a peer claims to send would only hide the
+            // breakage for that long: start over on a new connection.
+            Err(e @ hxfr::ProtocolError::PayloadTooLarge { .. }) => return e.to_string(),
             Err(e) if !e.is_fatal() => {
                 events.protocol_warning(conn, &format!("skipped a bad message: {e}"));
             }
@@ -104,12 +109,11 @@ fn handle(conn: &Connection, msg: Message, pending: &Pending, events: &dyn Reade
         }
         Message::Pong => pending.lock().stats.pongs_received += 1,
         Message::ConfigResponse(_) | Message::Skipped { .. } => {}
-        other => events.protocol_warning(
-            conn,
-            &format!(
-                "ignored unexpected {} from the host",
-                hxfr::msg_type::name(other.msg_type())
-            ),
+        other => gst::debug!(
+            CAT,
+            "ignored unexpected {} from {}",
+            hxfr::msg_type::name(other.msg_type()),
+            conn.addr
         ),
     }
 }
@@ -144,6 +148,11 @@ fn handle_response(
     if matched {
         pending.notify();
     } else {
-        events.protocol_warning(conn, &format!("late response for pts {} discarded", r.pts));
+        gst::debug!(
+            CAT,
+            "late response from {} for pts {} discarded",
+            conn.addr,
+            r.pts
+        );
     }
 }

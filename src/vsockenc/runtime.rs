@@ -454,9 +454,18 @@ impl ReaderEvents for Shared {
 
     fn protocol_warning(&self, conn: &Connection, what: &str) {
         gst::warning!(CAT, "from {}: {what}", conn.addr);
+        if let Some(el) = self.element.upgrade() {
+            gst::element_warning!(
+                el,
+                gst::StreamError::Decode,
+                ("bad message from vsockenc host at {}", conn.addr),
+                ["{what}; the stream goes on (a frame without answer is dropped at its timeout)"]
+            );
+        }
     }
 
-    fn lost(&self, conn: &Connection, why: &str, dropped: usize) {
+    fn lost(&self, conn: &Connection, why: &str, lost: &[i64]) {
+        let dropped = describe_lost(lost);
         if self.stop.load(Ordering::SeqCst) {
             return;
         }
@@ -469,7 +478,7 @@ impl ReaderEvents for Shared {
                 gst::ResourceError::Read,
                 ("lost connection to vsockenc host at {}: {}", conn.addr, why),
                 [
-                    "{dropped} frames in flight dropped; reconnecting every {} ms (frames are dropped until then)",
+                    "{dropped}; reconnecting every {} ms (frames are dropped until then)",
                     self.settings.reconnect_interval_ms
                 ]
             );
@@ -479,12 +488,23 @@ impl ReaderEvents for Shared {
                 el,
                 gst::ResourceError::Read,
                 ("lost connection to vsockenc host at {}: {}", conn.addr, why),
-                [
-                    "{dropped} frames in flight dropped; set reconnect=true to keep streaming through host restarts"
-                ]
+                ["{dropped}; set reconnect=true to keep streaming through host restarts"]
             );
             self.set_flow(Err(gst::FlowError::Error));
             self.pending.notify();
         }
+    }
+}
+
+/// "no frame in flight" / "frame pts 1 dropped" / "3 frames in flight
+/// (pts 1 .. 3) dropped", wire PTS in nanoseconds.
+fn describe_lost(lost: &[i64]) -> String {
+    match lost {
+        [] => "no frame was in flight".into(),
+        [one] => format!("the frame in flight (pts {one} ns) was dropped"),
+        [first, .., last] => format!(
+            "{} frames in flight (pts {first} .. {last} ns) were dropped",
+            lost.len()
+        ),
     }
 }

@@ -415,6 +415,8 @@ struct Out {
     seq: u64,
     bytes: Vec<u8>,
     is_response: bool,
+    /// Close the connection here (after everything due before).
+    close: bool,
 }
 
 impl PartialEq for Out {
@@ -446,6 +448,12 @@ fn serve(stream: PeerStream, connection: usize, ctx: Ctx) {
             let now = Instant::now();
             while heap.peek().is_some_and(|Reverse(o)| o.due <= now) {
                 let Reverse(o) = heap.pop().unwrap();
+                if o.close {
+                    if let Ok(s) = writer.try_clone() {
+                        s.shutdown();
+                    }
+                    return;
+                }
                 // Counted before the write: once the guest has the answer
                 // it may send the next frame at once.
                 if o.is_response {
@@ -489,14 +497,18 @@ fn serve(stream: PeerStream, connection: usize, ctx: Ctx) {
     let mut pts_counter = 0i64;
     let mut rng = 0u64;
     let cfg = ctx.cfg.clone();
-    let send = |due: Instant, bytes: Vec<u8>, is_response: bool, seq: &mut u64| {
+    let send_out = |due: Instant, bytes: Vec<u8>, is_response: bool, close: bool, seq: &mut u64| {
         *seq += 1;
         let _ = tx.send(Out {
             due,
             seq: *seq,
             bytes,
             is_response,
+            close,
         });
+    };
+    let send = |due: Instant, bytes: Vec<u8>, is_response: bool, seq: &mut u64| {
+        send_out(due, bytes, is_response, false, seq)
     };
     loop {
         if ctx.stop.load(Ordering::SeqCst) {
@@ -597,14 +609,13 @@ fn serve(stream: PeerStream, connection: usize, ctx: Ctx) {
                     Action::Silence => {}
                     Action::Garbage(g) => send(now, g, false, &mut seq),
                     Action::Disconnect => {
-                        control.shutdown();
+                        // Answers already due go out first; later ones are lost.
+                        send_out(Instant::now(), Vec::new(), false, true, &mut seq);
                         break;
                     }
                 }
                 if cfg.disconnect_after.is_some_and(|n| conn_index >= n) {
-                    // Let already-due answers out first.
-                    std::thread::sleep(Duration::from_millis(20));
-                    control.shutdown();
+                    send_out(Instant::now(), Vec::new(), false, true, &mut seq);
                     break;
                 }
             }
