@@ -151,7 +151,9 @@ pub fn remove_frame_files(frames: &crate::frames::Frames, dir: &Path) {
 
 /// Runs `gst-launch-1.0` on the same frames (written to files, read back by
 /// multifilesrc and timestamped by rawvideoparse) with the daemon's encoder
-/// settings, and takes its own "Execution ended after" time.
+/// settings, and takes its own "Execution ended after" time. The queue puts
+/// file reading on its own thread, as appsrc does for the other runs;
+/// without it reading and encoding take turns and plain is slower.
 pub fn plain_gst_launch(
     frames: &crate::frames::Frames,
     dir: &Path,
@@ -165,7 +167,7 @@ pub fn plain_gst_launch(
     let chain = DAEMON_X264_CHAIN.replace("name=enc ", "");
     let command = format!(
         "gst-launch-1.0 multifilesrc location={dir}/frame-%03d.raw index=0 stop-index={last} loop=true num-buffers={count} \
-         ! rawvideoparse format={fmt} width={w} height={h} framerate=30/1 ! {chain} ! fakesink sync=false",
+         ! rawvideoparse format={fmt} width={w} height={h} framerate=30/1 ! queue ! {chain} ! fakesink sync=false",
         dir = dir.display(),
         last = k - 1,
         w = frames.width,

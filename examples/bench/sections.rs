@@ -666,7 +666,7 @@ fn daemon_section(o: &Options, work: &Path, frames: &Frames, r: &mut Report) -> 
     ));
     say(&format!(
         "{:<52} {:>7} {:>9.1} {:>13} {:>9} {:>9}",
-        "plain gst-launch-1.0 (multifilesrc ! rawvideoparse)",
+        "plain gst-launch-1.0 (multifilesrc ! rawvideoparse ! queue)",
         plain.frames,
         plain.fps,
         "-",
