@@ -27,6 +27,6 @@ TOML
 
 # The test runs the daemon binary from the same target directory.
 cargo build --locked -p vsockenc-host
-exec cargo nextest run --locked -p gst-plugin-vsockenc --test system_soak \
+cargo nextest run --locked -p gst-plugin-vsockenc --test system_soak \
     --run-ignored only --no-capture \
     --tool-config-file "vsockenc-soak:$cfg" --profile soak
