@@ -281,6 +281,17 @@ impl GuestExt {
         self.accepted.is_some()
     }
 
+    /// Whether to record checksums of the frames sent: FRAME_CHECKSUM was
+    /// accepted, or was asked for and the answer is still out (the host
+    /// checksums every frame after its HELLO_ACK, including those the guest
+    /// sent before it arrived).
+    pub fn wants_checksums(&self) -> bool {
+        match self.accepted {
+            Some(a) => a & ext_bits::FRAME_CHECKSUM != 0,
+            None => self.requested & ext_bits::FRAME_CHECKSUM != 0,
+        }
+    }
+
     /// The reference a COMPACT_FRAME for the next frame may use, if any: a
     /// frame the host holds, COMPACT negotiated, no error since, and no
     /// keyframe forced.
@@ -509,6 +520,11 @@ mod tests {
     #[test]
     fn checksums_and_drains() {
         let mut g = GuestExt::new(FRAME_CHECKSUM);
+        assert!(g.wants_checksums(), "asked for, answer still out");
+        assert!(!GuestExt::new(COMPACT).wants_checksums());
+        let mut refused = GuestExt::new(FRAME_CHECKSUM);
+        refused.on_ack(&HelloAck::default());
+        assert!(!refused.wants_checksums());
         g.expect_checksum(1, 11);
         g.expect_checksum(2, 22);
         g.expect_checksum(3, 33);
