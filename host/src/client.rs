@@ -259,7 +259,8 @@ impl Reader<'_> {
             && c.framerate_num <= i32::MAX as u32
             && c.framerate_den <= i32::MAX as u32
         {
-            // Applies from the next session: the current one keeps its caps.
+            // The rate is in the session's caps: a change re-creates the
+            // session at the next frame.
             self.params.fps_n = c.framerate_num as i32;
             self.params.fps_d = c.framerate_den as i32;
         }
@@ -306,6 +307,19 @@ impl Reader<'_> {
             Err(e) => return self.reject(sid, invalid(error_code::INVALID_MESSAGE, e.to_string())),
         };
         let key = SessionKey::of(&layout);
+        let framerate = (self.params.fps_n, self.params.fps_d);
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.framerate != framerate)
+        {
+            let old = self.session.take().unwrap();
+            info!(
+                "{}: frame rate changed to {}/{}: new encoding session",
+                self.peer, framerate.0, framerate.1
+            );
+            old.finish(self.cfg.drain_timeout);
+        }
         if self.session.as_ref().is_some_and(|s| s.key != key) {
             let old = self.session.take().unwrap();
             info!(

@@ -246,6 +246,8 @@ impl SessionKey {
 
 pub struct Session {
     pub key: SessionKey,
+    /// The frame rate the session was created with (`fps_n`, `fps_d`).
+    pub framerate: (i32, i32),
     factory: String,
     pipeline: gst::Pipeline,
     appsrc: gst_app::AppSrc,
@@ -359,6 +361,7 @@ impl Session {
             fifo,
             counter: 0,
             frame_duration,
+            framerate: (params.fps_n, params.fps_d),
         })
     }
 

@@ -273,3 +273,31 @@ fn config_req_sets_the_bitrate_without_a_response() {
     );
     daemon.wait_log("bitrate now 100 kbit/s");
 }
+
+#[test]
+fn a_framerate_change_restarts_the_session_with_a_keyframe() {
+    let daemon = Daemon::start(&["--listen", "tcp:127.0.0.1:0", "--encoder", "x264enc"]);
+    let mut client = Client::tcp(daemon.tcp());
+    let frames = |from: u32| -> Vec<_> {
+        (from..from + 4)
+            .map(|t| (test_frame(Fmt::Nv12, 64, 48, 64, t, 1), t as i64, false))
+            .collect()
+    };
+    let first = stream_frames(&mut client, &frames(0), 2);
+    assert!(first[0].is_keyframe && !first[3].is_keyframe);
+    client.send(&Message::ConfigRequest(ConfigRequest {
+        width: 64,
+        height: 48,
+        bitrate: 2_000_000,
+        framerate_num: 60,
+        framerate_den: 1,
+        ..Default::default()
+    }));
+    let second = stream_frames(&mut client, &frames(4), 2);
+    assert!(
+        second[0].is_keyframe,
+        "the new session starts with a keyframe"
+    );
+    assert_eq!(second[0].pts, 4);
+    daemon.wait_log("frame rate changed to 60/1: new encoding session");
+}
