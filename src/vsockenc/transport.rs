@@ -304,6 +304,22 @@ mod tests {
     }
 
     #[test]
+    fn vsock_connect_sets_its_options_and_reports_an_absent_host() {
+        // Nothing listens on the host side of this machine's AF_VSOCK: the
+        // socket options must be accepted and the failure must read as
+        // "host not there" (ECONNRESET or ETIMEDOUT depending on transport).
+        let e = connect(
+            &Address::Vsock {
+                cid: 2,
+                port: 59_999,
+            },
+            Duration::from_millis(500),
+        )
+        .unwrap_err();
+        assert!(is_host_absent(&e), "{e} ({:?})", e.raw_os_error());
+    }
+
+    #[test]
     fn refused_tcp_counts_as_absent_host() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
