@@ -301,3 +301,33 @@ fn a_framerate_change_restarts_the_session_with_a_keyframe() {
     assert_eq!(second[0].pts, 4);
     daemon.wait_log("frame rate changed to 60/1: new encoding session");
 }
+
+#[test]
+fn forced_keyframes_land_on_their_frames_with_many_in_flight() {
+    let daemon = Daemon::start(&["--listen", "tcp:127.0.0.1:0", "--encoder", "x264enc"]);
+    for (round, forced) in [vec![0usize, 1, 2, 7, 8, 20], vec![1, 3, 4, 15, 29]]
+        .into_iter()
+        .enumerate()
+    {
+        let mut client = Client::tcp(daemon.tcp());
+        let frames: Vec<_> = (0..30u32)
+            .map(|t| {
+                let f = test_frame(Fmt::Bgrx, 96, 64, 384, t, round as u32);
+                (f, t as i64, forced.contains(&(t as usize)))
+            })
+            .collect();
+        // Eight in flight: requests are queued ahead of the encoder.
+        let responses = stream_frames(&mut client, &frames, 8);
+        let keys: Vec<usize> = responses
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_keyframe)
+            .map(|(i, _)| i)
+            .collect();
+        let mut want = forced.clone();
+        if !want.contains(&0) {
+            want.insert(0, 0);
+        }
+        assert_eq!(keys, want, "round {round}");
+    }
+}
