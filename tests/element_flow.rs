@@ -185,3 +185,28 @@ fn state_change_while_blocked_returns_promptly() {
         "PLAYING->NULL took {elapsed:?}"
     );
 }
+
+#[test]
+fn reported_latency_follows_a_slow_host() {
+    let path = socket_path("lat");
+    let _peer = PeerBuilder::unix(&path)
+        .delay(Duration::from_millis(80))
+        .start();
+    let (p, enc) = pipeline(&format!(
+        "{} ! vsockenc name=enc max-in-flight=8 response-timeout=3000 socket-path={} ! fakesink sync=false",
+        raw(Some(40)),
+        path.display()
+    ));
+    p.set_state(gst::State::Playing).unwrap();
+    let msgs = eos_or_error(&p, T);
+    let enc = enc.downcast::<gst_video::VideoEncoder>().unwrap();
+    let (min, max) = gst_video::prelude::VideoEncoderExtManual::latency(&enc);
+    p.set_state(gst::State::Null).unwrap();
+    assert!(has_eos(&msgs), "{msgs:?}");
+    assert!(
+        min >= gst::ClockTime::from_mseconds(80),
+        "min latency {min} covers the 80 ms host"
+    );
+    assert_eq!(min.nseconds() % 33_333_333, 0, "whole frames: {min}");
+    assert_eq!(max, Some(gst::ClockTime::from_seconds(3)));
+}

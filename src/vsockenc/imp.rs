@@ -479,7 +479,8 @@ impl VideoEncoderImpl for VsockEnc {
 
         // A frame leaves the element one host round trip after it came in,
         // at most after the response timeout; a realtime host encoder
-        // answers within about one frame interval.
+        // answers within about one frame interval. The minimum is raised
+        // later if the measured round trip is longer (output.rs).
         let frame = (num > 0)
             .then(|| gst::ClockTime::SECOND.mul_div_floor(den as u64, num as u64))
             .flatten()
@@ -487,6 +488,7 @@ impl VideoEncoderImpl for VsockEnc {
         let max =
             gst::ClockTime::from_mseconds(shared.settings.response_timeout_ms as u64).max(frame);
         obj.set_latency(frame, max);
+        shared.set_reported_latency(frame, frame, max);
         gst::info!(CAT, imp = self, "format {info:?}; latency {frame} .. {max}");
 
         if let Some(s) = self.state.lock().as_mut() {

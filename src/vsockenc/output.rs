@@ -109,6 +109,14 @@ pub fn finish_ready(
             ret = res;
         }
     }
+    if let Some((min, max)) = shared.latency_update() {
+        gst::info!(
+            CAT,
+            obj = el,
+            "host answers slower than reported: latency now {min} .. {max}"
+        );
+        el.set_latency(min, max);
+    }
     ret
 }
 

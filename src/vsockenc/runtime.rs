@@ -51,6 +51,8 @@ pub struct Shared {
     frames_since_key: Mutex<u64>,
     dmabuf: Mutex<ResourceLookup>,
     pub output_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Latency reported to the pipeline: (frame duration, min, max).
+    latency: Mutex<Option<(gst::ClockTime, gst::ClockTime, gst::ClockTime)>>,
 }
 
 impl Shared {
@@ -70,6 +72,7 @@ impl Shared {
             frames_since_key: Mutex::new(0),
             dmabuf: Mutex::new(ResourceLookup::default()),
             output_thread: Mutex::new(None),
+            latency: Mutex::new(None),
         })
     }
 
@@ -160,6 +163,46 @@ impl Shared {
                 Err(e) => gst::warning!(CAT, "CONFIG_REQ to {} failed: {e}", self.addr),
             }
         }
+    }
+
+    /// Records the latency just reported in `set_format`.
+    pub fn set_reported_latency(
+        &self,
+        frame: gst::ClockTime,
+        min: gst::ClockTime,
+        max: gst::ClockTime,
+    ) {
+        *self.latency.lock() = Some((frame, min, max));
+    }
+
+    /// A higher minimum latency when the measured mean response time
+    /// exceeds the reported one (rounded up to whole frames, capped at the
+    /// maximum), so live sinks are told the truth. Only ever grows.
+    pub fn latency_update(&self) -> Option<(gst::ClockTime, gst::ClockTime)> {
+        const MIN_SAMPLES: u64 = 16;
+        let mean_us = {
+            let t = self.pending.lock();
+            if t.stats.latency_samples() < MIN_SAMPLES {
+                return None;
+            }
+            t.stats.latency_mean_us()
+        };
+        let mut l = self.latency.lock();
+        let (frame, min, max) = (*l)?;
+        let mean = gst::ClockTime::from_useconds(mean_us);
+        if mean <= min {
+            return None;
+        }
+        let new_min = match frame.nseconds() {
+            0 => mean,
+            f => gst::ClockTime::from_nseconds(mean.nseconds().div_ceil(f) * f),
+        }
+        .min(max);
+        if new_min <= min {
+            return None;
+        }
+        *l = Some((frame, new_min, max));
+        Some((new_min, max))
     }
 
     /// Closes the link and forgets it (stop).

@@ -53,6 +53,11 @@ impl Stats {
         self.latency_max_us = self.latency_max_us.max(us);
     }
 
+    /// Responses whose latency was recorded.
+    pub fn latency_samples(&self) -> u64 {
+        self.latency_count
+    }
+
     pub fn latency_mean_us(&self) -> u64 {
         self.latency_sum_us
             .checked_div(self.latency_count)
