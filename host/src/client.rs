@@ -23,6 +23,9 @@ use crate::conn::Conn;
 use crate::encoder::{encode_failed, EncoderChoice, Job, Params, Reply, Session, SessionKey};
 use crate::stats::ClientStats;
 
+/// Warnings logged per connection about its input before they go to debug.
+const MAX_WARNINGS: u32 = 20;
+
 /// How often blocked reads and waits look at the shutdown flag.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -111,6 +114,7 @@ pub fn serve(
             fps_d: 1,
         },
         force_keyframe: false,
+        complaints: Default::default(),
     };
     let end = reader.run(shutdown);
     let session = reader.session.take();
@@ -143,6 +147,7 @@ struct Reader<'a> {
     session: Option<Session>,
     params: Params,
     force_keyframe: bool,
+    complaints: std::cell::Cell<u32>,
 }
 
 impl Reader<'_> {
@@ -183,7 +188,7 @@ impl Reader<'_> {
                     return End::Gone;
                 }
                 Err(e) => {
-                    warn!("{}: {e}", self.peer);
+                    self.complain(format_args!("{e}"));
                     self.count_error();
                     if !self.send_error(
                         0,
@@ -228,10 +233,10 @@ impl Reader<'_> {
                 true
             }
             Message::Error(e) => {
-                warn!(
-                    "{}: the guest sent ERROR {}: {}",
-                    self.peer, e.code, e.message
-                );
+                self.complain(format_args!(
+                    "the guest sent ERROR {}: {}",
+                    e.code, e.message
+                ));
                 true
             }
             other => {
@@ -398,8 +403,23 @@ impl Reader<'_> {
         true
     }
 
+    /// Logs a problem with the guest's input: the first few as warnings,
+    /// the rest at debug level, so a hostile guest cannot flood the log.
+    fn complain(&self, what: std::fmt::Arguments<'_>) {
+        let n = self.complaints.get() + 1;
+        self.complaints.set(n);
+        match n.cmp(&MAX_WARNINGS) {
+            std::cmp::Ordering::Less => warn!("{}: {what}", self.peer),
+            std::cmp::Ordering::Equal => warn!(
+                "{}: {what} (further problems with this guest's input are logged at debug level)",
+                self.peer
+            ),
+            std::cmp::Ordering::Greater => debug!("{}: {what}", self.peer),
+        }
+    }
+
     fn reject(&self, sid: u16, e: ErrorMessage) -> bool {
-        warn!("{}: ERROR {}: {}", self.peer, e.code, e.message);
+        self.complain(format_args!("ERROR {}: {}", e.code, e.message));
         self.count_error();
         self.send_error(sid, e)
     }

@@ -182,7 +182,10 @@ fn accept_loop(
                     }
                     Ok(None) => break,
                     Err(e) => {
+                        // EMFILE and the like: do not spin on a listener
+                        // that stays readable.
                         warn!("{}: accept failed: {e}", l.addr);
+                        std::thread::sleep(Duration::from_millis(100));
                         break;
                     }
                 }

@@ -249,6 +249,15 @@ fn hand_made_malformed_messages_get_errors_and_framing_survives() {
         drop(s);
     }
 
+    // A guest sending nothing but garbage cannot flood the log with warnings.
+    let mut noisy = Client::tcp(addr);
+    for _ in 0..25 {
+        noisy.send_frame(&FrameRequest { width: 0, ..r }, &[0u8; 64]);
+        assert_eq!(noisy.recv_error().code, inv);
+    }
+    noisy.ping(9);
+    daemon.wait_log("further problems with this guest's input are logged at debug level");
+
     c.ping(10);
     let n = healthy.finish();
     assert!(n >= 10);
