@@ -6,7 +6,11 @@
 //! at the earliest frame deadline (to drop timed-out frames) and when the
 //! link needs care (reconnect, keepalive). To finish frames it takes the
 //! encoder's stream lock first and only then the table's mutex, like
-//! `handle_frame`, which already holds the stream lock when it drains.
+//! `handle_frame`, which already holds the stream lock when it drains. It
+//! only *tries* the stream lock: when it is busy, its holder is nearly always
+//! `handle_frame`/`finish` draining the same table, so the thread looks
+//! again a little later (2 ms, backing off to 50 ms) instead of queueing (which would also hold up
+//! reconnects and keepalives).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -23,6 +27,10 @@ use super::stream_lock::StreamLockGuard;
 
 /// Longest sleep without a reason to wake, to notice a lost element.
 const IDLE_WAKE: Duration = Duration::from_millis(500);
+/// How soon to retry when the stream lock is busy, doubling up to the max
+/// while it stays busy (a sink blocked in preroll holds it for long).
+const LOCK_RETRY: Duration = Duration::from_millis(2);
+const LOCK_RETRY_MAX: Duration = Duration::from_millis(50);
 
 pub fn spawn(shared: Arc<Shared>, element: glib::WeakRef<super::VsockEnc>) -> std::io::Result<()> {
     let s = shared.clone();
@@ -51,6 +59,7 @@ enum Wake {
 }
 
 fn run(shared: &Arc<Shared>, element: &glib::WeakRef<super::VsockEnc>) {
+    let mut retry = LOCK_RETRY;
     loop {
         let wake = {
             let mut t = shared.pending.lock();
@@ -59,15 +68,20 @@ fn run(shared: &Arc<Shared>, element: &glib::WeakRef<super::VsockEnc>) {
                     return;
                 }
                 let now = Instant::now();
-                if !t.is_flushing() && t.has_ready(now) {
-                    break Wake::Drain;
-                }
+                // Link care first: a steady stream of ready frames must not
+                // starve reconnects and keepalives.
                 let maint = shared.next_maintenance();
                 if maint.is_some_and(|m| m <= now) {
                     break Wake::Maintain;
                 }
+                if !t.is_flushing() && t.has_ready(now) {
+                    break Wake::Drain;
+                }
                 let mut wake_at = now + IDLE_WAKE;
-                for d in [t.earliest_deadline(), maint].into_iter().flatten() {
+                // While flushing, expired frames wait for flush-stop to clear
+                // them: their deadlines must not make this loop spin.
+                let deadline = t.earliest_deadline().filter(|_| !t.is_flushing());
+                for d in [deadline, maint].into_iter().flatten() {
                     wake_at = wake_at.min(d);
                 }
                 shared.pending.wait_until(&mut t, wake_at);
@@ -76,7 +90,16 @@ fn run(shared: &Arc<Shared>, element: &glib::WeakRef<super::VsockEnc>) {
         match wake {
             Wake::Drain => {
                 let Some(el) = element.upgrade() else { return };
-                let _stream_lock = StreamLockGuard::lock(&el);
+                // Whoever holds the stream lock is almost always
+                // handle_frame/finish, which drain themselves; rather than
+                // queue behind it, look again shortly.
+                let Some(_stream_lock) = StreamLockGuard::try_lock(&el) else {
+                    let mut t = shared.pending.lock();
+                    shared.pending.wait_until(&mut t, Instant::now() + retry);
+                    retry = (retry * 2).min(LOCK_RETRY_MAX);
+                    continue;
+                };
+                retry = LOCK_RETRY;
                 if shared.stop.load(Ordering::SeqCst) {
                     return;
                 }

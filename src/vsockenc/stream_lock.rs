@@ -35,6 +35,22 @@ impl<'a> StreamLockGuard<'a> {
     }
 }
 
+impl<'a> StreamLockGuard<'a> {
+    /// Locks only if nobody else holds the lock right now.
+    pub fn try_lock(encoder: &'a impl IsA<gst_video::VideoEncoder>) -> Option<Self> {
+        let enc: &gst_video::VideoEncoder = encoder.upcast_ref();
+        // SAFETY: as in `lock`.
+        unsafe {
+            let raw: *mut gst_video::ffi::GstVideoEncoder = enc.as_ptr();
+            let lock = std::ptr::addr_of_mut!((*raw).stream_lock);
+            (glib::ffi::g_rec_mutex_trylock(lock) != glib::ffi::GFALSE).then_some(StreamLockGuard {
+                lock,
+                _encoder: PhantomData,
+            })
+        }
+    }
+}
+
 impl Drop for StreamLockGuard<'_> {
     fn drop(&mut self) {
         // SAFETY: locked by this guard in `lock`, on this thread.
