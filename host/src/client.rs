@@ -14,9 +14,11 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hxfr::ext::{ext_bits, ext_type, CompactFrame, ErrorPts, ExtMessage, HostExt, PTS_UNKNOWN};
+use hxfr::message::FRAME_REQUEST_FIXED;
 use hxfr::{
-    error_code, msg_type, ConfigRequest, Decoder, ErrorMessage, FrameLayout, FrameRequest, Header,
-    Limits, Message, ProtocolError,
+    error_code, msg_type, ConfigRequest, Decoded, Decoder, ErrorMessage, FrameLayout, FrameRequest,
+    Header, Limits, Message, ProtocolError, HEADER_LEN,
 };
 
 use crate::conn::Conn;
@@ -38,6 +40,8 @@ pub struct ClientConfig {
     pub write_timeout: Duration,
     pub encode_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Disconnect a guest that sends nothing for this long.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// One response to send, in request order.
@@ -49,8 +53,15 @@ enum Outgoing {
         pts: i64,
         session_id: u16,
         reply: Receiver<Reply>,
+        /// The frame's index when its failure goes out as ERROR_PTS
+        /// (negotiated); `None`: as a legacy ERROR.
+        error_pts_index: Option<u32>,
     },
 }
+
+/// What this daemon offers a guest that says HELLO: everything it knows
+/// (FRAME_CHECKSUM only to a guest that asks for it).
+const SUPPORTED_EXTENSIONS: u32 = ext_bits::KNOWN;
 
 /// Why the reader stopped.
 enum End {
@@ -108,6 +119,11 @@ pub fn serve(
         tx,
         dead: &dead,
         session: None,
+        ext: HostExt::new(
+            SUPPORTED_EXTENSIONS,
+            cfg.limits.max_pixel_bytes,
+            concat!("vsockenc-host/", env!("CARGO_PKG_VERSION")),
+        ),
         params: Params {
             bitrate_kbps: cfg.default_bitrate_kbps,
             fps_n: 30,
@@ -145,6 +161,9 @@ struct Reader<'a> {
     tx: SyncSender<Outgoing>,
     dead: &'a AtomicBool,
     session: Option<Session>,
+    /// Negotiated extensions, frame indices and the reference frame of
+    /// compact frames (all inert for a guest that never says HELLO).
+    ext: HostExt,
     params: Params,
     force_keyframe: bool,
     complaints: std::cell::Cell<u32>,
@@ -152,8 +171,11 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn run(&mut self, shutdown: &AtomicBool) -> End {
-        let mut decoder = Decoder::new(self.cfg.limits);
+        // Extension messages are decoded from the start: a legacy guest
+        // never sends one, and a HELLO must be recognised to be answered.
+        let mut decoder = Decoder::with_extensions(self.cfg.limits);
         let mut src: &Conn = self.conn;
+        let mut last_input = Instant::now();
         loop {
             if shutdown.load(Ordering::SeqCst) {
                 debug!("{}: shutting down: reading no more requests", self.peer);
@@ -163,15 +185,32 @@ impl Reader<'_> {
                 return End::Gone;
             }
             let before = decoder.stream_offset();
-            let res = decoder.read_from(&mut src);
-            ClientStats::add(&self.stats.bytes_in, decoder.stream_offset() - before);
+            let res = decoder.read_from_ext(&mut src);
+            let got = decoder.stream_offset() - before;
+            ClientStats::add(&self.stats.bytes_in, got);
+            if got > 0 {
+                last_input = Instant::now();
+            } else if let Some(idle) = self.cfg.idle_timeout {
+                if last_input.elapsed() >= idle {
+                    info!(
+                        "{}: sent nothing for {idle:?} (--idle-timeout); closing the connection",
+                        self.peer
+                    );
+                    return End::Broken;
+                }
+            }
             match res {
                 Ok(None) => {
                     debug!("{}: the guest closed the connection", self.peer);
                     return End::Gone;
                 }
-                Ok(Some((header, msg))) => {
+                Ok(Some(Decoded::Legacy(header, msg))) => {
                     if !self.handle(header, msg) {
+                        return End::Broken;
+                    }
+                }
+                Ok(Some(Decoded::Ext(header, msg))) => {
+                    if !self.handle_ext(header, msg) {
                         return End::Broken;
                     }
                 }
@@ -190,10 +229,18 @@ impl Reader<'_> {
                 Err(e) => {
                     self.complain(format_args!("{e}"));
                     self.count_error();
-                    if !self.send_error(
-                        0,
-                        ErrorMessage::new(error_code::INVALID_MESSAGE, e.to_string()),
-                    ) {
+                    let error = ErrorMessage::new(error_code::INVALID_MESSAGE, e.to_string());
+                    let bytes = if is_frame_message(&e) {
+                        // A refused frame still takes its frame index, and
+                        // the reference of compact frames is gone.
+                        ClientStats::add(&self.stats.frames_in, 1);
+                        let index = self.ext.next_frame();
+                        self.ext.forget_reference();
+                        self.ext.frame_error(0, PTS_UNKNOWN, index, error)
+                    } else {
+                        Message::Error(error).encode(0)
+                    };
+                    if !self.queue(Outgoing::Now(bytes)) {
                         return End::Broken;
                     }
                 }
@@ -218,7 +265,11 @@ impl Reader<'_> {
     fn handle(&mut self, header: Header, msg: Message) -> bool {
         let sid = header.session_id;
         match msg {
-            Message::FrameRequest { request, pixels } => self.frame(sid, request, pixels),
+            Message::FrameRequest { request, pixels } => {
+                let index = self.ext.next_frame();
+                let wire = HEADER_LEN as u64 + header.payload_size as u64;
+                self.frame(sid, request, pixels, index, wire, false)
+            }
             Message::Ping => {
                 trace!("{}: PING", self.peer);
                 self.queue(Outgoing::Now(Message::Pong.encode(sid)))
@@ -252,6 +303,77 @@ impl Reader<'_> {
         }
     }
 
+    /// Handles one extension message; false when the connection must close.
+    fn handle_ext(&mut self, header: Header, msg: ExtMessage) -> bool {
+        let sid = header.session_id;
+        match msg {
+            ExtMessage::Hello(h) => match self.ext.on_hello(&h) {
+                Some(ack) => {
+                    info!(
+                        "{}: HELLO from {:?} (version {}, offers {}); accepted {}",
+                        self.peer,
+                        h.agent,
+                        h.version,
+                        ext_bits::describe(h.extensions),
+                        ext_bits::describe(ack.extensions)
+                    );
+                    self.queue(Outgoing::Now(ExtMessage::HelloAck(ack).encode(sid)))
+                }
+                None => {
+                    debug!("{}: repeated HELLO ignored", self.peer);
+                    true
+                }
+            },
+            ExtMessage::CompactFrame(cf) => self.compact_frame(sid, header, cf),
+            ExtMessage::Drain { token } => {
+                // Flush the encoder so that every frame received so far is
+                // answered; DRAIN_DONE is queued behind all those answers.
+                debug!("{}: DRAIN {token}", self.peer);
+                if let Some(s) = self.session.take() {
+                    s.finish(self.cfg.drain_timeout);
+                }
+                self.queue(Outgoing::Now(ExtMessage::DrainDone { token }.encode(sid)))
+            }
+            other => {
+                debug!(
+                    "{}: ignored {} from the guest",
+                    self.peer,
+                    ext_type::name(other.msg_type()).unwrap_or("extension message")
+                );
+                true
+            }
+        }
+    }
+
+    /// Rebuilds a frame from a COMPACT_FRAME and its reference, then
+    /// encodes it like a full one.
+    fn compact_frame(&mut self, sid: u16, header: Header, cf: CompactFrame) -> bool {
+        let index = self.ext.next_frame();
+        let wire = HEADER_LEN as u64 + header.payload_size as u64;
+        let req = cf.header.request;
+        match self.ext.rebuild(index, &cf) {
+            Ok(()) => {
+                ClientStats::add(&self.stats.compact_frames, 1);
+                let pixels = self.ext.reference().map(|(_, _, p)| p.to_vec());
+                trace!(
+                    "{}: frame pts={} rebuilt from {} changed tiles",
+                    self.peer,
+                    req.pts,
+                    cf.header.changed_tiles
+                );
+                self.frame(sid, req, pixels, index, wire, true)
+            }
+            Err(e) => {
+                ClientStats::add(&self.stats.frames_in, 1);
+                let e = ErrorMessage::new(
+                    error_code::INVALID_MESSAGE,
+                    format!("frame pts={}: {e}; send a full frame", req.pts),
+                );
+                self.reject(sid, req.pts, index, e)
+            }
+        }
+    }
+
     fn configure(&mut self, c: ConfigRequest) {
         if c.bitrate > 0 {
             self.params.bitrate_kbps = (c.bitrate / 1000).max(1);
@@ -281,7 +403,17 @@ impl Reader<'_> {
         );
     }
 
-    fn frame(&mut self, sid: u16, req: FrameRequest, pixels: Option<Vec<u8>>) -> bool {
+    /// Validates and encodes frame `index`; `wire` is what it cost on the
+    /// wire, `rebuilt` whether it came as a COMPACT_FRAME.
+    fn frame(
+        &mut self,
+        sid: u16,
+        req: FrameRequest,
+        pixels: Option<Vec<u8>>,
+        index: u32,
+        wire: u64,
+        rebuilt: bool,
+    ) -> bool {
         ClientStats::add(&self.stats.frames_in, 1);
         let invalid =
             |code, why: String| ErrorMessage::new(code, format!("frame pts={}: {why}", req.pts));
@@ -297,20 +429,39 @@ impl Reader<'_> {
                         req.resource_id
                     ),
                 );
-                return self.reject(sid, e);
+                return self.reject(sid, req.pts, index, e);
             }
             _ => {
                 let e = invalid(
                     error_code::INVALID_MESSAGE,
                     "carries neither pixels (flag 0x01) nor a resource id".into(),
                 );
-                return self.reject(sid, e);
+                return self.reject(sid, req.pts, index, e);
             }
         };
         let layout = match FrameLayout::validate(&req, pixels.len()) {
             Ok(l) => l,
-            Err(e) => return self.reject(sid, invalid(error_code::INVALID_MESSAGE, e.to_string())),
+            Err(e) => {
+                let e = invalid(error_code::INVALID_MESSAGE, e.to_string());
+                return self.reject(sid, req.pts, index, e);
+            }
         };
+        ClientStats::add(&self.stats.frame_wire_bytes, wire);
+        ClientStats::add(
+            &self.stats.frame_raw_bytes,
+            (HEADER_LEN + FRAME_REQUEST_FIXED + pixels.len()) as u64,
+        );
+        if !rebuilt {
+            self.ext.keep_full(index, &layout, &pixels);
+        }
+        if let Some(m) = self
+            .ext
+            .checksum_message(sid, req.pts, index, rebuilt, &layout, &pixels)
+        {
+            if !self.queue(Outgoing::Now(m)) {
+                return false;
+            }
+        }
         let key = SessionKey::of(&layout);
         let framerate = (self.params.fps_n, self.params.fps_d);
         if self
@@ -362,10 +513,8 @@ impl Reader<'_> {
                 }
                 Err(e) => {
                     error!("{}: cannot start an encoding session: {e:#}", self.peer);
-                    return self.reject(
-                        sid,
-                        encode_failed(req.pts, &format!("cannot start the encoder: {e:#}")),
-                    );
+                    let e = encode_failed(req.pts, &format!("cannot start the encoder: {e:#}"));
+                    return self.reject(sid, req.pts, index, e);
                 }
             }
         }
@@ -375,6 +524,7 @@ impl Reader<'_> {
             pts: req.pts,
             session_id: sid,
             reply: reply_rx,
+            error_pts_index: self.ext.has(ext_bits::ERROR_PTS).then_some(index),
         }) {
             return false;
         }
@@ -418,10 +568,42 @@ impl Reader<'_> {
         }
     }
 
-    fn reject(&self, sid: u16, e: ErrorMessage) -> bool {
+    /// Refuses frame `index`: ERROR_PTS when negotiated, else ERROR.
+    fn reject(&self, sid: u16, pts: i64, index: u32, e: ErrorMessage) -> bool {
         self.complain(format_args!("ERROR {}: {}", e.code, e.message));
         self.count_error();
-        self.send_error(sid, e)
+        self.queue(Outgoing::Now(self.ext.frame_error(sid, pts, index, e)))
+    }
+}
+
+/// Whether a decoding error is about a frame message (it then takes a
+/// frame index).
+fn is_frame_message(e: &ProtocolError) -> bool {
+    let t = match e {
+        ProtocolError::PayloadTooLarge { msg_type, .. }
+        | ProtocolError::PayloadTooSmall { msg_type, .. }
+        | ProtocolError::Malformed { msg_type, .. } => *msg_type,
+        _ => return false,
+    };
+    t == msg_type::FRAME_REQUEST || t == ext_type::COMPACT_FRAME
+}
+
+/// The message that reports a failed frame to the guest.
+fn frame_failure(
+    session_id: u16,
+    pts: i64,
+    error_pts_index: Option<u32>,
+    e: ErrorMessage,
+) -> Vec<u8> {
+    match error_pts_index {
+        Some(frame_index) => ExtMessage::ErrorPts(ErrorPts {
+            pts,
+            frame_index,
+            code: e.code,
+            message: e.message,
+        })
+        .encode(session_id),
+        None => Message::Error(e).encode(session_id),
     }
 }
 
@@ -442,6 +624,7 @@ fn write_responses(
                 pts,
                 session_id,
                 reply,
+                error_pts_index,
             } => match wait_reply(&reply, cfg.encode_timeout, dead) {
                 Some(Ok(b)) => {
                     ClientStats::add(&stats.frames_out, 1);
@@ -449,7 +632,7 @@ fn write_responses(
                 }
                 Some(Err(e)) => {
                     ClientStats::add(&stats.errors, 1);
-                    Message::Error(e).encode(session_id)
+                    frame_failure(session_id, pts, error_pts_index, e)
                 }
                 None if dead.load(Ordering::SeqCst) => return,
                 None => {
@@ -459,7 +642,7 @@ fn write_responses(
                     );
                     ClientStats::add(&stats.errors, 1);
                     let e = encode_failed(pts, "no output from the encoder in time");
-                    Message::Error(e).encode(session_id)
+                    frame_failure(session_id, pts, error_pts_index, e)
                 }
             },
         };

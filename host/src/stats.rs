@@ -15,6 +15,13 @@ pub struct ClientStats {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub errors: AtomicU64,
+    /// Bytes of frame messages as they came over the wire (FRAME_REQUEST
+    /// and COMPACT_FRAME, headers included)...
+    pub frame_wire_bytes: AtomicU64,
+    /// ...and what the same frames cost as full legacy FRAME_REQUESTs.
+    pub frame_raw_bytes: AtomicU64,
+    /// Frames rebuilt from a COMPACT_FRAME.
+    pub compact_frames: AtomicU64,
     latency: Mutex<Latency>,
 }
 
@@ -58,8 +65,9 @@ impl ClientStats {
     pub fn summary(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let (mean, p99) = self.latency_us();
+        let (wire, raw) = (get(&self.frame_wire_bytes), get(&self.frame_raw_bytes));
         format!(
-            "frames in {} out {}, encode latency mean {:.1} ms p99 {:.1} ms, bytes in {} out {}, errors {}",
+            "frames in {} out {}, encode latency mean {:.1} ms p99 {:.1} ms, bytes in {} out {}, errors {}, frame bytes on the wire {wire} for {raw} raw ({:.1}%), {} compact frames",
             get(&self.frames_in),
             get(&self.frames_out),
             mean as f64 / 1000.0,
@@ -67,6 +75,8 @@ impl ClientStats {
             get(&self.bytes_in),
             get(&self.bytes_out),
             get(&self.errors),
+            if raw > 0 { 100.0 * wire as f64 / raw as f64 } else { 100.0 },
+            get(&self.compact_frames),
         )
     }
 }
