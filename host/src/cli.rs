@@ -104,6 +104,11 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub encode_timeout: u64,
 
+    /// Seconds a guest may send nothing at all before it is disconnected
+    /// (0 = never). Legacy hosts use 30-60 s; vsockenc guests PING while idle.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub idle_timeout: u64,
+
     /// Seconds to finish in-flight encodes on SIGINT/SIGTERM before exiting.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub shutdown_timeout: u64,
@@ -119,6 +124,9 @@ impl Cli {
     }
     pub fn encode_timeout(&self) -> Duration {
         Duration::from_secs(self.encode_timeout)
+    }
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout))
     }
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout)

@@ -80,6 +80,7 @@ fn run(cli: Cli, signals: Signals) -> anyhow::Result<()> {
         write_timeout: cli.write_timeout(),
         encode_timeout: cli.encode_timeout(),
         drain_timeout: cli.shutdown_timeout().min(Duration::from_secs(5)),
+        idle_timeout: cli.idle_timeout(),
     });
     let registry = Arc::new(Registry::default());
     if cli.stats_interval > 0 {

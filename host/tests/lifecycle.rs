@@ -246,3 +246,29 @@ fn sigterm_finishes_in_flight_frames_and_removes_the_socket() {
     let _again = Daemon::start(&["--listen", &unix_arg(&sock), "--encoder", "x264enc"]);
     Client::unix(&sock).ping(2);
 }
+
+#[test]
+fn silent_guests_are_dropped_after_the_idle_timeout() {
+    let d = Daemon::start(&[
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--encoder",
+        "x264enc",
+        "--idle-timeout",
+        "2",
+    ]);
+    let mut silent = Client::tcp(d.tcp());
+    let mut pinging = Client::tcp(d.tcp());
+    let start = std::time::Instant::now();
+    // recv_or_closed panics on a timeout: this ends only by the close.
+    let closer = std::thread::spawn(move || {
+        assert!(silent.recv_or_closed().is_none());
+    });
+    while start.elapsed() < std::time::Duration::from_secs(5) {
+        pinging.ping(1);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    closer.join().unwrap();
+    d.wait_log("sent nothing for 2s (--idle-timeout); closing the connection");
+    pinging.ping(2);
+}
