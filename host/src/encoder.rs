@@ -253,6 +253,8 @@ pub struct Session {
     appsrc: gst_app::AppSrc,
     encoder: gst::Element,
     fifo: Fifo,
+    /// Timestamps of frames to be forced to keyframes, in order.
+    force_at: Arc<Mutex<VecDeque<gst::ClockTime>>>,
     counter: u64,
     frame_duration: gst::ClockTime,
 }
@@ -325,6 +327,7 @@ impl Session {
         pipeline.add_many(&chain)?;
         gst::Element::link_many(&chain).context("cannot link the encoding pipeline")?;
 
+        let force_at = force_key_units_in_band(&appsrc);
         let fifo: Fifo = Arc::default();
         let cb_fifo = fifo.clone();
         let cb_peer = peer.clone();
@@ -360,6 +363,7 @@ impl Session {
             encoder,
             fifo,
             counter: 0,
+            force_at,
             frame_duration,
             framerate: (params.fps_n, params.fps_d),
         })
@@ -383,17 +387,12 @@ impl Session {
             Ok(b) => b,
             Err(e) => return Err((job, format!("cannot wrap the pixels: {e}"))),
         };
-        // A session's first frame is an IDR anyway; a force-key-unit event
-        // sent before stream-start/caps/segment have gone downstream makes
-        // x264enc ignore every later one of the session.
+        // A session's first frame is an IDR anyway, and forcing it makes
+        // x264enc ignore every later request of the session (seen with
+        // GStreamer 1.22, also with the event sent in-band). The event is
+        // sent in-band, right before its buffer, by the probe set up in `new`.
         if force_keyframe && self.counter > 1 {
-            let event = gst_video::DownstreamForceKeyUnitEvent::builder()
-                .timestamp(pts)
-                .stream_time(pts)
-                .running_time(pts)
-                .all_headers(true)
-                .build();
-            self.appsrc.send_event(event);
+            self.force_at.lock().unwrap().push_back(pts);
         }
         self.fifo.lock().unwrap().push_back(Pending {
             counter_pts: pts,
@@ -455,6 +454,43 @@ impl Drop for Session {
         let _ = self.pipeline.set_state(gst::State::Null);
         self.fifo.lock().unwrap().clear();
     }
+}
+
+/// Sends a force-key-unit event right before each buffer whose timestamp is
+/// queued in the returned list, from the streaming thread: in order with the
+/// data, after stream-start/caps/segment, which `appsrc.send_event` does not
+/// guarantee.
+fn force_key_units_in_band(appsrc: &gst_app::AppSrc) -> Arc<Mutex<VecDeque<gst::ClockTime>>> {
+    let force_at: Arc<Mutex<VecDeque<gst::ClockTime>>> = Arc::default();
+    let queue = force_at.clone();
+    let pad = appsrc.static_pad("src").expect("appsrc has a src pad");
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(pts) = info.buffer().and_then(|b| b.pts()) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let due = {
+            let mut q = queue.lock().unwrap();
+            // Entries for frames that never got here (a refused push) are
+            // stale: drop them.
+            while q.front().is_some_and(|t| *t < pts) {
+                q.pop_front();
+            }
+            q.front() == Some(&pts) && q.pop_front().is_some()
+        };
+        if due {
+            if let Some(peer) = pad.peer() {
+                let event = gst_video::DownstreamForceKeyUnitEvent::builder()
+                    .timestamp(pts)
+                    .stream_time(pts)
+                    .running_time(pts)
+                    .all_headers(true)
+                    .build();
+                peer.send_event(event);
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+    force_at
 }
 
 pub fn encode_failed(pts: i64, why: &str) -> ErrorMessage {
