@@ -210,3 +210,46 @@ fn reported_latency_follows_a_slow_host() {
     assert_eq!(min.nseconds() % 33_333_333, 0, "whole frames: {min}");
     assert_eq!(max, Some(gst::ClockTime::from_seconds(3)));
 }
+
+#[test]
+fn reader_keeps_reading_while_downstream_blocks_the_stream_lock() {
+    // appsink holds one buffer and then blocks the push, which holds the
+    // encoder's stream lock. The socket reader must still take in every
+    // answer: it never touches that lock.
+    let path = socket_path("block");
+    let peer = PeerBuilder::unix(&path)
+        .delay(Duration::from_millis(100))
+        .start();
+    let (p, enc) = pipeline(&format!(
+        "{} ! vsockenc name=enc max-in-flight=4 socket-path={} ! appsink name=out sync=false max-buffers=1",
+        raw(Some(10)),
+        path.display()
+    ));
+    let out = p
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    assert!(
+        wait_until(T, || stat(&enc, "frames-returned") >= 4),
+        "all four frames in flight are answered while output is blocked"
+    );
+    assert_eq!(stat(&enc, "frames-dropped"), 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        peer.record().frames.len() < 10,
+        "the stream really is blocked downstream"
+    );
+    let mut n = 0;
+    while out
+        .try_pull_sample(gst::ClockTime::from_seconds(20))
+        .is_some()
+    {
+        n += 1;
+    }
+    let msgs = eos_or_error(&p, T);
+    p.set_state(gst::State::Null).unwrap();
+    assert!(has_eos(&msgs), "{msgs:?}");
+    assert_eq!(n, 10);
+}
