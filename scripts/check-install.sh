@@ -13,15 +13,22 @@
 #     valid against the plist DTD (xmllint);
 #   - as root with mount namespaces: a real `meson install` (no DESTDIR) into
 #     a throw-away overlay of /usr, and `gst-inspect-1.0 vsockenc` with no
-#     GST_* variable at all finds the plugin in GStreamer's default path.
+#     GST_* variable at all finds the plugin in GStreamer's default path;
+#   - with --service (root only): boot systemd as PID 1 of private
+#     namespaces on overlays of /usr, /etc and /var holding the tree, start
+#     the installed vsockenc-host.service unchanged (a test drop-in only drops
+#     its default dependencies on sysinit.target), check from inside its
+#     sandbox which devices, files and socket families it can use, and encode
+#     30 frames through it with the installed element.
 #
 # Usage: scripts/check-install.sh [--clone] [--buildtype=release|debug]
-#                                 [--builddir=DIR] [--keep]
+#                                 [--builddir=DIR] [--service] [--keep]
 #   --clone      check a fresh `git clone` of this repository's HEAD (only
 #                committed files), not the working tree
 #   --buildtype  meson buildtype (default release, what users get; debug
 #                reuses a debug CARGO_TARGET_DIR and is much faster)
 #   --builddir   meson build directory to (re)use (default: a temporary one)
+#   --service    also run the installed unit under systemd (see above)
 #   --keep       keep the temporary directory (printed at the end)
 # Environment: CARGO_TARGET_DIR, when set, is passed to meson as
 # -Dcargo_target_dir so cargo reuses it; otherwise cargo builds inside the
@@ -33,13 +40,14 @@
 set -euo pipefail
 
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-clone=0 buildtype=release builddir= keep=0
+clone=0 buildtype=release builddir= keep=0 service=0
 for arg in "$@"; do
     case $arg in
         --clone) clone=1 ;;
         --buildtype=*) buildtype=${arg#*=} ;;
         --builddir=*) builddir=${arg#*=} ;;
         --keep) keep=1 ;;
+        --service) service=1 ;;
         -h|--help) sed -n '2,/^$/s/^# \{0,1\}//p' "$0"; exit 0 ;;
         *) echo "check-install: unknown argument $arg (see --help)" >&2; exit 2 ;;
     esac
@@ -303,5 +311,185 @@ if [ "$(id -u)" = 0 ] && unshare --mount true 2>/dev/null && [ "$(readlink /lib)
     system_check="passed ($found)"
 fi
 note "   meson install into the real prefix + gst-inspect-1.0 without GST_* variables: $system_check"
+
+# ---- the unit running under systemd (--service) -------------------------------
+
+service_check="not run (pass --service)"
+if [ "$service" = 1 ]; then
+    [ "$(id -u)" = 0 ] || fail "--service needs root"
+    [ "$(readlink /lib)" = usr/lib ] || fail "--service needs a merged /usr (/lib -> usr/lib)"
+    cgroot=$(findmnt -n -t cgroup2 -o TARGET | head -n 1)
+    [ -n "$cgroot" ] || fail "--service needs a cgroup2 hierarchy"
+    svc=$tmp/svc
+    mkdir -p "$svc/out" "$svc/usr-up/lib" "$svc/usr-wk" "$svc/etc-up/systemd/system/vsockenc-host.service.d" \
+        "$svc/etc-up/default" "$svc/etc-wk" "$svc/var-up" "$svc/var-wk"
+    chmod 755 "$svc"
+    # The tree: everything under usr/, and lib/ (systemd.pc's /lib/systemd/system on Debian 12).
+    cp -a "$destdir/usr/." "$svc/usr-up/"
+    [ ! -d "$destdir/lib" ] || cp -a "$destdir/lib/." "$svc/usr-up/lib/"
+    # Only these test files are added; the unit itself is the installed one.
+    cat >"$svc/etc-up/systemd/system/vsockenc-host.service.d/check-install.conf" <<'EOF'
+# check-install.sh only: start without sysinit.target/basic.target inside the
+# throw-away container, and probe the sandbox from inside after start.
+[Unit]
+DefaultDependencies=no
+[Service]
+ExecStartPost=/bin/sh /run/vsockenc-check/probe.sh
+EOF
+    # A random vsock port: vsock is not network-namespaced, 5000 may be in use.
+    vsock_listen=
+    if python3 -c 'import socket; s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM); s.bind((socket.VMADDR_CID_ANY, 0xFFFFFFFF))' 2>/dev/null; then
+        vsock_listen="--listen vsock:$((40000 + RANDOM % 20000))"
+    fi
+    cat >"$svc/etc-up/default/vsockenc-host" <<EOF
+VSOCKENC_HOST_ARGS="--listen unix:/run/vsockenc-host/vsockenc.sock $vsock_listen"
+EOF
+    cat >"$svc/etc-up/systemd/system/vsockenc-check.service" <<'EOF'
+[Unit]
+DefaultDependencies=no
+Wants=vsockenc-host.service systemd-journald.socket
+After=vsockenc-host.service systemd-journald.socket
+[Service]
+Type=oneshot
+ExecStart=/bin/sh /run/vsockenc-check/check.sh
+EOF
+    cat >"$svc/etc-up/systemd/system/vsockenc-check.target" <<'EOF'
+[Unit]
+DefaultDependencies=no
+Requires=vsockenc-check.service
+After=vsockenc-check.service
+EOF
+    # Runs as ExecStartPost=, i.e. as the service user inside its sandbox and
+    # cgroup.  Always succeeds; check.sh judges the lines.
+    cat >"$svc/probe.sh" <<'EOF'
+exec >/run/vsockenc-host/probe.txt 2>&1
+echo "id: $(id -un) groups: $(id -Gn)"
+try() { if (eval "$2") >/dev/null 2>&1; then echo "$1: allowed"; else echo "$1: denied"; fi; }
+try "open /dev/vsock" 'exec 3<>/dev/vsock'
+try "open /dev/fuse" 'exec 3<>/dev/fuse'
+try "write /usr" 'touch /usr/vsockenc-probe'
+try "write /etc" 'touch /etc/vsockenc-probe'
+try "read /root" 'ls /root'
+try "write /tmp" 'touch /tmp/vsockenc-probe'
+try "write cache" 'touch /var/cache/vsockenc-host/probe'
+try "write /var/probe-1777" 'touch /var/probe-1777/vsockenc-probe'
+try "write /run/lock" 'touch /run/lock/vsockenc-probe'
+try "write /run/vsockenc-host" 'touch /run/vsockenc-host/probe'
+try "socket AF_VSOCK" '/usr/bin/python3 -c "import socket; socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)"'
+try "socket AF_INET" '/usr/bin/python3 -c "import socket; socket.socket(socket.AF_INET, socket.SOCK_STREAM)"'
+exit 0
+EOF
+    # Runs as root, unconfined, once the daemon has started.
+    cat >"$svc/check.sh" <<'EOF'
+out=/run/vsockenc-check/out
+exec >"$out/check.log" 2>&1
+export HOME=$out XDG_CACHE_HOME=$out/cache
+for i in $(seq 120); do [ -S /run/vsockenc-host/vsockenc.sock ] && [ -s /run/vsockenc-host/probe.txt ] && break; sleep 0.5; done
+systemctl show vsockenc-host -p ActiveState -p SubState -p NRestarts -p User >"$out/show.txt"
+pid=$(systemctl show -P MainPID vsockenc-host)
+grep -E '^(Uid|Groups|CapEff|NoNewPrivs|Seccomp):' "/proc/$pid/status" >"$out/status.txt"
+cp /run/vsockenc-host/probe.txt "$out/" || true
+stat -c '%A %U %G %n' /run/vsockenc-host /run/vsockenc-host/vsockenc.sock >"$out/run.txt"
+timeout 120 gst-launch-1.0 -q videotestsrc num-buffers=30 ! video/x-raw,width=128,height=96,framerate=30/1 ! \
+    vsockenc socket-path=/run/vsockenc-host/vsockenc.sock ! h264parse ! video/x-h264,stream-format=byte-stream ! \
+    filesink location="$out/out.h264"
+echo "$?" >"$out/gst-launch.status"
+timeout 60 systemctl stop vsockenc-host
+systemctl show vsockenc-host -p ActiveState -p Result >"$out/stopped.txt"
+[ -e /run/vsockenc-host ] && echo present >"$out/rundir-after-stop.txt"
+timeout 20 journalctl -b --no-pager -o short-monotonic >"$out/journal.txt"
+touch "$out/done"
+EOF
+    cat >"$svc/boot.sh" <<'EOF'
+# PID 1 of a new PID namespace: join the test cgroup, make it the root of a
+# new cgroup namespace, then set up the container and exec systemd.
+set -e
+svc=$1
+echo 0 >"$2/cgroup.procs"
+exec unshare --cgroup sh -ec '
+svc=$0
+mount -t overlay overlay -o "lowerdir=/usr,upperdir=$svc/usr-up,workdir=$svc/usr-wk" /usr
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$svc/etc-up,workdir=$svc/etc-wk" /etc
+mount -t overlay overlay -o "lowerdir=/var,upperdir=$svc/var-up,workdir=$svc/var-wk" /var
+mount -t proc proc /proc
+vsock=$(stat -c "%t %T" /dev/vsock 2>/dev/null || true)
+mount -t tmpfs -o mode=755 tmpfs /run
+mkdir /run/vsockenc-check
+mkdir -m 1777 /run/lock /var/probe-1777
+mount --bind "$svc" /run/vsockenc-check
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+umount -R -l /sys/fs/cgroup
+mount -o remount,bind,ro /sys
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t tmpfs -o mode=755 tmpfs /dev
+mknod -m 666 /dev/null c 1 3; mknod -m 666 /dev/zero c 1 5; mknod -m 666 /dev/full c 1 7
+mknod -m 666 /dev/random c 1 8; mknod -m 666 /dev/urandom c 1 9; mknod -m 666 /dev/tty c 5 0
+mknod -m 666 /dev/fuse c 10 229
+if [ -n "$vsock" ]; then set -- $vsock; mknod -m 666 /dev/vsock c $((0x$1)) $((0x$2)); fi
+mkdir /dev/pts /dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
+ln -s pts/ptmx /dev/ptmx
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+hostname vsockenc-check
+systemd-sysusers
+exec env -i container=vsockenc-check-install PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    /lib/systemd/systemd --unit=vsockenc-check.target
+' "$svc"
+EOF
+    cg=$cgroot/vsockenc-check-install.$$
+    mkdir "$cg"
+    t0=$(date +%s)
+    unshare --pid --fork --kill-child --mount --uts --ipc --propagation private \
+        sh "$svc/boot.sh" "$svc" "$cg" >"$logs/service-boot.log" 2>&1 &
+    boot_pid=$!
+    for _ in $(seq 360); do
+        [ -e "$svc/out/done" ] && sleep 0.5 && break
+        kill -0 "$boot_pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    # Killing unshare kills the namespace's PID 1 (--kill-child) and with it
+    # every process of the container.
+    # unshare ignores SIGTERM while it waits for its child: SIGKILL it.
+    kill -KILL "$boot_pid" 2>/dev/null || true
+    wait "$boot_pid" 2>/dev/null || true
+    for _ in $(seq 20); do
+        find "$cg" -mindepth 1 -depth -type d -exec rmdir {} + 2>/dev/null || true
+        rmdir "$cg" 2>/dev/null && break
+        sleep 0.5
+    done
+    [ -e "$svc/out/done" ] || { tail -n 30 "$logs/service-boot.log" "$svc/out/check.log" 2>/dev/null >&2
+        fail "--service: the container did not finish its check (see $logs/service-boot.log)"; }
+    o=$svc/out
+    svc_fail() { echo "---- journal ----" >&2; grep -v ' kernel: ' "$o/journal.txt" | tail -n 30 >&2; fail "--service: $*"; }
+    grep -qx 'ActiveState=active' "$o/show.txt" && grep -qx 'SubState=running' "$o/show.txt" &&
+        grep -qx 'NRestarts=0' "$o/show.txt" || svc_fail "vsockenc-host.service was not running: $(tr '\n' ' ' <"$o/show.txt")"
+    uid=$(awk '/^Uid:/ {print $2}' "$o/status.txt")
+    [ "$uid" != 0 ] && grep -qx 'NoNewPrivs:	1' "$o/status.txt" && grep -qx 'Seccomp:	2' "$o/status.txt" &&
+        grep -qx 'CapEff:	0000000000000000' "$o/status.txt" || svc_fail "daemon process not confined: $(tr '\n' ' ' <"$o/status.txt")"
+    grep -q '^id: vsockenc groups: vsockenc.*render' "$o/probe.txt" && grep -q 'groups: .*video' "$o/probe.txt" ||
+        svc_fail "daemon not running as vsockenc with groups render and video: $(head -n 1 "$o/probe.txt")"
+    # /dev/fuse is 0666: only DevicePolicy=closed refuses it.  /var/probe-1777
+    # is 1777: only ProtectSystem=strict makes it read-only.  (/run/lock is
+    # probed but not judged: in this container set-up /run stays writable in
+    # the sandbox, unlike on a booted host.)
+    want_probe="open /dev/fuse: denied|write /usr: denied|write /etc: denied|read /root: denied|write /tmp: allowed|write cache: allowed|write /var/probe-1777: denied|write /run/vsockenc-host: allowed|socket AF_VSOCK: allowed|socket AF_INET: allowed"
+    [ -z "$vsock_listen" ] || want_probe="$want_probe|open /dev/vsock: allowed"
+    IFS='|' read -r -a want_lines <<<"$want_probe"
+    for line in "${want_lines[@]}"; do
+        grep -qx "$line" "$o/probe.txt" || svc_fail "sandbox probe: expected \"$line\"; got: $(tr '\n' ';' <"$o/probe.txt")"
+    done
+    grep -q '^drwxr-x--- vsockenc vsockenc /run/vsockenc-host$' "$o/run.txt" ||
+        svc_fail "RuntimeDirectory not vsockenc:vsockenc 0750: $(head -n 1 "$o/run.txt")"
+    grep -q 'listening on unix:/run/vsockenc-host/vsockenc.sock' "$o/journal.txt" ||
+        svc_fail "the daemon did not log 'listening on unix:/run/vsockenc-host/vsockenc.sock'"
+    [ -z "$vsock_listen" ] || grep -q "listening on ${vsock_listen#--listen }" "$o/journal.txt" ||
+        svc_fail "the daemon did not log 'listening on ${vsock_listen#--listen }' (EnvironmentFile override)"
+    [ "$(cat "$o/gst-launch.status")" = 0 ] && [ -s "$o/out.h264" ] ||
+        svc_fail "encoding 30 frames through the service failed (gst-launch status $(cat "$o/gst-launch.status"))"
+    grep -qx 'Result=success' "$o/stopped.txt" || svc_fail "systemctl stop: $(tr '\n' ' ' <"$o/stopped.txt")"
+    [ ! -e "$o/rundir-after-stop.txt" ] || svc_fail "/run/vsockenc-host still exists after stop"
+    service_check="passed in $(($(date +%s) - t0)) s (user vsockenc uid $uid, $(stat -c %s "$o/out.h264") bytes of H.264 for 30 frames)"
+fi
+note "   vsockenc-host.service under systemd: $service_check"
 
 note "PASS ($(($(date +%s) - t_start)) s, buildtype $buildtype, cargo target dir ${CARGO_TARGET_DIR:-inside the build dir})"
