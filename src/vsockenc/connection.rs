@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use hxfr::compact::CompactMessage;
+use hxfr::ext::{ExtMessage, GuestExt};
 use hxfr::{ConfigRequest, FrameRequest, Message, LEGACY_SESSION_ID};
 use parking_lot::Mutex;
 
@@ -37,6 +39,9 @@ pub struct Connection {
     control: Stream,
     reader: Mutex<Option<JoinHandle<()>>>,
     times: Mutex<Times>,
+    /// The negotiated extensions of this connection (nothing until the
+    /// host answers our HELLO, nothing ever from a legacy host).
+    pub ext: Mutex<GuestExt>,
 }
 
 /// Activity timestamps used by the keepalive.
@@ -76,6 +81,7 @@ impl Connection {
                 last_read: now,
                 ping_outstanding: None,
             }),
+            ext: Mutex::new(GuestExt::new(0)),
         });
         let c = conn.clone();
         let handle = std::thread::Builder::new()
@@ -158,6 +164,38 @@ impl Connection {
     /// pixels. Returns bytes written.
     pub fn send_frame(&self, req: &FrameRequest, pixels: &[&[u8]]) -> io::Result<usize> {
         self.write_with(|w| hxfr::write::write_frame_request(w, LEGACY_SESSION_ID, req, pixels))
+    }
+
+    /// Announces the extensions the element supports: the first message on
+    /// a connection. A legacy host skips it; ours answers HELLO_ACK.
+    pub fn send_hello(&self, requested: u32) -> io::Result<usize> {
+        let hello = {
+            let mut ext = self.ext.lock();
+            *ext = GuestExt::new(requested);
+            ext.hello(
+                crate::vsockenc::delta::TILE,
+                crate::vsockenc::delta::TILE,
+                concat!("vsockenc/", env!("CARGO_PKG_VERSION")),
+            )
+        };
+        self.send_bytes(&ExtMessage::Hello(hello).encode(LEGACY_SESSION_ID))
+    }
+
+    /// Sends a COMPACT_FRAME (extension COMPACT).
+    pub fn send_compact(&self, m: &mut CompactMessage<'_>) -> io::Result<usize> {
+        self.write_with(|w| m.write_to(w))
+    }
+
+    /// Asks the host to answer every frame sent so far (extension DRAIN).
+    pub fn send_drain(&self, token: u64) -> io::Result<usize> {
+        self.send_bytes(&ExtMessage::Drain { token }.encode(LEGACY_SESSION_ID))
+    }
+
+    fn send_bytes(&self, bytes: &[u8]) -> io::Result<usize> {
+        self.write_with(|w| {
+            io::Write::write_all(w, bytes)?;
+            Ok(bytes.len())
+        })
     }
 
     pub fn send_config(&self, cfg: &ConfigRequest) -> io::Result<usize> {

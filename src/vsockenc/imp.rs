@@ -14,6 +14,7 @@ use gst_video::subclass::prelude::*;
 use parking_lot::Mutex;
 
 use super::output;
+use super::pending::DropReason;
 use super::runtime::{FrameToSend, Shared};
 use super::settings::*;
 use super::stats;
@@ -103,11 +104,22 @@ impl VsockEnc {
         let give_up =
             Instant::now() + shared.settings.response_timeout() + Duration::from_millis(200);
         let obj = self.obj();
+        // With DRAIN negotiated the host says when it has answered every
+        // frame: no waiting for timeouts to learn that the stream is done.
+        let drain = shared.start_drain();
         loop {
             output::finish_ready(&obj, shared)?;
             let mut t = shared.pending.lock();
             if t.is_empty() {
                 return Ok(gst::FlowSuccess::Ok);
+            }
+            if let Some((conn, token)) = &drain {
+                if t.in_flight() > 0 && conn.ext.lock().drain_done(*token) {
+                    // DRAIN_DONE follows every answer for that connection:
+                    // a frame still waiting will never be answered.
+                    let _ = t.fail_generation(conn.generation, DropReason::HostError);
+                    continue;
+                }
             }
             if t.is_flushing() || shared.stop.load(Ordering::SeqCst) {
                 return Err(gst::FlowError::Flushing);
@@ -234,6 +246,18 @@ impl ObjectImpl for VsockEnc {
                     .default_value(DEFAULT_KEEPALIVE_INTERVAL)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("extensions")
+                    .nick("Protocol extensions")
+                    .blurb("Announce the protocol extensions to the host (one HELLO, which legacy hosts skip) and use those it accepts: compact frames (only changed tiles, LZ4), errors naming their frame, drain at EOS. false = pure legacy HXFR")
+                    .default_value(DEFAULT_EXTENSIONS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("verify-frames")
+                    .nick("Verify frames")
+                    .blurb("Ask an extension-capable host for a checksum of every frame it encodes and compare it with the frame sent (stats: checksum-matches, checksum-mismatches). For tests and debugging: costs CPU on both sides")
+                    .default_value(DEFAULT_VERIFY_FRAMES)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Counters (vsockenc-stats): frames-sent, frames-returned, frames-dropped and dropped-* by reason, late-responses, bytes-sent, bytes-received, in-flight, reconnects, host-errors, latency-mean-us, latency-max-us")
@@ -269,6 +293,8 @@ impl ObjectImpl for VsockEnc {
             "keepalive-interval" => {
                 s.keepalive_interval_ms = value.get().expect("type checked upstream")
             }
+            "extensions" => s.extensions = value.get().expect("type checked upstream"),
+            "verify-frames" => s.verify_frames = value.get().expect("type checked upstream"),
             other => unimplemented!("property {other}"),
         }
         gst::debug!(CAT, imp = self, "{} set", pspec.name());
@@ -303,6 +329,8 @@ impl ObjectImpl for VsockEnc {
             "reconnect-interval" => s.reconnect_interval_ms.to_value(),
             "wait-for-host" => s.wait_for_host.to_value(),
             "keepalive-interval" => s.keepalive_interval_ms.to_value(),
+            "extensions" => s.extensions.to_value(),
+            "verify-frames" => s.verify_frames.to_value(),
             other => unimplemented!("property {other}"),
         }
     }

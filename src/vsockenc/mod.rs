@@ -20,13 +20,15 @@
 //! reader thread ownership), [`receiver`] (decoding responses),
 //! [`pending`] (frames in flight, matching, ordering, drops; the threading
 //! design), [`output`] (the output thread), [`packing`] (pixels to the
-//! wire), [`dmabuf`] (virtio-gpu resource ids), [`runtime`] (reconnect,
+//! wire), [`dmabuf`] (virtio-gpu resource ids), [`delta`] (compact frames:
+//! the reference frame and the compact-or-full choice), [`runtime`] (reconnect,
 //! keepalive, send path), [`stats`], [`settings`].
 
 use gst::glib;
 use gst::prelude::*;
 
 pub mod connection;
+pub mod delta;
 pub mod dmabuf;
 mod imp;
 pub mod output;

@@ -11,7 +11,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
-use hxfr::{nal, Decoder, FrameResponse, Message};
+use hxfr::ext::{ext_bits, ext_type, ChecksumCheck, ExtMessage, PTS_UNKNOWN};
+use hxfr::{nal, Decoded, Decoder, FrameResponse, Message};
 
 use crate::vsockenc::connection::Connection;
 use crate::vsockenc::imp::CAT;
@@ -62,20 +63,26 @@ fn read_loop(
     pending: &Pending,
     events: &dyn ReaderEvents,
 ) -> String {
-    let mut decoder = Decoder::default();
+    // Extension messages are decoded from the start; only a host that
+    // accepted our HELLO sends them.
+    let mut decoder = Decoder::with_extensions(hxfr::Limits::default());
     let mut counted = 0u64;
     loop {
         if conn.is_closed() {
             return "closed".into();
         }
-        let res = decoder.read_from(stream);
+        let res = decoder.read_from_ext(stream);
         let offset = decoder.stream_offset();
         if offset > counted {
             pending.lock().stats.bytes_received += offset - counted;
             counted = offset;
         }
         match res {
-            Ok(Some((_, msg))) => {
+            Ok(Some(Decoded::Ext(_, msg))) => {
+                conn.note_read();
+                handle_ext(conn, msg, pending, events);
+            }
+            Ok(Some(Decoded::Legacy(_, msg))) => {
                 conn.note_read();
                 handle(conn, msg, pending, events);
             }
@@ -99,6 +106,8 @@ fn handle(conn: &Connection, msg: Message, pending: &Pending, events: &dyn Reade
     match msg {
         Message::FrameResponse(r) => handle_response(conn, r, pending, events),
         Message::Error(e) => {
+            // The host's copy of our last frame may be gone: next frame full.
+            conn.ext.lock().invalidate();
             let pts = {
                 let mut t = pending.lock();
                 t.stats.host_errors += 1;
@@ -154,5 +163,66 @@ fn handle_response(
             conn.addr,
             r.pts
         );
+    }
+}
+
+/// Extension messages: only a host that accepted our HELLO sends them.
+fn handle_ext(conn: &Connection, msg: ExtMessage, pending: &Pending, events: &dyn ReaderEvents) {
+    match msg {
+        ExtMessage::HelloAck(ack) => {
+            let accepted = conn.ext.lock().on_ack(&ack);
+            pending.lock().stats.extensions = accepted;
+            gst::info!(
+                CAT,
+                "host {} ({:?}) accepted protocol extensions {}",
+                conn.addr,
+                ack.agent,
+                ext_bits::describe(accepted)
+            );
+        }
+        ExtMessage::ErrorPts(e) => {
+            // The frame is named: drop exactly that one. Its reference is
+            // gone on the host too, so the next frame goes out in full.
+            conn.ext.lock().invalidate();
+            let pts = {
+                let mut t = pending.lock();
+                t.stats.host_errors += 1;
+                if e.pts == PTS_UNKNOWN {
+                    t.fail_oldest(conn.generation, DropReason::HostError)
+                } else {
+                    t.fail(e.pts, DropReason::HostError);
+                    Some(e.pts)
+                }
+            };
+            pending.notify();
+            events.host_error(conn, e.code, &e.message, pts);
+        }
+        ExtMessage::DrainDone { token } => {
+            conn.ext.lock().on_drain_done(token);
+            pending.notify();
+        }
+        ExtMessage::FrameChecksum(c) => {
+            let check = conn.ext.lock().on_checksum(&c);
+            match check {
+                ChecksumCheck::Match => pending.lock().stats.checksum_matches += 1,
+                ChecksumCheck::Mismatch { expected, host } => {
+                    pending.lock().stats.checksum_mismatches += 1;
+                    events.protocol_warning(
+                        conn,
+                        &format!(
+                            "frame pts {} (frame {} of this connection): the host encodes other pixels than were sent (checksum {host:016x}, expected {expected:016x})",
+                            c.pts, c.frame_index
+                        ),
+                    );
+                }
+                ChecksumCheck::Unknown => {}
+            }
+        }
+        other => gst::debug!(
+            CAT,
+            "ignored unexpected {} from {}",
+            ext_type::name(other.msg_type()).unwrap_or("extension message"),
+            conn.addr
+        ),
     }
 }

@@ -10,10 +10,14 @@ use std::time::{Duration, Instant};
 use gst::glib;
 use gst::prelude::*;
 use gst_video::prelude::*;
-use hxfr::{ConfigRequest, FrameRequest};
+use hxfr::compact;
+use hxfr::ext::ext_bits;
+use hxfr::message::FRAME_REQUEST_FIXED;
+use hxfr::{ConfigRequest, FrameRequest, WireFormat, HEADER_LEN, LEGACY_SESSION_ID};
 use parking_lot::Mutex;
 
 use super::connection::Connection;
+use super::delta::{self, DeltaSender, Plan};
 use super::dmabuf::ResourceLookup;
 use super::imp::CAT;
 use super::packing::{self, Plane};
@@ -50,6 +54,8 @@ pub struct Shared {
     flow: Mutex<Result<gst::FlowSuccess, gst::FlowError>>,
     frames_since_key: Mutex<u64>,
     dmabuf: Mutex<ResourceLookup>,
+    /// The frame the host holds (compact frames are sent against it).
+    delta: Mutex<DeltaSender>,
     pub output_thread: Mutex<Option<JoinHandle<()>>>,
     /// Latency reported to the pipeline: (frame duration, min, max).
     latency: Mutex<Option<(gst::ClockTime, gst::ClockTime, gst::ClockTime)>>,
@@ -71,6 +77,7 @@ impl Shared {
             flow: Mutex::new(Ok(gst::FlowSuccess::Ok)),
             frames_since_key: Mutex::new(0),
             dmabuf: Mutex::new(ResourceLookup::default()),
+            delta: Mutex::new(DeltaSender::default()),
             output_thread: Mutex::new(None),
             latency: Mutex::new(None),
         })
@@ -116,6 +123,17 @@ impl Shared {
             self.pending.clone(),
             events,
         )?;
+        // Negotiation starts over on every connection: until the host
+        // answers the HELLO (a legacy host never does) this is legacy HXFR.
+        self.delta.lock().forget();
+        self.pending.lock().stats.extensions = 0;
+        let requested = s.requested_extensions();
+        if requested != 0 {
+            match conn.send_hello(requested) {
+                Ok(n) => self.pending.lock().stats.bytes_sent += n as u64,
+                Err(e) => gst::warning!(CAT, "HELLO to {} failed: {e}", self.addr),
+            }
+        }
         if let Some(cfg) = *self.config.lock() {
             let _ = conn.send_config(&cfg);
         }
@@ -310,7 +328,7 @@ impl Shared {
             "sending frame {} wire pts {wire_pts} force_keyframe {force}",
             f.frame_id
         );
-        match conn.send_frame(&req, &slices) {
+        match self.send_frame_ext(&conn, &req, &f, vframe.as_ref(), &slices) {
             Ok(n) => {
                 self.pending.lock().stats.bytes_sent += n as u64;
             }
@@ -325,6 +343,98 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// Sends one frame: as a COMPACT_FRAME against the frame the host holds
+    /// when the host accepted COMPACT and that is smaller, else as the
+    /// legacy FRAME_REQUEST. The frame (a buffer reference, no copy) becomes
+    /// the next reference. Counts wire against raw bytes.
+    fn send_frame_ext(
+        &self,
+        conn: &Connection,
+        req: &FrameRequest,
+        f: &FrameToSend<'_>,
+        vframe: Option<&gst_video::VideoFrameRef<&gst::BufferRef>>,
+        slices: &[&[u8]],
+    ) -> std::io::Result<usize> {
+        let cur = vframe
+            .zip(WireFormat::from_fourcc(req.format))
+            .and_then(|(vf, format)| delta::hx_frame(vf, format));
+        let (index, ref_index, verify, lz4) = {
+            let mut ext = conn.ext.lock();
+            let ref_index = cur
+                .as_ref()
+                .and_then(|_| ext.compact_reference(req.force_keyframe));
+            (
+                ext.next_frame(),
+                ref_index,
+                ext.wants_checksums(),
+                ext.has(ext_bits::LZ4),
+            )
+        };
+        if let (true, Some(c)) = (verify, &cur) {
+            // Recorded before the write: the host's FRAME_CHECKSUM may come
+            // back before the write returns.
+            conn.ext.lock().expect_checksum(index, compact::checksum(c));
+        }
+        let raw = (HEADER_LEN + FRAME_REQUEST_FIXED + slices.iter().map(|s| s.len()).sum::<usize>())
+            as u64;
+        let mut delta = self.delta.lock();
+        delta.set_compression(lz4);
+        let plan = match &cur {
+            Some(c) => delta.plan(
+                conn.generation,
+                ref_index,
+                c,
+                f.info,
+                req,
+                LEGACY_SESSION_ID,
+            ),
+            None => Plan::Full,
+        };
+        let (result, compact_sent) = match plan {
+            Plan::Compact(mut m) => (conn.send_compact(&mut m), true),
+            Plan::Full => (conn.send_frame(req, slices), false),
+        };
+        match &result {
+            Ok(n) => {
+                conn.ext.lock().frame_sent(index, cur.is_some());
+                if cur.is_some() {
+                    delta.remember(conn.generation, index, f.input.to_owned(), f.info);
+                } else {
+                    delta.forget();
+                }
+                let mut t = self.pending.lock();
+                t.stats.wire_bytes += *n as u64;
+                t.stats.raw_bytes += raw;
+                t.stats.compact_frames += compact_sent as u64;
+            }
+            Err(_) => delta.forget(),
+        }
+        result
+    }
+
+    /// EOS with DRAIN negotiated: asks the host to answer every frame sent
+    /// on the current connection. Returns the connection and token to wait
+    /// for (DRAIN_DONE), `None` without a connection or without DRAIN.
+    pub fn start_drain(&self) -> Option<(Arc<Connection>, u64)> {
+        static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+        let conn = self.link()?;
+        if !conn.ext.lock().has(ext_bits::DRAIN) {
+            return None;
+        }
+        let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+        match conn.send_drain(token) {
+            Ok(n) => {
+                self.pending.lock().stats.bytes_sent += n as u64;
+                gst::debug!(CAT, "EOS: DRAIN {token} sent to {}", self.addr);
+                Some((conn, token))
+            }
+            Err(e) => {
+                gst::debug!(CAT, "EOS: DRAIN to {} failed: {e}", self.addr);
+                None
+            }
+        }
     }
 
     /// Whether this frame goes out with force_keyframe, counting frames for

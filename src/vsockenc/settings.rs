@@ -34,6 +34,10 @@ pub const DEFAULT_WAIT_FOR_HOST: bool = false;
 /// Milliseconds; legacy hosts drop a client that is silent for 30 s.
 pub const DEFAULT_KEEPALIVE_INTERVAL: u32 = 10_000;
 pub const MAX_KEEPALIVE_INTERVAL: u32 = 3_600_000;
+/// Announce the protocol extensions (HELLO) and use what the host accepts.
+pub const DEFAULT_EXTENSIONS: bool = true;
+/// Ask the host for a checksum of every frame it encodes (tests, debugging).
+pub const DEFAULT_VERIFY_FRAMES: bool = false;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -51,6 +55,8 @@ pub struct Settings {
     pub reconnect_interval_ms: u32,
     pub wait_for_host: bool,
     pub keepalive_interval_ms: u32,
+    pub extensions: bool,
+    pub verify_frames: bool,
 }
 
 impl Default for Settings {
@@ -70,6 +76,8 @@ impl Default for Settings {
             reconnect_interval_ms: DEFAULT_RECONNECT_INTERVAL,
             wait_for_host: DEFAULT_WAIT_FOR_HOST,
             keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL,
+            extensions: DEFAULT_EXTENSIONS,
+            verify_frames: DEFAULT_VERIFY_FRAMES,
         }
     }
 }
@@ -107,6 +115,20 @@ impl Settings {
     pub fn keepalive_interval(&self) -> Option<Duration> {
         (self.keepalive_interval_ms > 0)
             .then(|| Duration::from_millis(self.keepalive_interval_ms as u64))
+    }
+
+    /// The extensions announced in HELLO (0: no HELLO, pure legacy HXFR).
+    pub fn requested_extensions(&self) -> u32 {
+        use hxfr::ext::ext_bits::*;
+        if !self.extensions {
+            return 0;
+        }
+        let verify = if self.verify_frames {
+            FRAME_CHECKSUM
+        } else {
+            0
+        };
+        COMPACT | LZ4 | ERROR_PTS | DRAIN | verify
     }
 
     /// Bits per second for CONFIG_REQ.

@@ -22,6 +22,18 @@ pub struct Stats {
     pub host_errors: u64,
     pub pings_sent: u64,
     pub pongs_received: u64,
+    /// Bytes of frame messages written (FRAME_REQUEST or COMPACT_FRAME)...
+    pub wire_bytes: u64,
+    /// ...and what the same frames cost as full legacy FRAME_REQUESTs.
+    pub raw_bytes: u64,
+    /// Frames sent as COMPACT_FRAME (extension negotiated with the host).
+    pub compact_frames: u64,
+    /// Host FRAME_CHECKSUMs equal / not equal to the frame sent
+    /// (`verify-frames`).
+    pub checksum_matches: u64,
+    pub checksum_mismatches: u64,
+    /// Extensions the host accepted on the current connection.
+    pub extensions: u32,
     latency_sum_us: u64,
     latency_count: u64,
     pub latency_max_us: u64,
@@ -84,6 +96,12 @@ impl Stats {
             .field("pongs-received", self.pongs_received)
             .field("latency-mean-us", self.latency_mean_us())
             .field("latency-max-us", self.latency_max_us)
+            .field("wire-bytes", self.wire_bytes)
+            .field("raw-bytes", self.raw_bytes)
+            .field("compact-frames", self.compact_frames)
+            .field("checksum-matches", self.checksum_matches)
+            .field("checksum-mismatches", self.checksum_mismatches)
+            .field("extensions", self.extensions)
             .build()
     }
 }
