@@ -344,3 +344,39 @@ fn stats_show_wire_against_raw_bytes() {
     drop(c);
     daemon.wait_log("9 compact frames");
 }
+
+/// A forced keyframe sent as a full frame after compact frames is a
+/// keyframe, like in legacy mode.
+#[test]
+fn forced_keyframe_after_compact_frames() {
+    init();
+    let daemon = Daemon::start(&["--listen", "tcp:127.0.0.1:0", "--encoder", "x264enc"]);
+    let mut c = ExtClient::connect(&daemon);
+    c.hello(ext_bits::COMPACT | ext_bits::ERROR_PTS);
+    let base = test_frame(Fmt::Bgrx, 96, 64, 384, 0, 6);
+    let frames: Vec<TestFrame> = (0..8).map(|t| moved(&base, t)).collect();
+    let mut enc = CompactEncoder::new(16, 16, Compression::Off);
+    let mut keys = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        let force = i == 0 || i == 5;
+        let req = f.request(i as i64 * 100, force);
+        if force {
+            let mut v = Vec::new();
+            hxfr::write::write_frame_request(&mut v, 1, &req, &[&f.pixels]).unwrap();
+            c.send(&v);
+        } else {
+            let Delta::Compact(mut m) = enc.encode(
+                &frame_of(&frames[i - 1]),
+                &frame_of(f),
+                &req,
+                i as u32 - 1,
+                1,
+            ) else {
+                panic!()
+            };
+            m.write_to(&mut c.stream).unwrap();
+        }
+        keys.push(c.recv_response().is_keyframe);
+    }
+    assert_eq!(keys, [true, false, false, false, false, true, false, false]);
+}
