@@ -15,10 +15,12 @@
 #     a throw-away overlay of /usr, and `gst-inspect-1.0 vsockenc` with no
 #     GST_* variable at all finds the plugin in GStreamer's default path;
 #   - with --service (root only): boot systemd as PID 1 of private
-#     namespaces on overlays of /usr, /etc and /var holding the tree, start
-#     the installed vsockenc-host.service unchanged (a test drop-in only drops
-#     its default dependencies on sysinit.target), check from inside its
-#     sandbox which devices, files and socket families it can use, and encode
+#     namespaces on overlays of /usr, /etc and /var holding the tree, write
+#     docs/install.md's /etc/default/vsockenc-host example, run its
+#     `systemd-sysusers`, `systemctl daemon-reload`, `systemctl enable --now`
+#     and `systemctl restart` on the installed unit (a test drop-in only drops
+#     its default dependencies on sysinit.target and adds a probe), check
+#     from inside its sandbox which devices and files it can use, and encode
 #     30 frames through it with the installed element.
 #
 # Usage: scripts/check-install.sh [--clone] [--buildtype=release|debug]
@@ -336,19 +338,15 @@ DefaultDependencies=no
 [Service]
 ExecStartPost=/bin/sh /run/vsockenc-check/probe.sh
 EOF
-    # A random vsock port: vsock is not network-namespaced, 5000 may be in use.
-    vsock_listen=
-    if python3 -c 'import socket; s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM); s.bind((socket.VMADDR_CID_ANY, 0xFFFFFFFF))' 2>/dev/null; then
-        vsock_listen="--listen vsock:$((40000 + RANDOM % 20000))"
-    fi
-    cat >"$svc/etc-up/default/vsockenc-host" <<EOF
-VSOCKENC_HOST_ARGS="--listen unix:/run/vsockenc-host/vsockenc.sock $vsock_listen"
-EOF
+    # The override example of docs/install.md, verbatim (no vsock listener:
+    # vsock is not network-namespaced, and port 5000 may be in use here).
+    doc_args='--listen unix:/run/vsockenc-host/vm1.vsock_5000 --socket-mode 0660 --encoder x264enc'
+    echo "VSOCKENC_HOST_ARGS=\"$doc_args\"" >"$svc/etc-up/default/vsockenc-host"
     cat >"$svc/etc-up/systemd/system/vsockenc-check.service" <<'EOF'
 [Unit]
 DefaultDependencies=no
-Wants=vsockenc-host.service systemd-journald.socket
-After=vsockenc-host.service systemd-journald.socket
+Wants=systemd-journald.socket
+After=systemd-journald.socket
 [Service]
 Type=oneshot
 ExecStart=/bin/sh /run/vsockenc-check/check.sh
@@ -384,20 +382,28 @@ EOF
 out=/run/vsockenc-check/out
 exec >"$out/check.log" 2>&1
 export HOME=$out XDG_CACHE_HOME=$out/cache
-for i in $(seq 120); do [ -S /run/vsockenc-host/vsockenc.sock ] && [ -s /run/vsockenc-host/probe.txt ] && break; sleep 0.5; done
+sock=/run/vsockenc-host/vm1.vsock_5000
+# The commands of docs/install.md, as written.
+{ systemd-sysusers && systemctl daemon-reload && systemctl enable --now vsockenc-host.service; echo "status $?"; } >"$out/enable.txt" 2>&1
+for i in $(seq 120); do [ -S $sock ] && [ -s /run/vsockenc-host/probe.txt ] && break; sleep 0.5; done
+timeout 60 systemctl restart vsockenc-host >>"$out/enable.txt" 2>&1
+echo "restart status $?" >>"$out/enable.txt"
+for i in $(seq 120); do [ -S $sock ] && [ -s /run/vsockenc-host/probe.txt ] && break; sleep 0.5; done
+systemctl is-enabled vsockenc-host.service >>"$out/enable.txt" 2>&1
 systemctl show vsockenc-host -p ActiveState -p SubState -p NRestarts -p User >"$out/show.txt"
 pid=$(systemctl show -P MainPID vsockenc-host)
 grep -E '^(Uid|Groups|CapEff|NoNewPrivs|Seccomp):' "/proc/$pid/status" >"$out/status.txt"
 cp /run/vsockenc-host/probe.txt "$out/" || true
-stat -c '%A %U %G %n' /run/vsockenc-host /run/vsockenc-host/vsockenc.sock >"$out/run.txt"
+stat -c '%A %U %G %n' /run/vsockenc-host $sock >"$out/run.txt"
 timeout 120 gst-launch-1.0 -q videotestsrc num-buffers=30 ! video/x-raw,width=128,height=96,framerate=30/1 ! \
-    vsockenc socket-path=/run/vsockenc-host/vsockenc.sock ! h264parse ! video/x-h264,stream-format=byte-stream ! \
+    vsockenc socket-path=$sock ! h264parse ! video/x-h264,stream-format=byte-stream ! \
     filesink location="$out/out.h264"
 echo "$?" >"$out/gst-launch.status"
 timeout 60 systemctl stop vsockenc-host
 systemctl show vsockenc-host -p ActiveState -p Result >"$out/stopped.txt"
 [ -e /run/vsockenc-host ] && echo present >"$out/rundir-after-stop.txt"
 timeout 20 journalctl -b --no-pager -o short-monotonic >"$out/journal.txt"
+timeout 20 journalctl -u vsockenc-host >"$out/journal-unit.txt" 2>&1
 touch "$out/done"
 EOF
     cat >"$svc/boot.sh" <<'EOF'
@@ -431,7 +437,6 @@ mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
 ln -s pts/ptmx /dev/ptmx
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 hostname vsockenc-check
-systemd-sysusers
 exec env -i container=vsockenc-check-install PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     /lib/systemd/systemd --unit=vsockenc-check.target
 ' "$svc"
@@ -473,17 +478,20 @@ EOF
     # probed but not judged: in this container set-up /run stays writable in
     # the sandbox, unlike on a booted host.)
     want_probe="open /dev/fuse: denied|write /usr: denied|write /etc: denied|read /root: denied|write /tmp: allowed|write cache: allowed|write /var/probe-1777: denied|write /run/vsockenc-host: allowed|socket AF_VSOCK: allowed|socket AF_INET: allowed"
-    [ -z "$vsock_listen" ] || want_probe="$want_probe|open /dev/vsock: allowed"
+    [ ! -e /dev/vsock ] || want_probe="$want_probe|open /dev/vsock: allowed"
     IFS='|' read -r -a want_lines <<<"$want_probe"
     for line in "${want_lines[@]}"; do
         grep -qx "$line" "$o/probe.txt" || svc_fail "sandbox probe: expected \"$line\"; got: $(tr '\n' ';' <"$o/probe.txt")"
     done
     grep -q '^drwxr-x--- vsockenc vsockenc /run/vsockenc-host$' "$o/run.txt" ||
         svc_fail "RuntimeDirectory not vsockenc:vsockenc 0750: $(head -n 1 "$o/run.txt")"
-    grep -q 'listening on unix:/run/vsockenc-host/vsockenc.sock' "$o/journal.txt" ||
-        svc_fail "the daemon did not log 'listening on unix:/run/vsockenc-host/vsockenc.sock'"
-    [ -z "$vsock_listen" ] || grep -q "listening on ${vsock_listen#--listen }" "$o/journal.txt" ||
-        svc_fail "the daemon did not log 'listening on ${vsock_listen#--listen }' (EnvironmentFile override)"
+    grep -qx 'status 0' "$o/enable.txt" && grep -qx 'restart status 0' "$o/enable.txt" && grep -qx enabled "$o/enable.txt" ||
+        svc_fail "systemd-sysusers / daemon-reload / enable --now / restart: $(tr '\n' ' ' <"$o/enable.txt")"
+    grep -q '^srw-rw---- vsockenc vsockenc /run/vsockenc-host/vm1.vsock_5000$' "$o/run.txt" ||
+        svc_fail "the socket from /etc/default/vsockenc-host is not vsockenc:vsockenc 0660: $(tail -n 1 "$o/run.txt")"
+    grep -q 'listening on unix:/run/vsockenc-host/vm1.vsock_5000' "$o/journal-unit.txt" &&
+        grep -q 'encoder: x264enc' "$o/journal-unit.txt" ||
+        svc_fail "journalctl -u vsockenc-host lacks 'encoder: x264enc' / 'listening on unix:/run/vsockenc-host/vm1.vsock_5000'"
     [ "$(cat "$o/gst-launch.status")" = 0 ] && [ -s "$o/out.h264" ] ||
         svc_fail "encoding 30 frames through the service failed (gst-launch status $(cat "$o/gst-launch.status"))"
     grep -qx 'Result=success' "$o/stopped.txt" || svc_fail "systemctl stop: $(tr '\n' ' ' <"$o/stopped.txt")"
