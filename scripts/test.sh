@@ -68,8 +68,15 @@ if [ -x scripts/vm/prepare.sh ]; then
 fi
 # ---- end of preparation ------------------------------------------------------
 
-# nextest prints the test counts ("N tests run: N passed, ...") at the end.
-step tests cargo nextest run --workspace --locked
+# nextest prints the test counts ("N tests run: N passed, ...") at the end;
+# its output is kept to repeat the counts as this script's last line.
+nextest_log=$(mktemp -t vsockenc-nextest.XXXXXX)
+trap 'rm -f "$nextest_log"' EXIT
+run_tests() {
+    cargo nextest run --workspace --locked 2>&1 | tee "$nextest_log"
+    return "${PIPESTATUS[0]}"
+}
+step tests run_tests
 
 # ---- extra suites: checks with their own scripts ------------------------------
 # Each runs only if its script exists and is executable; the lead enables or
@@ -80,9 +87,23 @@ if [ -x scripts/check-install.sh ]; then
 fi
 # ---- end of extra suites --------------------------------------------------------
 
+# The test counts again, as the last line, in the plain "N passed, N failed"
+# form (nextest's own summary is further up when extra suites ran after it).
+test_counts() {
+    local summary run passed skipped
+    summary=$(grep -E '^ *Summary \[' "$nextest_log" | tail -n1) || return 0
+    run=$(sed -nE 's/.* ([0-9]+) tests? run:.*/\1/p' <<<"$summary")
+    passed=$(sed -nE 's/.*run: ([0-9]+) passed.*/\1/p' <<<"$summary")
+    skipped=$(sed -nE 's/.* ([0-9]+) skipped.*/\1/p' <<<"$summary")
+    [ -n "$run" ] && [ -n "$passed" ] || return 0
+    echo "tests: $passed passed, $((run - passed)) failed, ${skipped:-0} skipped"
+}
+
 echo
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "test.sh: FAILED: ${failed[*]}"
+    test_counts
     exit 1
 fi
 echo "test.sh: all steps passed"
+test_counts
