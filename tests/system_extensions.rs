@@ -156,3 +156,77 @@ fn extensions_off_is_legacy_mode() {
     assert_eq!(s.u64("wire-bytes"), s.u64("raw-bytes"), "{s}");
     assert!(r.min_psnr_y > 30.0);
 }
+
+/// CPU time (user + system) of this process so far.
+fn process_cpu() -> Duration {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: ru is a valid rusage for the call.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Measurement, not a check: 1080p desktop-like and full-motion content
+/// through the daemon, legacy mode against extensions, as fast as the
+/// machine goes. Run with
+/// `cargo test --test system_extensions measure_1080p -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_1080p() {
+    sys::init();
+    let dir = TempDir::new("ext-measure");
+    let daemon = Daemon::start(Transport::Tcp, &dir, &[]);
+    let frames = 60;
+    let source = |content: Content, format: &str| {
+        match content {
+        Content::Desktop => format!(
+            "compositor name=mix background=black sink_1::xpos=640 sink_1::ypos=360 ! \
+               timeoverlay font-desc=\"Sans 24\" ! videoconvert ! \
+               video/x-raw,format={format},width=1920,height=1080,framerate=60/1 ! \
+               queue max-size-buffers=2 leaky=downstream ! vsockenc name=enc PROPS ! fakesink sync=false \
+             videotestsrc num-buffers={frames} pattern=colors ! \
+               video/x-raw,width=1920,height=1080,framerate=60/1 ! mix.sink_0 \
+             videotestsrc num-buffers={frames} pattern=ball ! \
+               video/x-raw,width=48,height=48,framerate=60/1 ! mix.sink_1"
+        ),
+        Content::FullMotion => format!(
+            "videotestsrc num-buffers={frames} pattern=snow ! \
+               video/x-raw,format={format},width=1920,height=1080,framerate=60/1 ! \
+               queue max-size-buffers=2 leaky=downstream ! vsockenc name=enc PROPS ! fakesink sync=false"
+        ),
+    }
+    };
+    let run = |desc: String| -> (Stats, Duration, Duration) {
+        let p = pipeline::launch(&desc);
+        let enc = pipeline::element(&p, "enc");
+        let (cpu, wall) = (process_cpu(), std::time::Instant::now());
+        pipeline::play(&p);
+        let r = pipeline::wait_eos(&p, Duration::from_secs(100));
+        let (cpu, wall) = (process_cpu() - cpu, wall.elapsed());
+        let stats = Stats::of(&enc);
+        pipeline::shutdown(&p);
+        r.unwrap_or_else(|e| panic!("{e}"));
+        (stats, cpu, wall)
+    };
+    println!("| content | format | mode | frames sent | wire/raw | compact frames | fps | process CPU ms/frame |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (content, name) in [
+        (Content::Desktop, "desktop-like"),
+        (Content::FullMotion, "full motion"),
+    ] {
+        for format in ["NV12", "BGRx"] {
+            for (mode, ext) in [("legacy", "false"), ("extensions", "true")] {
+                let props = format!("{} extensions={ext}", daemon.addr.element_props());
+                let (s, cpu, wall) = run(source(content, format).replace("PROPS", &props));
+                let sent = s.u64("frames-sent");
+                println!(
+                    "| {name} | {format} | {mode} | {sent} | {:.2}% | {} | {:.1} | {:.2} |",
+                    100.0 * s.u64("wire-bytes") as f64 / s.u64("raw-bytes").max(1) as f64,
+                    s.u64("compact-frames"),
+                    sent as f64 / wall.as_secs_f64(),
+                    cpu.as_secs_f64() * 1000.0 / sent.max(1) as f64,
+                );
+            }
+        }
+    }
+}
