@@ -143,7 +143,7 @@ destdir=$tmp/root
 
 setup_args=(--prefix="$prefix" --libdir="$libdir" --buildtype="$buildtype")
 if [ -n "${CARGO_TARGET_DIR:-}" ]; then
-    setup_args+=(-Dcargo_target_dir="$CARGO_TARGET_DIR")
+    setup_args+=(-Dcargo_target_dir="$(realpath -m "$CARGO_TARGET_DIR")")
 else
     setup_args+=(-Dcargo_target_dir=)
 fi
