@@ -281,6 +281,15 @@ impl GuestExt {
         self.accepted.is_some()
     }
 
+    /// Whether extension `bit` is or may still become usable: asked for,
+    /// and accepted or not answered yet.
+    pub fn may_use(&self, bit: u32) -> bool {
+        match self.accepted {
+            Some(a) => a & bit != 0,
+            None => self.requested & bit != 0,
+        }
+    }
+
     /// Whether to record checksums of the frames sent: FRAME_CHECKSUM was
     /// accepted, or was asked for and the answer is still out (the host
     /// checksums every frame after its HELLO_ACK, including those the guest
@@ -522,6 +531,8 @@ mod tests {
         let mut g = GuestExt::new(FRAME_CHECKSUM);
         assert!(g.wants_checksums(), "asked for, answer still out");
         assert!(!GuestExt::new(COMPACT).wants_checksums());
+        assert!(GuestExt::new(COMPACT).may_use(COMPACT));
+        assert!(!GuestExt::new(DRAIN).may_use(COMPACT));
         let mut refused = GuestExt::new(FRAME_CHECKSUM);
         refused.on_ack(&HelloAck::default());
         assert!(!refused.wants_checksums());
