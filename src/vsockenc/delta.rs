@@ -20,6 +20,7 @@ struct Reference {
 
 pub struct DeltaSender {
     encoder: CompactEncoder,
+    lz4: bool,
     reference: Option<Reference>,
 }
 
@@ -33,6 +34,7 @@ impl Default for DeltaSender {
     fn default() -> Self {
         DeltaSender {
             encoder: CompactEncoder::new(TILE, TILE, Compression::Off),
+            lz4: false,
             reference: None,
         }
     }
@@ -60,7 +62,13 @@ impl DeltaSender {
         self.reference = None;
     }
 
+    /// Whether LZ4 may be used (the host accepted it). Only a change
+    /// resets the encoder's compression back-off.
     pub fn set_compression(&mut self, lz4: bool) {
+        if lz4 == self.lz4 {
+            return;
+        }
+        self.lz4 = lz4;
         self.encoder.set_compression(if lz4 {
             Compression::Auto
         } else {

@@ -360,7 +360,7 @@ impl Shared {
         let cur = vframe
             .zip(WireFormat::from_fourcc(req.format))
             .and_then(|(vf, format)| delta::hx_frame(vf, format));
-        let (index, ref_index, verify, lz4) = {
+        let (index, ref_index, verify, lz4, keep) = {
             let mut ext = conn.ext.lock();
             let ref_index = cur
                 .as_ref()
@@ -370,6 +370,7 @@ impl Shared {
                 ref_index,
                 ext.wants_checksums(),
                 ext.has(ext_bits::LZ4),
+                ext.may_use(ext_bits::COMPACT),
             )
         };
         if let (true, Some(c)) = (verify, &cur) {
@@ -399,7 +400,9 @@ impl Shared {
         match &result {
             Ok(n) => {
                 conn.ext.lock().frame_sent(index, cur.is_some());
-                if cur.is_some() {
+                // Holding the buffer only pays off while compact frames
+                // may follow (not with a legacy host).
+                if cur.is_some() && keep {
                     delta.remember(conn.generation, index, f.input.to_owned(), f.info);
                 } else {
                     delta.forget();
