@@ -16,6 +16,9 @@ struct Reference {
     index: u32,
     buffer: gst::Buffer,
     info: gst_video::VideoInfo,
+    /// Stride of its FRAME_REQUEST: a COMPACT_FRAME must name the same
+    /// (buffers from another pool may have another stride).
+    wire_stride: u32,
 }
 
 pub struct DeltaSender {
@@ -78,10 +81,17 @@ impl DeltaSender {
 
     /// The reference index usable on connection `generation` for frame
     /// geometry `info`, if the host holds exactly frame `ref_index`.
-    fn usable(&self, generation: u64, ref_index: u32, info: &gst_video::VideoInfo) -> bool {
+    fn usable(
+        &self,
+        generation: u64,
+        ref_index: u32,
+        info: &gst_video::VideoInfo,
+        wire_stride: u32,
+    ) -> bool {
         self.reference.as_ref().is_some_and(|r| {
             r.generation == generation
                 && r.index == ref_index
+                && r.wire_stride == wire_stride
                 && r.info.format() == info.format()
                 && r.info.width() == info.width()
                 && r.info.height() == info.height()
@@ -99,7 +109,8 @@ impl DeltaSender {
         req: &FrameRequest,
         session_id: u16,
     ) -> Plan<'s> {
-        let Some(ref_index) = ref_index.filter(|r| self.usable(generation, *r, info)) else {
+        let Some(ref_index) = ref_index.filter(|r| self.usable(generation, *r, info, req.stride))
+        else {
             return Plan::Full;
         };
         let r = self.reference.as_ref().unwrap();
@@ -125,12 +136,14 @@ impl DeltaSender {
         index: u32,
         buffer: gst::Buffer,
         info: &gst_video::VideoInfo,
+        wire_stride: u32,
     ) {
         self.reference = Some(Reference {
             generation,
             index,
             buffer,
             info: info.clone(),
+            wire_stride,
         });
     }
 }

@@ -403,7 +403,13 @@ impl Shared {
                 // Holding the buffer only pays off while compact frames
                 // may follow (not with a legacy host).
                 if cur.is_some() && keep {
-                    delta.remember(conn.generation, index, f.input.to_owned(), f.info);
+                    delta.remember(
+                        conn.generation,
+                        index,
+                        f.input.to_owned(),
+                        f.info,
+                        req.stride,
+                    );
                 } else {
                     delta.forget();
                 }
