@@ -6,9 +6,11 @@
 # Installs what is missing (scripts/setup.sh), builds the release plugin and
 # daemon, starts `vsockenc-host` on a private Unix socket, encodes five
 # seconds of a moving test pattern through the `vsockenc` element into an
-# MP4 file, decodes that file again to count its frames, and prints a
-# summary: frames, wall time, fps, bytes per frame and the encoder the
-# daemon chose. It fails loudly when anything is missing or goes wrong.
+# MP4 file (examples/encode_test_pattern.rs), decodes that file again to
+# count its frames, and prints a summary: frames, wall time, fps, bytes per
+# frame, the host's response latency and drops from the element's `stats`,
+# and the encoder the daemon chose. It fails loudly when anything is missing
+# or goes wrong.
 #
 # Environment:
 #   DEMO_OUTPUT    where to write the MP4 (default: ./vsockenc-demo.mp4)
@@ -29,17 +31,20 @@ die() {
 
 scripts/setup.sh
 
-say "building the release plugin and daemon (cargo build --release --locked)"
+say "building the release plugin, daemon and demo program (cargo build --release --locked)"
 cargo build --release --locked
+cargo build --release --locked --example encode_test_pattern
 
 release="${CARGO_TARGET_DIR:-$PWD/target}/release"
 plugin="$release/libgstvsockenc.so"
 daemon="$release/vsockenc-host"
+demo="$release/examples/encode_test_pattern"
 
 # ---- is everything there? -----------------------------------------------------
 not_there=()
 [ -f "$plugin" ] || not_there+=("the plugin library $plugin was not built")
 [ -x "$daemon" ] || not_there+=("the host daemon $daemon was not built")
+[ -x "$demo" ] || not_there+=("the demo program $demo was not built")
 if [ -f "$plugin" ] && ! GST_PLUGIN_PATH="$release" gst-inspect-1.0 vsockenc >/dev/null 2>&1; then
     not_there+=("the vsockenc element is not built yet (gst-inspect-1.0 vsockenc does not find it in $plugin)")
 fi
@@ -92,14 +97,11 @@ encoder=$(grep -o 'encoder: [^ ,()]*' "$host_log" | head -n1 | cut -d' ' -f2)
 
 say "encoding $frames frames of 640x360 through vsockenc into $output"
 rm -f "$output"
-pipeline_log="$tmp/gst-launch.log"
+demo_log="$tmp/encode_test_pattern.log"
 start=$(date +%s.%N)
-if ! GST_PLUGIN_PATH="$release" timeout 300 gst-launch-1.0 -e \
-    videotestsrc pattern=ball is-live=false num-buffers="$frames" \
-    ! video/x-raw,width=640,height=360,framerate=30/1 \
-    ! vsockenc socket-path="$socket" \
-    ! h264parse ! mp4mux ! filesink location="$output" >"$pipeline_log" 2>&1; then
-    cat "$pipeline_log" >&2
+if ! timeout 300 "$demo" --socket "$socket" --output "$output" --frames "$frames" \
+    --width 640 --height 360 >"$demo_log" 2>&1; then
+    cat "$demo_log" >&2
     say "vsockenc-host log:"
     cat "$host_log" >&2
     die "the encoding pipeline failed (its output is above)"
@@ -125,6 +127,9 @@ awk -v n="$decoded" -v want="$frames" -v s="$start" -v e="$end" -v b="$bytes" \
     printf "  encoder     %s (chosen by vsockenc-host)\n", enc
     printf "  output      %s\n", out
 }'
+echo
+echo "what the vsockenc element reported (examples/encode_test_pattern, from its stats):"
+sed 's/^/  /' "$demo_log"
 if [ "$decoded" -ne "$frames" ]; then
     say "vsockenc-host log:"
     cat "$host_log" >&2
