@@ -29,7 +29,9 @@ use super::transport::{self, Address};
 /// A frame to send, as `handle_frame` sees it.
 pub struct FrameToSend<'a> {
     pub frame_id: u32,
-    pub input: &'a gst::BufferRef,
+    /// The owned input buffer: compact frames keep a reference to it (not a
+    /// copy) as the next reference frame.
+    pub input: &'a gst::Buffer,
     pub info: &'a gst_video::VideoInfo,
     pub pts: Option<gst::ClockTime>,
     pub duration: Option<gst::ClockTime>,
@@ -406,7 +408,7 @@ impl Shared {
                     delta.remember(
                         conn.generation,
                         index,
-                        f.input.to_owned(),
+                        f.input.clone(),
                         f.info,
                         req.stride,
                     );
