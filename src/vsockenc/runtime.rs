@@ -405,13 +405,7 @@ impl Shared {
                 // Holding the buffer only pays off while compact frames
                 // may follow (not with a legacy host).
                 if cur.is_some() && keep {
-                    delta.remember(
-                        conn.generation,
-                        index,
-                        f.input.clone(),
-                        f.info,
-                        req.stride,
-                    );
+                    delta.remember(conn.generation, index, f.input.clone(), f.info, req.stride);
                 } else {
                     delta.forget();
                 }
