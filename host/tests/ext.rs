@@ -380,3 +380,104 @@ fn forced_keyframe_after_compact_frames() {
     }
     assert_eq!(keys, [true, false, false, false, false, true, false, false]);
 }
+
+/// Malformed extension messages: each is refused with an error naming what
+/// is wrong, nothing crashes, and the connection keeps working.
+#[test]
+fn malformed_extension_messages_are_refused_and_the_connection_survives() {
+    use hxfr::ext::{ext_type, CompactHeader, TileEncoding};
+    use hxfr::Header;
+    init();
+    let daemon = Daemon::start(&[
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--encoder",
+        "x264enc",
+        "--max-frame-bytes",
+        "1000000",
+    ]);
+    let mut c = ExtClient::connect(&daemon);
+    c.hello(ext_bits::COMPACT | ext_bits::LZ4 | ext_bits::ERROR_PTS);
+    let base = test_frame(Fmt::Bgrx, 64, 48, 256, 0, 7);
+    let mut v = Vec::new();
+    hxfr::write::write_frame_request(&mut v, 1, &base.request(1, false), &[&base.pixels]).unwrap();
+    c.send(&v);
+    assert_eq!(c.recv_response().pts, 1);
+
+    // Each case follows a full frame (a refused compact frame makes the
+    // daemon forget its reference): full frame 2i+1, case 2i+2.
+    let compact = |i: u32, encoding, data: &[u8], bitmap: u8, raw_len: u32, changed: u32| {
+        let header = CompactHeader {
+            request: base.request(2, false),
+            ref_index: 2 * i + 1,
+            tile_width: 64,
+            tile_height: 64,
+            encoding,
+            changed_tiles: changed,
+            data_len: data.len() as u32,
+            raw_len,
+        };
+        let mut body = vec![bitmap];
+        body.extend_from_slice(data);
+        ExtMessage::CompactFrame(hxfr::ext::CompactFrame { header, body }).encode(1)
+    };
+    let full_tile = 48 * 256;
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            compact(0, TileEncoding::Lz4, &[0xff, 0xff, 0xff], 1, full_tile, 1),
+            "LZ4 block is corrupt",
+        ),
+        (
+            compact(1, TileEncoding::Raw, &[1, 2, 3], 1, 3, 1),
+            "raw_len 3 but the changed tiles hold 12288 bytes",
+        ),
+        (
+            compact(2, TileEncoding::Raw, &[], 3, 0, 2),
+            "bitmap has bits set past its 1 tiles",
+        ),
+        // Over --max-frame-bytes: skipped unread, framing kept.
+        (
+            Header::new(ext_type::COMPACT_FRAME, 0, 1, 2_000_000)
+                .to_bytes()
+                .to_vec(),
+            "exceeds limit",
+        ),
+    ];
+    for (i, (bytes, want)) in cases.into_iter().enumerate() {
+        let oversize = bytes.len() == 12;
+        let mut v = Vec::new();
+        let full = base.request(100 + i as i64, false);
+        hxfr::write::write_frame_request(&mut v, 1, &full, &[&base.pixels]).unwrap();
+        c.send(&v);
+        assert_eq!(c.recv_response().pts, 100 + i as i64);
+        c.send(&bytes);
+        if oversize {
+            // The payload the header announced follows; the daemon skips it.
+            c.send(&vec![0u8; 2_000_000]);
+        }
+        match c.recv() {
+            Decoded::Ext(_, ExtMessage::ErrorPts(e)) => {
+                assert!(e.message.contains(want), "case {i}: {}", e.message);
+                assert_eq!(e.frame_index, 2 * i as u32 + 2, "case {i}");
+            }
+            other => panic!("case {i}: expected ERROR_PTS, got {other:?}"),
+        }
+    }
+    // Truncated HELLO (below its 44 bytes) after the fact: a legacy ERROR.
+    let mut short = Header::new(ext_type::HELLO, 0, 1, 4).to_bytes().to_vec();
+    short.extend_from_slice(&[1, 0, 0, 0]);
+    c.send(&short);
+    match c.recv() {
+        Decoded::Legacy(_, Message::Error(e)) => {
+            assert!(e.message.contains("below the 44 bytes"), "{}", e.message)
+        }
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+    // Still serving: a full frame encodes, PING answers.
+    let mut v = Vec::new();
+    hxfr::write::write_frame_request(&mut v, 1, &base.request(9, false), &[&base.pixels]).unwrap();
+    c.send(&v);
+    assert_eq!(c.recv_response().pts, 9);
+    c.send(&Message::Ping.encode(3));
+    assert!(matches!(c.recv(), Decoded::Legacy(_, Message::Pong)));
+}
