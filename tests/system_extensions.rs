@@ -315,3 +315,57 @@ fn changing_strides_never_break_compact_frames() {
     // Frames 1, 2, 4, 7, 8 have a reference of the same stride.
     assert_eq!(s.u64("compact-frames"), 5, "{s}");
 }
+
+/// The daemon dies and comes back: the new connection negotiates again, its
+/// first frame goes out in full (the new daemon holds no reference), compact
+/// frames resume, and every frame either daemon encoded matched the guest's.
+#[test]
+fn compact_frames_resume_after_a_daemon_restart() {
+    sys::init();
+    let dir = TempDir::new("ext-restart");
+    let mut daemon = Daemon::start(Transport::Unix, &dir, &[]);
+    let addr = daemon.addr.clone();
+    let desc = format!(
+        "videotestsrc is-live=true pattern=colors ! \
+           video/x-raw,width=160,height=120,framerate=30/1 ! timeoverlay ! videoconvert ! \
+           video/x-raw,format=NV12 ! \
+         vsockenc name=enc {props} verify-frames=true reconnect-interval=100 \
+           response-timeout=1000 keyframe-interval=0 ! fakesink sync=false",
+        props = addr.element_props()
+    );
+    let p = pipeline::launch(&desc);
+    let enc = pipeline::element(&p, "enc");
+    let stat = |f: &str| Stats::of(&enc).u64(f);
+    let wait = |what: &str, pred: &dyn Fn() -> bool| {
+        let t0 = std::time::Instant::now();
+        while !pred() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "timed out waiting for {what}: {}",
+                Stats::of(&enc)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    pipeline::play(&p);
+    wait("15 compact frames", &|| stat("compact-frames") >= 15);
+    daemon.kill_hard();
+    wait("the loss of the connection", &|| {
+        Stats::of(&enc).0.get::<u32>("extensions") == Ok(0)
+            || stat("dropped-disconnect") + stat("dropped-no-host") > 0
+    });
+    let compact_before = stat("compact-frames");
+    let _daemon = Daemon::start_on(addr, &[]);
+    wait("the reconnect", &|| stat("reconnects") >= 1);
+    wait("15 more compact frames", &|| {
+        stat("compact-frames") >= compact_before + 15
+    });
+    let eos = pipeline::stop_with_eos(&p, Duration::from_secs(20));
+    let s = Stats::of(&enc);
+    pipeline::shutdown(&p);
+    eos.unwrap_or_else(|e| panic!("{e}; {s}"));
+    assert_eq!(s.u64("checksum-mismatches"), 0, "{s}");
+    assert_eq!(s.u64("host-errors"), 0, "no compact frame was refused: {s}");
+    assert!(s.u64("checksum-matches") >= 30, "{s}");
+    assert_eq!(s.0.get::<u32>("extensions"), Ok(31), "{s}");
+}
