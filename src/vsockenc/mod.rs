@@ -11,6 +11,13 @@
 //! chain. The connection is re-established after a failure (`reconnect`),
 //! and an idle stream sends PINGs (`keepalive-interval`).
 //!
+//! With `vsockenc-host` the element also uses the negotiated protocol
+//! extensions (`extensions`, on by default; a legacy host only ever sees one
+//! skipped HELLO): frames that differ little from the previous one go out as
+//! the changed tiles only (optionally LZ4-compressed), errors name their
+//! frame, and EOS ends with a drain handshake instead of timeouts. `stats`
+//! shows `wire-bytes` against `raw-bytes`. See `docs/protocol.md`.
+//!
 //! ```text
 //! gst-launch-1.0 videotestsrc is-live=true ! video/x-raw,format=NV12 ! \
 //!     vsockenc tcp-host=10.0.2.2 bitrate=6000 ! h264parse ! fakesink
