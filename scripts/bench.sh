@@ -26,7 +26,8 @@ mkdir -p "$out"
 cargo build --release --locked -p vsockenc-host
 cargo build --release --locked -p gst-plugin-vsockenc --example bench
 
-"$CARGO_TARGET_DIR/release/examples/bench" \
+BENCH_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || true)" \
+    "$CARGO_TARGET_DIR/release/examples/bench" \
     --host-bin "$CARGO_TARGET_DIR/release/vsockenc-host" \
     --json "$out/bench-results.json" "$@" | tee "$CARGO_TARGET_DIR/bench-output.txt"
 

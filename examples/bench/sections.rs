@@ -145,6 +145,10 @@ pub fn run_all(o: Options) -> Result<()> {
             ("command".to_string(), J::str(command)),
             ("quick".to_string(), J::Bool(o.quick)),
             (
+                "commit".to_string(),
+                std::env::var("BENCH_COMMIT").map_or(J::Null, J::Str),
+            ),
+            (
                 "machine".to_string(),
                 J::obj([
                     ("nproc", J::num(machine.nproc as f64)),
