@@ -63,8 +63,15 @@ tmp=$(mktemp -d /tmp/vsockenc-check-install.XXXXXX)
 logs=$tmp/logs
 mkdir -p "$logs"
 cleanup() {
+    local rc=$?
     if [ "$keep" = 1 ]; then
         echo "check-install: kept $tmp"
+    elif [ $rc -ne 0 ]; then
+        # Keep the logs (and the service check's output) for the failure
+        # message; drop the build, which may hold a whole cargo target dir.
+        [ ! -d "$tmp/svc/out" ] || cp -a "$tmp/svc/out" "$logs/service-out" 2>/dev/null || true
+        find "$tmp" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} + 2>/dev/null || true
+        echo "check-install: logs kept in $logs" >&2
     else
         rm -rf "$tmp"
     fi
@@ -465,7 +472,7 @@ EOF
     [ -e "$svc/out/done" ] || { tail -n 30 "$logs/service-boot.log" "$svc/out/check.log" 2>/dev/null >&2
         fail "--service: the container did not finish its check (see $logs/service-boot.log)"; }
     o=$svc/out
-    svc_fail() { echo "---- journal ----" >&2; grep -v ' kernel: ' "$o/journal.txt" | tail -n 30 >&2; fail "--service: $*"; }
+    svc_fail() { echo "---- journal ----" >&2; tail -n 30 "$o/journal.txt" >&2; fail "--service: $*"; }
     grep -qx 'ActiveState=active' "$o/show.txt" && grep -qx 'SubState=running' "$o/show.txt" &&
         grep -qx 'NRestarts=0' "$o/show.txt" || svc_fail "vsockenc-host.service was not running: $(tr '\n' ' ' <"$o/show.txt")"
     uid=$(awk '/^Uid:/ {print $2}' "$o/status.txt")
