@@ -100,8 +100,7 @@ pub fn run(spec: RunSpec<'_>) -> Result<RunResult> {
     let frame_bytes = spec.frames.frame_bytes() as u64;
     appsrc.set_caps(Some(&spec.frames.caps));
     appsrc.set_format(gst::Format::Time);
-    appsrc.set_block(true);
-    appsrc.set_max_bytes(3 * frame_bytes);
+    appsrc.set_max_bytes(2 * frame_bytes);
     let enc = pipeline
         .by_name("enc")
         .ok_or_else(|| anyhow!("no element named enc in {desc}"))?;
@@ -150,53 +149,62 @@ pub fn run(spec: RunSpec<'_>) -> Result<RunResult> {
             });
     }
 
-    let cpu0 = sys::process_cpu();
-    let start = Instant::now();
-    pipeline.set_state(gst::State::Playing)?;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let feeder = {
+    // Frames are pushed from appsrc's own streaming thread when it asks for
+    // data (need-data), so feeding costs no thread hand-off: the source adds
+    // no wake-ups of its own to what is measured.
+    let fed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let start = Arc::new(Mutex::new(None::<Instant>));
+    {
         let buffers = spec.frames.buffers.clone();
-        let appsrc = appsrc.clone();
-        let stop = stop.clone();
+        let (fed, done, start) = (fed.clone(), done.clone(), start.clone());
         let (max_frames, min_frames, duration, pace) = (
             spec.max_frames,
             spec.min_frames,
             spec.duration,
             spec.pace_fps,
         );
-        std::thread::spawn(move || {
-            let frame_ns = 1_000_000_000u64 / 30;
-            let mut fed = 0u64;
-            while fed < max_frames && !stop.load(Ordering::Relaxed) {
-                if let Some(d) = duration {
-                    if fed >= min_frames && start.elapsed() >= d {
-                        break;
+        let frame_ns = 1_000_000_000u64 / 30;
+        appsrc.set_callbacks(
+            gst_app::AppSrcCallbacks::builder()
+                .need_data(move |appsrc, _| {
+                    if done.load(Ordering::Relaxed) {
+                        return;
                     }
-                }
-                if let Some(fps) = pace {
-                    let due = start + Duration::from_secs_f64(fed as f64 / fps);
-                    let now = Instant::now();
-                    if due > now {
-                        std::thread::sleep(due - now);
+                    let start = *start.lock().unwrap().get_or_insert_with(Instant::now);
+                    let n = fed.load(Ordering::Relaxed);
+                    let out_of_time =
+                        duration.is_some_and(|d| n >= min_frames && start.elapsed() >= d);
+                    if n >= max_frames || out_of_time {
+                        done.store(true, Ordering::Relaxed);
+                        let _ = appsrc.end_of_stream();
+                        return;
                     }
-                }
-                // A shallow copy shares the pixels; only the metadata is new.
-                let mut b = buffers[(fed % buffers.len() as u64) as usize].copy();
-                {
-                    let b = b.get_mut().unwrap();
-                    b.set_pts(gst::ClockTime::from_nseconds(fed * frame_ns));
-                    b.set_duration(gst::ClockTime::from_nseconds(frame_ns));
-                }
-                if appsrc.push_buffer(b).is_err() {
-                    break;
-                }
-                fed += 1;
-            }
-            let _ = appsrc.end_of_stream();
-            fed
-        })
-    };
+                    if let Some(fps) = pace {
+                        let due = start + Duration::from_secs_f64(n as f64 / fps);
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                    }
+                    // A shallow copy shares the pixels; only the metadata is new.
+                    let mut b = buffers[(n % buffers.len() as u64) as usize].copy();
+                    {
+                        let b = b.get_mut().unwrap();
+                        b.set_pts(gst::ClockTime::from_nseconds(n * frame_ns));
+                        b.set_duration(gst::ClockTime::from_nseconds(frame_ns));
+                    }
+                    if appsrc.push_buffer(b).is_ok() {
+                        fed.store(n + 1, Ordering::Relaxed);
+                    }
+                })
+                .build(),
+        );
+    }
+
+    let cpu0 = sys::process_cpu();
+    let wall0 = Instant::now();
+    pipeline.set_state(gst::State::Playing)?;
 
     let bus = pipeline.bus().unwrap();
     let mut error = None;
@@ -219,9 +227,9 @@ pub fn run(spec: RunSpec<'_>) -> Result<RunResult> {
     let stats = enc
         .find_property("stats")
         .and_then(|_| enc.property::<Option<gst::Structure>>("stats"));
-    stop.store(true, Ordering::Relaxed);
+    done.store(true, Ordering::Relaxed);
     pipeline.set_state(gst::State::Null)?;
-    let frames_in = feeder.join().expect("feeder panicked");
+    let frames_in = fed.load(Ordering::Relaxed);
 
     let mut t = timing.lock().unwrap();
     let n = t.out.len();
@@ -230,7 +238,7 @@ pub fn run(spec: RunSpec<'_>) -> Result<RunResult> {
         let s = (t.out[n - 1] - t.out[warm]).as_secs_f64();
         (s, (n - 1 - warm) as f64 / s)
     } else {
-        (start.elapsed().as_secs_f64(), 0.0)
+        (wall0.elapsed().as_secs_f64(), 0.0)
     };
     let mut latencies_ms = std::mem::take(&mut t.latencies_ms);
     latencies_ms.sort_by(f64::total_cmp);
