@@ -227,7 +227,13 @@ fn transport_section(
     for socket in [Socket::Unix, Socket::Tcp] {
         for f in Format::ALL {
             let fr = &frames[f.name()];
-            let map = fr.buffers[0].map_readable()?;
+            let maps = fr
+                .buffers
+                .iter()
+                .map(|b| b.map_readable())
+                .collect::<Result<Vec<_>, _>>()?;
+            let slices: Vec<&[u8]> = maps.iter().map(|m| m.as_slice()).collect();
+            let map = &maps[0];
             let req = hxfr::FrameRequest {
                 width: WIDTH,
                 height: HEIGHT,
@@ -238,13 +244,7 @@ fn transport_section(
             };
             let mut runs = Vec::new();
             for _ in 0..o.reps {
-                runs.push(transport::measure(
-                    socket,
-                    work,
-                    req,
-                    map.as_slice(),
-                    o.duration,
-                )?);
+                runs.push(transport::measure(socket, work, req, &slices, o.duration)?);
             }
             runs.sort_by(|a, b| a.fps.total_cmp(&b.fps));
             let lim = runs.swap_remove(runs.len() / 2);
@@ -317,10 +317,12 @@ fn element_section(
         "{:<6} {:>7} {:>4} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7}  note",
         "format", "host ms", "N", "fps", "ideal", "/ideal", "/limit", "/N=1", "rtt ms", "frames"
     ));
+    say("(at 0 ms the unix transport limit is measured again, interleaved with each row's runs, and the row is compared with that)");
     say("(ideal = min(unix transport limit, N / host latency); /N=1 = fps over the max-in-flight 1 row; rtt = the element's mean request-to-response time, stats latency-mean-us; median of --reps runs)");
     let mut rows = Vec::new();
     let mut n1: HashMap<(&str, u64), f64> = HashMap::new();
     let mut fps_at: HashMap<(&str, u64, u32), f64> = HashMap::new();
+    let mut paired_limit: HashMap<(&str, u32), f64> = HashMap::new();
     for &lat in &o.latencies_ms {
         let sock = work.join(format!("peer-{lat}ms.sock"));
         let peer = PeerProcess::start(&format!("unix:{}", sock.display()), ms(lat))?;
@@ -332,22 +334,35 @@ fn element_section(
         for &f in &formats {
             let limit = limits.get(&("unix", f.name())).copied();
             for &mif in &o.in_flight {
-                let res = pipeline::run_median(
-                    RunSpec {
-                        frames: &frames[f.name()],
-                        encoder: format!(
-                            "vsockenc name=enc socket-path={} max-in-flight={mif}",
-                            sock.display()
-                        ),
-                        max_frames: u64::MAX,
-                        duration: Some(o.duration),
-                        min_frames: 10,
-                        pace_fps: None,
-                        progress: None,
-                        timeout: o.duration + Duration::from_secs(60),
-                    },
-                    o.reps,
-                )?;
+                let spec = RunSpec {
+                    frames: &frames[f.name()],
+                    encoder: format!(
+                        "vsockenc name=enc socket-path={} max-in-flight={mif}",
+                        sock.display()
+                    ),
+                    max_frames: u64::MAX,
+                    duration: Some(o.duration),
+                    min_frames: 10,
+                    pace_fps: None,
+                    progress: None,
+                    timeout: o.duration + Duration::from_secs(60),
+                };
+                // At 0 ms the row is compared with the transport limit, so
+                // the limit is measured again interleaved with this row's
+                // runs: background load drifts over minutes on a shared
+                // machine, and a pair measured together shares it.
+                let (res, limit) = if lat == 0 {
+                    let (mut runs, mut lims) = (Vec::new(), Vec::new());
+                    for _ in 0..o.reps {
+                        lims.push(limit_once(o, work, &frames[f.name()])?);
+                        runs.push(pipeline::run(spec.clone())?);
+                    }
+                    let paired = median_by(lims, |v| *v);
+                    paired_limit.insert((f.name(), mif), paired);
+                    (median_by(runs, |r| r.fps), Some(paired))
+                } else {
+                    (pipeline::run_median(spec, o.reps)?, limit)
+                };
                 if mif == 1 {
                     n1.insert((f.name(), lat), res.fps);
                 }
@@ -393,6 +408,10 @@ fn element_section(
                     (
                         "ratio_to_transport_limit",
                         J::opt(limit.map(|l| res.fps / l)),
+                    ),
+                    (
+                        "paired_transport_limit_fps",
+                        J::opt(paired_limit.get(&(f.name(), mif)).copied()),
                     ),
                     ("ratio_to_max_in_flight_1", J::opt(ratio_n1)),
                     ("in_out_latency_p50_ms", J::num(res.latency_p(50.0))),
@@ -445,12 +464,18 @@ fn element_section(
 
     for &f in &formats {
         let limit = limits.get(&("unix", f.name())).copied();
-        if let (Some(limit), Some(&fps)) = (limit, fps_at.get(&(f.name(), 0, 4))) {
-            let ratio = fps / limit;
+        let paired = paired_limit.get(&(f.name(), 4)).copied();
+        if let (Some(l0), Some(&fps)) = (paired.or(limit), fps_at.get(&(f.name(), 0, 4))) {
+            let ratio = fps / l0;
             r.target(
                 &format!("{} 1080p at 0 ms host latency, max-in-flight 4", f.name()),
                 ">= 0.90 of the unix transport limit".into(),
-                format!("{fps:.1} fps = {ratio:.2} of {limit:.1} fps"),
+                format!(
+                    "{fps:.1} fps = {ratio:.2} of {l0:.1} fps (limit measured interleaved with these runs{})",
+                    limit
+                        .map(|l| format!("; section 1 measured {l:.1} fps"))
+                        .unwrap_or_default()
+                ),
                 Some(ratio >= 0.9),
             );
         }
@@ -482,6 +507,27 @@ fn element_section(
         }
     }
     Ok(())
+}
+
+/// One transport-limit measurement of a frame of `frames` over a Unix
+/// socket, in fps.
+fn limit_once(o: &Options, work: &Path, frames: &Frames) -> Result<f64> {
+    let f = frames.format;
+    let maps = frames
+        .buffers
+        .iter()
+        .map(|b| b.map_readable())
+        .collect::<Result<Vec<_>, _>>()?;
+    let slices: Vec<&[u8]> = maps.iter().map(|m| m.as_slice()).collect();
+    let req = hxfr::FrameRequest {
+        width: frames.width,
+        height: frames.height,
+        format: f.wire().fourcc(),
+        stride: f.wire().min_stride(frames.width) as u32,
+        duration: 33_333_333,
+        ..Default::default()
+    };
+    Ok(transport::measure(Socket::Unix, work, req, &slices, o.duration)?.fps)
 }
 
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
