@@ -562,3 +562,48 @@ fn truncated_message_from_the_host_reconnects_with_a_warning() {
     bad.extend_from_slice(&[0u8; 30]);
     bad_host_reconnects("trunc", bad, "stream ended inside FRAME_RESPONSE");
 }
+
+/// A host that accepts and hangs up at once (as vsockenc-host does at its
+/// --max-clients) gets one attempt per reconnect-interval, not a storm.
+#[test]
+fn a_host_that_hangs_up_at_once_is_retried_once_per_interval() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    init();
+    let path = socket_path("hangup");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let acceptor = {
+        let (accepted, done) = (accepted.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    // Dropping the stream hangs up.
+                    Ok(_) => {
+                        accepted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        })
+    };
+    let p = gst::parse::launch(&format!(
+        "videotestsrc is-live=true ! video/x-raw,format=BGRx,width=64,height=48,framerate=30/1 ! \
+         vsockenc reconnect-interval=500 socket-path={} ! fakesink sync=false",
+        path.display()
+    ))
+    .unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    p.set_state(gst::State::Null).unwrap();
+    done.store(true, Ordering::SeqCst);
+    acceptor.join().unwrap();
+    let n = accepted.load(Ordering::SeqCst);
+    // The first connection at start, then at most one per 500 ms over 2 s
+    // (one more for rounding at either end).
+    assert!(n >= 2, "the element retried ({n} connections)");
+    assert!(n <= 6, "{n} connections in 2 s with reconnect-interval=500");
+}

@@ -49,6 +49,10 @@ pub struct Shared {
     ever_connected: AtomicBool,
     /// When the output thread should try to connect next (None: never).
     next_connect: Mutex<Option<Instant>>,
+    /// When the current (or last) connection was established: a connection
+    /// lost sooner than `reconnect-interval` after it was made does not get
+    /// an immediate retry.
+    connected_at: Mutex<Option<Instant>>,
     config: Mutex<Option<ConfigRequest>>,
     pub stop: AtomicBool,
     /// An error found off the streaming thread, returned by the next
@@ -74,6 +78,7 @@ impl Shared {
             generation: AtomicU64::new(0),
             ever_connected: AtomicBool::new(false),
             next_connect: Mutex::new(None),
+            connected_at: Mutex::new(None),
             config: Mutex::new(None),
             stop: AtomicBool::new(false),
             flow: Mutex::new(Ok(gst::FlowSuccess::Ok)),
@@ -144,6 +149,7 @@ impl Shared {
             old.close();
         }
         *self.next_connect.lock() = None;
+        *self.connected_at.lock() = Some(Instant::now());
         let reconnected = self.ever_connected.swap(true, Ordering::SeqCst);
         {
             let mut t = self.pending.lock();
@@ -640,7 +646,16 @@ impl ReaderEvents for Shared {
                     self.settings.reconnect_interval_ms
                 ]
             );
-            self.schedule_connect(Instant::now());
+            // Retry at once after a connection that lived a while (a host
+            // restart), but at most once per reconnect-interval: a host that
+            // accepts and then closes at once (for example at its
+            // --max-clients) must not be hammered.
+            let now = Instant::now();
+            let at = match *self.connected_at.lock() {
+                Some(t) => (t + self.settings.reconnect_interval()).max(now),
+                None => now,
+            };
+            self.schedule_connect(at);
         } else {
             gst::element_error!(
                 el,
