@@ -94,7 +94,7 @@ impl VsockEnc {
                 return Ok(());
             }
             let wake = t.earliest_deadline().map_or(give_up, |d| d.min(give_up));
-            shared.pending.wait_until(&mut t, wake);
+            shared.pending.wait_streaming(&mut t, wake);
         }
     }
 
@@ -133,7 +133,7 @@ impl VsockEnc {
                 continue;
             }
             let wake = t.earliest_deadline().map_or(give_up, |d| d.min(give_up));
-            shared.pending.wait_until(&mut t, wake);
+            shared.pending.wait_streaming(&mut t, wake);
         }
     }
 
@@ -550,6 +550,9 @@ impl VideoEncoderImpl for VsockEnc {
         drop(frame);
 
         let obj = self.obj();
+        // Completions now wake this thread, not the output thread: it
+        // drains them below (see the pending module doc, "Wake-ups").
+        let _drainer = shared.pending.streaming_drainer();
         let mut ret = output::finish_ready(&obj, &shared);
         self.wait_for_capacity(&shared)?;
         shared.send(FrameToSend {
@@ -572,6 +575,7 @@ impl VideoEncoderImpl for VsockEnc {
         let Some(shared) = self.shared() else {
             return Ok(gst::FlowSuccess::Ok);
         };
+        let _drainer = shared.pending.streaming_drainer();
         self.drain(&shared)
     }
 

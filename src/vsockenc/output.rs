@@ -2,15 +2,18 @@
 //!
 //! The output thread pushes a frame's output as soon as its response
 //! arrives, even when no further input comes (a static desktop). It sleeps
-//! on the pending table's condvar, waking when the reader completes a frame,
-//! at the earliest frame deadline (to drop timed-out frames) and when the
-//! link needs care (reconnect, keepalive). To finish frames it takes the
-//! encoder's stream lock first and only then the table's mutex, like
-//! `handle_frame`, which already holds the stream lock when it drains. It
-//! only *tries* the stream lock: when it is busy, its holder is nearly always
-//! `handle_frame`/`finish` draining the same table, so the thread looks
-//! again a little later (2 ms, backing off to 50 ms) instead of queueing (which would also hold up
-//! reconnects and keepalives).
+//! on the pending table's output condvar, waking when the reader completes a
+//! frame while `handle_frame`/`finish` are not running (they drain it
+//! themselves otherwise, and hand over what they leave behind), at the
+//! earliest frame deadline (to drop timed-out frames) and when the link
+//! needs care (reconnect, keepalive); see the pending module doc. To finish
+//! frames it takes the encoder's stream lock first and only then the
+//! table's mutex, like `handle_frame`, which already holds the stream lock
+//! when it drains. It only *tries* the stream lock: when it is busy, its
+//! holder is nearly always `handle_frame`/`finish` draining the same table,
+//! so the thread looks again a little later (2 ms, backing off to 50 ms, or
+//! at once when that holder hands over frames it left behind) instead of
+//! queueing (which would also hold up reconnects and keepalives).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -84,7 +87,7 @@ fn run(shared: &Arc<Shared>, element: &glib::WeakRef<super::VsockEnc>) {
                 for d in [deadline, maint].into_iter().flatten() {
                     wake_at = wake_at.min(d);
                 }
-                shared.pending.wait_until(&mut t, wake_at);
+                shared.pending.wait_output(&mut t, wake_at);
             }
         };
         match wake {
@@ -95,7 +98,7 @@ fn run(shared: &Arc<Shared>, element: &glib::WeakRef<super::VsockEnc>) {
                 // queue behind it, look again shortly.
                 let Some(_stream_lock) = StreamLockGuard::try_lock(&el) else {
                     let mut t = shared.pending.lock();
-                    shared.pending.wait_until(&mut t, Instant::now() + retry);
+                    shared.pending.wait_output(&mut t, Instant::now() + retry);
                     retry = (retry * 2).min(LOCK_RETRY_MAX);
                     continue;
                 };
@@ -124,7 +127,7 @@ pub fn finish_ready(
         return Ok(gst::FlowSuccess::Ok);
     }
     // Capacity was freed: wake handle_frame / finish if they wait.
-    shared.pending.notify();
+    shared.pending.notify_streaming();
     let mut ret = Ok(gst::FlowSuccess::Ok);
     for r in ready {
         let res = finish_one(el, r);

@@ -4,7 +4,7 @@
 //! a local close), normalises NAL chunks to Annex-B and hands each result to
 //! the pending table by wire PTS. It never takes the encoder's stream lock
 //! and never calls into GStreamer's streaming path: it only completes table
-//! entries, signals the table's condvar and reports events (host errors,
+//! entries, wakes the table's waiters and reports events (host errors,
 //! protocol trouble, loss of the connection) through [`ReaderEvents`].
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -153,10 +153,10 @@ fn handle_response(
         Match::Unknown => t.complete_oldest(conn.generation, encoded, now),
         _ => t.complete(r.pts, encoded, now) == Match::Matched,
     };
-    drop(t);
     if matched {
-        pending.notify();
+        pending.notify_completed(t);
     } else {
+        drop(t);
         gst::debug!(
             CAT,
             "late response from {} for pts {} discarded",
