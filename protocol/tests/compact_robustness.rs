@@ -3,58 +3,16 @@
 //! size, leaves the reference frame untouched and says what is wrong; an
 //! extension decoder fed garbage never panics and keeps its limits.
 
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 mod extsupport;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
+use counting_alloc::measure;
 use extsupport::{OwnedFrame, Rng};
 use hxfr::compact::{self, CompactEncoder, CompactError, Compression, Delta};
 use hxfr::ext::{ext_type, CompactFrame, CompactHeader, ExtMessage, TileEncoding};
 use hxfr::layout::{FrameLayout, WireFormat};
 use hxfr::{Decoded, Decoder, FrameRequest, Header, Limits};
-
-/// Records the largest single allocation made by each thread (tests run
-/// in parallel threads).
-struct PeakAlloc;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    // try_with: the thread may be tearing down its locals.
-    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
-}
-
-fn reset_largest() {
-    LARGEST.with(|l| l.set(0));
-}
-
-fn largest() -> usize {
-    LARGEST.with(|l| l.get())
-}
-
-unsafe impl GlobalAlloc for PeakAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: PeakAlloc = PeakAlloc;
 
 fn request(f: &OwnedFrame, stride: u32) -> FrameRequest {
     FrameRequest {
@@ -133,9 +91,8 @@ fn apply_checked(
 ) -> Result<(), CompactError> {
     let mut frame = reference.to_vec();
     let mut scratch = Vec::new();
-    reset_largest();
-    let r = compact::apply(&mut frame, layout, cf, &mut scratch);
-    let largest = largest();
+    let (r, allocs) = measure(|| compact::apply(&mut frame, layout, cf, &mut scratch));
+    let largest = allocs.largest;
     // Error texts are built with format!, so allow a little beyond the frame.
     assert!(
         largest <= reference.len().max(4096),
@@ -369,15 +326,16 @@ fn extension_decoder_survives_garbage() {
             stream.extend_from_slice(&body);
         }
         let mut dec = Decoder::with_extensions(limits);
-        reset_largest();
         let mut input = &stream[..];
-        while !input.is_empty() {
-            match dec.decode_ext(&mut input) {
-                Err(e) if e.is_fatal() => break,
-                _ => {}
+        let ((), allocs) = measure(|| {
+            while !input.is_empty() {
+                match dec.decode_ext(&mut input) {
+                    Err(e) if e.is_fatal() => break,
+                    _ => {}
+                }
             }
-        }
-        let largest = largest();
+        });
+        let largest = allocs.largest;
         assert!(
             largest <= 4096 + 68 + 1024,
             "decoder allocated {largest} bytes"
