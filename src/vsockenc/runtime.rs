@@ -46,12 +46,11 @@ pub struct Shared {
     element: glib::WeakRef<super::VsockEnc>,
     link: Mutex<Option<Arc<Connection>>>,
     generation: AtomicU64,
-    ever_connected: AtomicBool,
     /// When the output thread should try to connect next (None: never).
     next_connect: Mutex<Option<Instant>>,
-    /// When the current (or last) connection was established: a connection
-    /// lost sooner than `reconnect-interval` after it was made does not get
-    /// an immediate retry.
+    /// When the current (or last) connection was established (None: never).
+    /// A connection lost sooner than `reconnect-interval` after it was made
+    /// does not get an immediate retry.
     connected_at: Mutex<Option<Instant>>,
     config: Mutex<Option<ConfigRequest>>,
     pub stop: AtomicBool,
@@ -76,7 +75,6 @@ impl Shared {
             element: element.downgrade(),
             link: Mutex::new(None),
             generation: AtomicU64::new(0),
-            ever_connected: AtomicBool::new(false),
             next_connect: Mutex::new(None),
             connected_at: Mutex::new(None),
             config: Mutex::new(None),
@@ -119,6 +117,11 @@ impl Shared {
     pub fn connect(self: &Arc<Self>) -> std::io::Result<()> {
         let s = &self.settings;
         let stream = transport::connect(&self.addr, s.connect_timeout())?;
+        // Before the reader thread starts: if this connection dies at once
+        // (a dying daemon still accepting), the reader's `lost()` schedules
+        // the next attempt, and that schedule must not be cleared below.
+        *self.next_connect.lock() = None;
+        let reconnected = self.connected_at.lock().replace(Instant::now()).is_some();
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let write_timeout = s.response_timeout().max(Duration::from_secs(1));
         let events: Arc<dyn ReaderEvents> = self.clone();
@@ -148,9 +151,6 @@ impl Shared {
         if let Some(old) = old {
             old.close();
         }
-        *self.next_connect.lock() = None;
-        *self.connected_at.lock() = Some(Instant::now());
-        let reconnected = self.ever_connected.swap(true, Ordering::SeqCst);
         {
             let mut t = self.pending.lock();
             if reconnected {
@@ -245,7 +245,7 @@ impl Shared {
     /// send it. Never blocks longer than the socket write timeout.
     pub fn send(&self, f: FrameToSend<'_>) -> Result<(), gst::FlowError> {
         let Some(conn) = self.link() else {
-            let reason = if self.ever_connected.load(Ordering::SeqCst) {
+            let reason = if self.connected_at.lock().is_some() {
                 DropReason::Disconnect
             } else {
                 DropReason::NoHost
