@@ -3,6 +3,7 @@
 # nothing when everything is already there (safe to run again and again).
 #
 #   scripts/setup.sh [GROUP...]
+#   scripts/setup.sh --list        print "GROUP PACKAGE..." per group, install nothing
 #
 # The `base` group (build and run: Rust toolchain checks, GStreamer
 # development files and plugins, cargo-nextest) is always set up. Other
@@ -19,10 +20,15 @@
 set -euo pipefail
 
 # ---- package groups: add a group here, in one place -------------------------
+# tests/setup_packages.rs fails when a test, example or script names a
+# GStreamer element whose package is not here (nor pulled in by these).
 declare -A PACKAGE_GROUPS=(
+    # gstreamer1.0-x: timeoverlay (tests/system_extensions.rs);
+    # gstreamer1.0-pipewire: pipewiresrc (examples/desktop_capture.rs on a desktop).
     [base]="pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
             gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-            gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav"
+            gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+            gstreamer1.0-x gstreamer1.0-pipewire"
     # Booting a real guest under QEMU (scripts/vm/, the real-guest tests).
     [vm]="qemu-system-x86 linux-image-amd64 busybox-static cpio"
     # The meson build and install check (meson.build, scripts/check-install.sh).
@@ -46,6 +52,15 @@ groups=(base)
 for arg in "$@"; do
     case $arg in
         -h | --help) usage ;;
+        --list)
+            # For tests/setup_packages.rs, which checks that every GStreamer
+            # element the project names comes from one of these packages.
+            for g in "${!PACKAGE_GROUPS[@]}"; do
+                # shellcheck disable=SC2086 # word splitting of the list is intended
+                echo "$g" ${PACKAGE_GROUPS[$g]}
+            done
+            exit 0
+            ;;
         *)
             [ -n "${PACKAGE_GROUPS[$arg]+x}" ] ||
                 die "unknown group '$arg' (known: ${!PACKAGE_GROUPS[*]})"
