@@ -79,7 +79,11 @@ fn named_elements(root: &Path) -> BTreeMap<String, Vec<(String, bool)>> {
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue;
         };
-        let rel = file.strip_prefix(root).unwrap_or(&file).display().to_string();
+        let rel = file
+            .strip_prefix(root)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
         for m in scan::mentions(&text) {
             named
                 .entry(m.name)

@@ -162,9 +162,8 @@ fn linked_elements(text: &str) -> Vec<Mention> {
             }
         }
         let is_link = chained
-            || head.is_some_and(|(h, _)| {
-                !h.starts_with('-') && !SHELL_BEFORE_NEGATION.contains(&h)
-            });
+            || head
+                .is_some_and(|(h, _)| !h.starts_with('-') && !SHELL_BEFORE_NEGATION.contains(&h));
         if !is_link {
             continue;
         }
