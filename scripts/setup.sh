@@ -33,6 +33,8 @@ declare -A PACKAGE_GROUPS=(
     [vm]="qemu-system-x86 linux-image-amd64 busybox-static cpio"
     # The meson build and install check (meson.build, scripts/check-install.sh).
     [meson]="meson ninja-build"
+    # A fresh Debian 12 root for scripts/pristine-check.sh.
+    [pristine]="debootstrap"
 )
 # Oldest Rust the workspace builds with (Cargo.toml rust-version).
 MIN_RUST="1.92"
