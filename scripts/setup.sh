@@ -31,6 +31,13 @@ declare -A PACKAGE_GROUPS=(
             gstreamer1.0-x gstreamer1.0-pipewire"
     # Booting a real guest under QEMU (scripts/vm/, the real-guest tests).
     [vm]="qemu-system-x86 linux-image-amd64 busybox-static cpio"
+    # An arm64 guest (scripts/vm/prepare.sh --arch arm64): the emulator, and
+    # debootstrap for the guest's own arm64 root (kernel, busybox, GStreamer).
+    [vm-arm64]="qemu-system-arm debootstrap cpio"
+    # Rust for other targets (scripts/cross.sh): Debian's rustc/cargo 1.96 and
+    # the standard library's source for -Zbuild-std (rustup's prebuilt std for
+    # other targets cannot be downloaded here), the arm64 cross linker.
+    [cross]="rustc-web cargo-web rust-web-src gcc-aarch64-linux-gnu"
     # The meson build and install check (meson.build, scripts/check-install.sh).
     [meson]="meson ninja-build"
     # A fresh Debian 12 root for scripts/pristine-check.sh.
