@@ -9,7 +9,8 @@
 # 3. cargo nextest run --workspace: every test of every crate (protocol,
 #    element, host daemon, system tests, real-guest tests). New test files
 #    are picked up without touching this script.
-# 4. Extra suites with their own scripts (see "extra suites" below).
+# 4. Extra suites with their own scripts (see "extra suites" below), and the
+#    preparation the real-guest tests need (the guests, the arm64 plugin).
 #
 # Every step runs even when an earlier one failed, so one run shows every
 # problem; the script exits non-zero if any step failed and lists them.
@@ -65,6 +66,10 @@ step fuzz-lockfile fuzz_lockfile_is_current
 # the tests' own time limit.
 if [ -x scripts/vm/prepare.sh ]; then
     step vm-prepare scripts/vm/prepare.sh
+    # The arm64 guest (its own Debian root) and the plugin cross-built for it,
+    # which the real_guest_arm64 test runs; cold, about 5 minutes together.
+    step vm-prepare-arm64 scripts/vm/prepare.sh --arch arm64
+    step cross-build-arm64 scripts/cross.sh build aarch64-unknown-linux-gnu -p gst-plugin-vsockenc --lib
 fi
 # ---- end of preparation ------------------------------------------------------
 
