@@ -6,9 +6,11 @@
 #   scripts/setup.sh --list        print "GROUP PACKAGE..." per group, install nothing
 #
 # The `base` group (build and run: Rust toolchain checks, GStreamer
-# development files and plugins, cargo-nextest) is always set up. Other
-# scripts name extra groups, e.g. `scripts/setup.sh vm`; the groups and
-# their Debian packages are listed once, in PACKAGE_GROUPS below.
+# development files and plugins) is always set up. Other scripts name extra
+# groups, e.g. `scripts/setup.sh vm`; the groups and their Debian packages
+# are listed once, in PACKAGE_GROUPS below. The `test` group adds
+# cargo-nextest (from crates.io: a few minutes to build), which only the test
+# suite needs, so that the demo does not wait for it.
 #
 # Missing Debian packages are installed with apt-get when run as root
 # (`apt-get update` once, then `apt-get install`). Otherwise the exact apt
@@ -42,6 +44,8 @@ declare -A PACKAGE_GROUPS=(
     [meson]="meson ninja-build"
     # A fresh Debian 12 root for scripts/pristine-check.sh.
     [pristine]="debootstrap"
+    # The test suite (scripts/test.sh): no Debian package, but cargo-nextest.
+    [test]=""
 )
 # Oldest Rust the workspace builds with (Cargo.toml rust-version).
 MIN_RUST="1.92"
@@ -147,7 +151,9 @@ for component in rustfmt clippy; do
     fi
 done
 
-if ! cargo nextest --version >/dev/null 2>&1; then
+wants_nextest=0
+for g in "${groups[@]}"; do [ "$g" != test ] || wants_nextest=1; done
+if [ "$wants_nextest" = 1 ] && ! cargo nextest --version >/dev/null 2>&1; then
     [ "${VSOCKENC_SETUP_NO_INSTALL:-0}" != 1 ] ||
         die "cargo-nextest is missing: cargo install cargo-nextest --locked"
     say "installing cargo-nextest (cargo install cargo-nextest --locked; a few minutes)"
@@ -156,4 +162,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
         die "cargo-nextest still does not run (is ~/.cargo/bin on PATH?)"
 fi
 
-say "ready (${groups[*]}): GStreamer $(pkg-config --modversion gstreamer-1.0), rustc $rustc_version, $(cargo nextest --version 2>/dev/null | head -n1)"
+nextest=""
+[ "$wants_nextest" = 0 ] || nextest=", $(cargo nextest --version 2>/dev/null | head -n1)"
+say "ready (${groups[*]}): GStreamer $(pkg-config --modversion gstreamer-1.0), rustc $rustc_version$nextest"

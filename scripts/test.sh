@@ -4,7 +4,8 @@
 #
 #   scripts/test.sh
 #
-# 1. scripts/setup.sh: installs what is missing (as root) or says what is.
+# 1. scripts/setup.sh test: installs what is missing (as root; with
+#    cargo-nextest) or says what is.
 # 2. cargo fmt --check, cargo clippy -D warnings, cargo build, all --locked.
 # 3. cargo nextest run --workspace: every test of every crate (protocol,
 #    element, host daemon, system tests, real-guest tests). New test files
@@ -40,7 +41,7 @@ step() {
 }
 
 # Setup failing means the tools are missing: nothing else can run.
-if ! scripts/setup.sh; then
+if ! scripts/setup.sh test; then
     echo "test.sh: setup failed (see above); not running the tests" >&2
     exit 1
 fi
