@@ -104,7 +104,11 @@ mod tests {
         let t = std::time::Instant::now();
         let e = (&c).read(&mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
-        assert!(t.elapsed() >= Duration::from_millis(40), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(40),
+            "{:?}",
+            t.elapsed()
+        );
         let mut w = &c;
         assert_eq!(
             w.write_vectored(&[IoSlice::new(b"ab"), IoSlice::new(b"cd")])

@@ -59,7 +59,10 @@ pub enum Peer {
     /// `None` when the kernel would not tell (it always does on Linux):
     /// an access rule must then treat the peer as unknown.
     Unix(Option<Credentials>),
-    Vsock { cid: u32, port: u32 },
+    Vsock {
+        cid: u32,
+        port: u32,
+    },
 }
 
 impl fmt::Display for Peer {
