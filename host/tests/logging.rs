@@ -139,9 +139,9 @@ impl JsonDaemon {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn vsockenc-host");
-        let (lines, garbage) = (Arc::default(), Arc::default());
-        let (l, g): (Arc<Mutex<Vec<Value>>>, Arc<Mutex<Vec<String>>>) =
-            (Arc::clone(&lines), Arc::clone(&garbage));
+        let lines: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let garbage: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (l, g) = (lines.clone(), garbage.clone());
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
