@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hxfr::FrameRequest;
+use nix::sys::signal::Signal;
 
 #[test]
 fn a_second_signal_exits_at_once() {
@@ -77,12 +78,12 @@ fn a_second_signal_exits_at_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::SIGTERM as i32);
     d.wait_log("SIGTERM: shutting down");
     std::thread::sleep(Duration::from_secs(2));
     d.assert_alive();
     let t = Instant::now();
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::SIGTERM as i32);
     let status = d.wait_exit();
     assert!(
         t.elapsed() < Duration::from_secs(10),

@@ -35,7 +35,7 @@ const SO_VM_SOCKETS_CONNECT_TIMEOUT: i32 = 6;
 
 // Neither nix nor socket2 names the AF_VSOCK-level options: nix's macro
 // for its own options makes them typed, safe `setsockopt` options (its
-// expansion calls `libc::setsockopt`: libc stays a dependency).
+// expansion calls libc's `setsockopt`: libc stays a dependency).
 sockopt_impl!(
     /// `SO_VM_SOCKETS_CONNECT_TIMEOUT`.
     VmConnectTimeout,
