@@ -55,11 +55,14 @@ cid (vsock peers). --log-filter (or VSOCKENC_HOST_LOG) refines --log-level
 with comma-separated directives:
   LEVEL                       the level of everything else (replaces
                               --log-level)
-  TARGET=LEVEL                one module: vsockenc_host::client (guests'
-                              requests), ::encoder, ::listen, ::stats,
-                              ::shutdown, or vsockenc_host (all)
+  TARGET=LEVEL                a module and those below it: vsockenc_host
+                              (everything), vsockenc_host::client (guests'
+                              requests), vsockenc_host::encoder,
+                              vsockenc_host::listen, vsockenc_host::stats,
+                              vsockenc_host::shutdown
   [conn{FIELD=VALUE}]=LEVEL   lines of the matching connections
 e.g. 'info,[conn{conn=7}]=debug' (debug for connection #7 only),
+'off,[conn{conn=7}]=trace' (connection #7's lines and nothing else),
 'warn,[conn{cid=3}]=trace' (everything about the vsock guest with CID 3,
 only warnings about the others), 'info,vsockenc_host::stats=warn'.
 --log-format json writes one JSON object per line (the span's fields under
