@@ -579,9 +579,14 @@ impl VideoEncoderImpl for VsockEnc {
         query: &mut gst::query::Allocation,
     ) -> Result<(), gst::LoggableError> {
         // The send path takes any stride and plane offset (packing.rs):
-        // upstream need not copy to produce default strides.
-        query.add_allocation_meta::<gst_video::VideoMeta>(None);
-        self.parent_propose_allocation(query)
+        // upstream need not copy to produce default strides. The base class
+        // offers its pool and VideoMeta only when the query holds no pool
+        // yet; say it in every case.
+        self.parent_propose_allocation(query)?;
+        if query.find_allocation_meta::<gst_video::VideoMeta>().is_none() {
+            query.add_allocation_meta::<gst_video::VideoMeta>(None);
+        }
+        Ok(())
     }
 
     fn handle_frame(
