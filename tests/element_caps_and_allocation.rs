@@ -140,7 +140,14 @@ fn a_padded_upstream_buffer_goes_out_with_its_own_stride() {
     assert!(pull(&mut hs, Duration::from_secs(20)).is_some());
     let rec = peer.record();
     let f = &rec.frames[0];
-    assert_eq!(f.request.stride as usize, stride, "the wire stride is the buffer's");
+    assert_eq!(
+        f.request.stride as usize, stride,
+        "the wire stride is the buffer's"
+    );
     assert_eq!(f.pixel_len, stride * h as usize);
-    assert_eq!(f.pixels.as_deref(), Some(&expected[..]), "upstream's bytes, unchanged");
+    assert_eq!(
+        f.pixels.as_deref(),
+        Some(&expected[..]),
+        "upstream's bytes, unchanged"
+    );
 }

@@ -33,9 +33,7 @@ fn stopping_while_every_thread_waits_returns_at_once() {
     // and max-in-flight=1: handle_frame waits for room, the output task for
     // an answer, the link thread for a keepalive, the reader for bytes.
     let path = socket_path("stopwait");
-    let peer = PeerBuilder::unix(&path)
-        .script(|_| Action::Silence)
-        .start();
+    let peer = PeerBuilder::unix(&path).script(|_| Action::Silence).start();
     let p = pipeline(&format!(
         "videotestsrc is-live=true ! video/x-raw,format=BGRx,width=64,height=48,framerate=30/1 \
          ! vsockenc name=enc max-in-flight=1 response-timeout=60000 socket-path={} ! fakesink",
@@ -86,7 +84,11 @@ fn stopping_while_a_write_is_blocked_on_a_host_that_does_not_read() {
     );
     // The write of 8 MB into a socket nobody reads is blocked by now.
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(stat(&enc, "wire-bytes"), 0, "the first frame's write never completed");
+    assert_eq!(
+        stat(&enc, "wire-bytes"),
+        0,
+        "the first frame's write never completed"
+    );
     let took = time_to_null(&p);
     eprintln!("PLAYING -> NULL with a write blocked on the host: {took:?}");
     assert!(
@@ -106,8 +108,13 @@ fn a_flush_while_a_frame_is_in_flight_restarts_output() {
         .start();
     let mut h = harness(&path, &[]);
     for i in 0..3 {
-        h.push(bgrx_buffer(64, 48, i as u8, gst::ClockTime::from_mseconds(33 * i)))
-            .unwrap();
+        h.push(bgrx_buffer(
+            64,
+            48,
+            i as u8,
+            gst::ClockTime::from_mseconds(33 * i),
+        ))
+        .unwrap();
     }
     assert!(h.push_event(gst::event::FlushStart::new()));
     assert!(h.push_event(gst::event::FlushStop::new(true)));

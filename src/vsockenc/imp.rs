@@ -583,7 +583,10 @@ impl VideoEncoderImpl for VsockEnc {
         // offers its pool and VideoMeta only when the query holds no pool
         // yet; say it in every case.
         self.parent_propose_allocation(query)?;
-        if query.find_allocation_meta::<gst_video::VideoMeta>().is_none() {
+        if query
+            .find_allocation_meta::<gst_video::VideoMeta>()
+            .is_none()
+        {
             query.add_allocation_meta::<gst_video::VideoMeta>(None);
         }
         Ok(())

@@ -283,7 +283,12 @@ impl Link {
         match c.send_config(&cfg) {
             Ok(n) => {
                 self.shared.lock().table.stats.bytes_sent += n as u64;
-                log_weak!(debug, self.element, "sent CONFIG_REQ {cfg:?} to {}", self.addr);
+                log_weak!(
+                    debug,
+                    self.element,
+                    "sent CONFIG_REQ {cfg:?} to {}",
+                    self.addr
+                );
             }
             Err(e) => log_weak!(
                 warning,
@@ -307,11 +312,21 @@ impl Link {
         match conn.send_drain(token) {
             Ok(n) => {
                 self.shared.lock().table.stats.bytes_sent += n as u64;
-                log_weak!(debug, self.element, "EOS: DRAIN {token} sent to {}", self.addr);
+                log_weak!(
+                    debug,
+                    self.element,
+                    "EOS: DRAIN {token} sent to {}",
+                    self.addr
+                );
                 Some((conn, token))
             }
             Err(e) => {
-                log_weak!(debug, self.element, "EOS: DRAIN to {} failed: {e}", self.addr);
+                log_weak!(
+                    debug,
+                    self.element,
+                    "EOS: DRAIN to {} failed: {e}",
+                    self.addr
+                );
                 None
             }
         }

@@ -188,10 +188,7 @@ impl Sender {
                     f.frame_id,
                     conn.addr
                 );
-                shared
-                    .lock()
-                    .table
-                    .fail(wire_pts, DropReason::Disconnect);
+                shared.lock().table.fail(wire_pts, DropReason::Disconnect);
                 shared.wake_completed();
             }
         }

@@ -233,7 +233,10 @@ mod tests {
         shared.lock().stop = true;
         shared.wake_all();
         let waited = waiter.join().unwrap();
-        assert!(waited < Duration::from_secs(5), "woken, not timed out: {waited:?}");
+        assert!(
+            waited < Duration::from_secs(5),
+            "woken, not timed out: {waited:?}"
+        );
     }
 
     #[test]
