@@ -14,15 +14,18 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hxfr::ext::{ext_bits, ext_type, CompactFrame, ErrorPts, ExtMessage, HostExt, PTS_UNKNOWN};
+use hxfr::ext::{
+    ext_bits, ext_type, CompactFrame, ErrorPts, ExtMessage, HostExt, ProfileRequest, PTS_UNKNOWN,
+};
 use hxfr::message::FRAME_REQUEST_FIXED;
 use hxfr::{
-    error_code, msg_type, ConfigRequest, Decoded, Decoder, ErrorMessage, FrameLayout, FrameRequest,
-    Header, Limits, Message, ProtocolError, HEADER_LEN,
+    error_code, msg_type, ConfigRequest, Decoded, Decoder, ErrorMessage, FrameRequest, Header,
+    Limits, Message, ProtocolError, HEADER_LEN,
 };
 
 use crate::conn::Conn;
 use crate::encoder::{encode_failed, EncoderChoice, Job, Params, Reply, Session, SessionKey};
+use crate::profile::{Negotiator, Outcome, Target};
 use crate::stats::ClientStats;
 
 /// Warnings logged per connection about its input before they go to debug.
@@ -60,7 +63,9 @@ enum Outgoing {
 }
 
 /// What this daemon offers a guest that says HELLO: everything it knows
-/// (FRAME_CHECKSUM only to a guest that asks for it).
+/// (FRAME_CHECKSUM only to a guest that asks for it; PROFILE and FORMATS
+/// work with any encoder: the answer to a profile request comes from the
+/// encoder itself).
 const SUPPORTED_EXTENSIONS: u32 = ext_bits::KNOWN;
 
 /// Why the reader stopped.
@@ -130,6 +135,7 @@ pub fn serve(
             fps_d: 1,
         },
         force_keyframe: false,
+        target: None,
         complaints: Default::default(),
     };
     let end = reader.run(shutdown);
@@ -166,6 +172,8 @@ struct Reader<'a> {
     ext: HostExt,
     params: Params,
     force_keyframe: bool,
+    /// The profile and level the guest negotiated (PROFILE), if any.
+    target: Option<Target>,
     complaints: std::cell::Cell<u32>,
 }
 
@@ -334,6 +342,9 @@ impl Reader<'_> {
                 }
                 self.queue(Outgoing::Now(ExtMessage::DrainDone { token }.encode(sid)))
             }
+            ExtMessage::ProfileRequest(req) if self.ext.has(ext_bits::PROFILE) => {
+                self.profile_request(sid, &req)
+            }
             other => {
                 debug!(
                     "{}: ignored {} from the guest",
@@ -372,6 +383,37 @@ impl Reader<'_> {
                 self.reject(sid, req.pts, index, e)
             }
         }
+    }
+
+    /// Answers a PROFILE_REQ; queued behind the answers to every earlier
+    /// frame, and in force from the next frame on.
+    fn profile_request(&mut self, sid: u16, req: &ProfileRequest) -> bool {
+        let negotiator = Negotiator {
+            encoder: &self.cfg.encoder,
+            params: self.params,
+            timeout: self.cfg.encode_timeout,
+            max_frame_bytes: self.cfg.limits.max_pixel_bytes,
+            peer: self.peer.into(),
+        };
+        let (resp, outcome) = negotiator.answer(req);
+        let asked = format!(
+            "{} up to {} for {}x{} at {}/{} fps",
+            req.profile, req.max_level, req.width, req.height, req.framerate_num, req.framerate_den
+        );
+        match outcome {
+            Outcome::Accepted(target) => {
+                info!(
+                    "{}: PROFILE_REQ {} ({asked}): accepted, {} produces {} {}",
+                    self.peer, req.token, resp.encoder, resp.profile, resp.level
+                );
+                self.target = target;
+            }
+            Outcome::Refused => self.complain(format_args!(
+                "PROFILE_REQ {} ({asked}) refused: {}",
+                req.token, resp.reason
+            )),
+        }
+        self.queue(Outgoing::Now(ExtMessage::ProfileResponse(resp).encode(sid)))
     }
 
     fn configure(&mut self, c: ConfigRequest) {
@@ -439,7 +481,7 @@ impl Reader<'_> {
                 return self.reject(sid, req.pts, index, e);
             }
         };
-        let layout = match FrameLayout::validate(&req, pixels.len()) {
+        let layout = match self.ext.layout(&req, pixels.len()) {
             Ok(l) => l,
             Err(e) => {
                 let e = invalid(error_code::INVALID_MESSAGE, e.to_string());
@@ -476,6 +518,20 @@ impl Reader<'_> {
             );
             old.finish(self.cfg.drain_timeout);
         }
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.target != self.target)
+        {
+            let old = self.session.take().unwrap();
+            info!(
+                "{}: profile changed to {}: new encoding session",
+                self.peer,
+                self.target
+                    .map_or("the encoder's default".into(), |t| t.to_string())
+            );
+            old.finish(self.cfg.drain_timeout);
+        }
         if self.session.as_ref().is_some_and(|s| s.key != key) {
             let old = self.session.take().unwrap();
             info!(
@@ -496,6 +552,7 @@ impl Reader<'_> {
                 &self.cfg.encoder,
                 key,
                 self.params,
+                self.target,
                 self.stats.clone(),
                 self.peer.into(),
             ) {

@@ -1,8 +1,11 @@
 //! Encoder choice and the per-connection GStreamer encoding session.
 //!
-//! A session is `appsrc ! [videoconvert] ! <encoder> ! h264parse
-//! config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au
-//! ! appsink`. Frames enter with timestamps from an internal counter (never
+//! A session is `appsrc ! [videoconvert ! 4:2:0 caps] ! <encoder> !
+//! [video/x-h264,profile=…,level=…] ! h264parse config-interval=-1 !
+//! video/x-h264,stream-format=byte-stream,alignment=au ! appsink`. The
+//! caps after the encoder, when a guest negotiated a profile, make the
+//! encoder produce it the way downstream caps make it in any GStreamer
+//! pipeline ([`crate::profile`]). Frames enter with timestamps from an internal counter (never
 //! the guest's pts, which may be anything) and a FIFO remembers, per counter
 //! timestamp, which request it was; each encoded access unit is matched to
 //! its request by that timestamp, so the guest's own pts is echoed exactly.
@@ -17,6 +20,7 @@ use gst::glib;
 use gst::prelude::*;
 use hxfr::{error_code, msg_type, ErrorMessage, FrameLayout, Header, WireFormat};
 
+use crate::profile::Target;
 use crate::stats::ClientStats;
 
 /// The order in which `--encoder auto` tries encoders: hardware first.
@@ -236,10 +240,15 @@ impl SessionKey {
     }
 
     fn video_format(&self) -> gst_video::VideoFormat {
+        use gst_video::VideoFormat as V;
         match self.format {
-            WireFormat::Bgra => gst_video::VideoFormat::Bgrx,
-            WireFormat::Rgba => gst_video::VideoFormat::Rgbx,
-            WireFormat::Nv12 => gst_video::VideoFormat::Nv12,
+            WireFormat::Bgra => V::Bgrx,
+            WireFormat::Rgba => V::Rgbx,
+            WireFormat::Nv12 => V::Nv12,
+            WireFormat::I420 => V::I420,
+            WireFormat::Yv12 => V::Yv12,
+            WireFormat::Yuy2 => V::Yuy2,
+            WireFormat::Uyvy => V::Uyvy,
         }
     }
 }
@@ -248,6 +257,8 @@ pub struct Session {
     pub key: SessionKey,
     /// The frame rate the session was created with (`fps_n`, `fps_d`).
     pub framerate: (i32, i32),
+    /// The profile and level negotiated for it, if any.
+    pub target: Option<Target>,
     factory: String,
     pipeline: gst::Pipeline,
     appsrc: gst_app::AppSrc,
@@ -264,6 +275,7 @@ impl Session {
         choice: &EncoderChoice,
         key: SessionKey,
         params: Params,
+        target: Option<Target>,
         stats: Arc<ClientStats>,
         peer: Arc<str>,
     ) -> anyhow::Result<Session> {
@@ -323,7 +335,15 @@ impl Session {
                     .build()?,
             );
         }
-        chain.extend([encoder.clone(), parse, filter, appsink.clone().upcast()]);
+        chain.push(encoder.clone());
+        if let Some(t) = &target {
+            chain.push(
+                gst::ElementFactory::make("capsfilter")
+                    .property("caps", t.caps())
+                    .build()?,
+            );
+        }
+        chain.extend([parse, filter, appsink.clone().upcast()]);
         pipeline.add_many(&chain)?;
         gst::Element::link_many(&chain).context("cannot link the encoding pipeline")?;
 
@@ -344,7 +364,7 @@ impl Session {
             .set_state(gst::State::Playing)
             .map_err(|_| anyhow!("the {} pipeline does not start", choice.factory))?;
         debug!(
-            "{peer}: session {}x{} {} (coded {w}x{h}) with {}{}",
+            "{peer}: session {}x{} {} (coded {w}x{h}) with {}{}{}",
             key.width,
             key.height,
             key.format,
@@ -353,6 +373,10 @@ impl Session {
                 ""
             } else {
                 " after videoconvert"
+            },
+            match &target {
+                Some(t) => format!(", producing {t}"),
+                None => String::new(),
             }
         );
         Ok(Session {
@@ -366,6 +390,7 @@ impl Session {
             force_at,
             frame_duration,
             framerate: (params.fps_n, params.fps_d),
+            target,
         })
     }
 
@@ -411,13 +436,19 @@ impl Session {
     pub fn take_error(&self) -> Option<String> {
         let bus = self.pipeline.bus()?;
         let msg = bus.pop_filtered(&[gst::MessageType::Error])?;
-        match msg.view() {
-            gst::MessageView::Error(e) => Some(format!(
-                "{}: {}",
-                e.src().map(|s| s.name().to_string()).unwrap_or_default(),
-                e.error()
-            )),
-            _ => None,
+        error_text(&msg)
+    }
+
+    /// Ends the stream and waits (up to `timeout`) until the encoder has
+    /// given up every frame it holds. `Err`: the error the pipeline posted
+    /// instead.
+    pub fn flush(&self, timeout: Duration) -> Result<(), String> {
+        let _ = self.appsrc.end_of_stream();
+        let bus = self.pipeline.bus().ok_or("the pipeline has no bus")?;
+        let deadline = gst::ClockTime::from_nseconds(timeout.as_nanos() as u64);
+        match bus.timed_pop_filtered(deadline, &[gst::MessageType::Eos, gst::MessageType::Error]) {
+            Some(msg) => error_text(&msg).map_or(Ok(()), Err),
+            None => Err(format!("the encoder did not finish within {timeout:?}")),
         }
     }
 
@@ -437,12 +468,7 @@ impl Session {
             return;
         }
         debug!("finishing {pending} in-flight frame(s) (up to {timeout:?})");
-        let _ = self.appsrc.end_of_stream();
-        if let Some(bus) = self.pipeline.bus() {
-            let deadline = gst::ClockTime::from_nseconds(timeout.as_nanos() as u64);
-            let _ =
-                bus.timed_pop_filtered(deadline, &[gst::MessageType::Eos, gst::MessageType::Error]);
-        }
+        let _ = self.flush(timeout);
         self.fail_all("the encoding session ended before this frame was encoded");
     }
 }
@@ -454,6 +480,19 @@ impl Drop for Session {
         let _ = self.pipeline.set_state(gst::State::Null);
         self.fifo.lock().unwrap().clear();
     }
+}
+
+/// The text of an error message (`None` for other messages), with the
+/// debug details that say why (`not-negotiated` and the like).
+fn error_text(msg: &gst::Message) -> Option<String> {
+    let gst::MessageView::Error(e) = msg.view() else {
+        return None;
+    };
+    let src = e.src().map(|s| s.name().to_string()).unwrap_or_default();
+    Some(match e.debug() {
+        Some(d) => format!("{src}: {} ({})", e.error(), d.trim()),
+        None => format!("{src}: {}", e.error()),
+    })
 }
 
 /// Sends a force-key-unit event right before each buffer whose timestamp is
@@ -515,7 +554,6 @@ fn deliver(sample: &gst::Sample, fifo: &Fifo, stats: &ClientStats, peer: &str) {
         Some(seg) => buffer.pts().and_then(|p| seg.to_running_time(p)),
         None => buffer.pts(),
     };
-    let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
     let mut fifo = fifo.lock().unwrap();
     // Frames before this one that never came out were dropped by the encoder.
     while let (Some(front), Some(pts)) = (fifo.front(), out_pts) {
@@ -551,6 +589,10 @@ fn deliver(sample: &gst::Sample, fifo: &Fifo, stats: &ClientStats, peer: &str) {
         return;
     };
     stats.record_latency(p.job.arrived.elapsed());
+    // A keyframe is an access unit a decoder can start from: one with an
+    // IDR slice. h264parse's flag also marks the I slices an encoder puts
+    // at scene cuts, which need the pictures before them.
+    let keyframe = hxfr::nal::has_idr(&map);
     let msg = frame_response(p.job.session_id, p.job.pts, keyframe, &map);
     trace!(
         "{peer}: encoded pts={} ({} bytes{})",
@@ -579,7 +621,7 @@ fn frame_response(session_id: u16, pts: i64, keyframe: bool, au: &[u8]) -> Vec<u
 
 /// Wraps the guest's pixels into a buffer without copying (odd sizes are
 /// the exception: they are padded to even), with a VideoMeta that tells the
-/// encoder the wire stride and plane offsets.
+/// encoder the wire strides and plane offsets.
 fn frame_buffer(
     layout: &FrameLayout,
     pixels: Vec<u8>,
@@ -588,13 +630,16 @@ fn frame_buffer(
 ) -> Result<gst::Buffer, glib::BoolError> {
     let key = SessionKey::of(layout);
     let (w, h) = key.coded_size();
-    let (pixels, stride, offsets) = if (w, h) == (layout.width, layout.height) {
-        (pixels, layout.stride as usize, layout.offsets)
+    let (pixels, layout) = if (w, h) == (layout.width, layout.height) {
+        (pixels, *layout)
     } else {
-        pad_to_even(layout, &pixels)
+        let (padded, stride, _) = pad_to_even(layout, &pixels);
+        let even = FrameLayout::new(layout.format, w, h, stride as u32, padded.len())
+            .map_err(|e| glib::bool_error!("padded frame: {e}"))?;
+        (padded, even)
     };
-    let n = layout.n_planes;
-    let strides = [stride as i32; 2];
+    let (offsets, strides): (Vec<usize>, Vec<i32>) =
+        layout.planes().map(|p| (p.offset, p.stride as i32)).unzip();
     let mut buffer = gst::Buffer::from_mut_slice(pixels);
     {
         let b = buffer.get_mut().expect("a new buffer is writable");
@@ -606,52 +651,52 @@ fn frame_buffer(
             key.video_format(),
             w,
             h,
-            &offsets[..n],
-            &strides[..n],
+            &offsets,
+            &strides,
         )?;
     }
     Ok(buffer)
 }
 
-/// Copies a frame of odd width or height into an even-sized one, repeating
-/// the last column and row. Returns the pixels, stride and plane offsets.
+/// Copies a frame of odd width or height into the tightest wire layout of
+/// the next even size, repeating the last column and row. Returns the
+/// pixels, their stride and the offsets of the first two planes (as a
+/// [`FrameLayout`] of the even size has them).
 fn pad_to_even(l: &FrameLayout, px: &[u8]) -> (Vec<u8>, usize, [usize; 2]) {
-    let (w, h) = (l.width as usize, l.height as usize);
-    let (w2, h2) = (w + w % 2, h + h % 2);
-    let stride = l.stride as usize;
-    match l.format {
-        WireFormat::Bgra | WireFormat::Rgba => {
-            let row = 4 * w2;
-            let mut out = vec![0u8; row * h2];
-            for y in 0..h2 {
-                let src = &px[y.min(h - 1) * stride..][..4 * w];
-                let dst = &mut out[y * row..][..row];
-                dst[..4 * w].copy_from_slice(src);
-                if w2 > w {
-                    dst[4 * w..].copy_from_slice(&src[4 * (w - 1)..]);
-                }
+    let (w2, h2) = (l.width + l.width % 2, l.height + l.height % 2);
+    let stride = l.format.min_stride(w2) as u32;
+    let size = l.format.frame_bytes(h2, stride) as usize;
+    let even = FrameLayout::new(l.format, w2, h2, stride, size).expect("an even layout");
+    let mut out = vec![0u8; size];
+    for p in 0..l.n_planes {
+        let (src, dst) = (l.plane(p), even.plane(p));
+        for y in 0..dst.rows {
+            let from = &px[src.offset + y.min(src.rows - 1) * src.stride..][..src.row_bytes];
+            let to = &mut out[dst.offset + y * dst.stride..][..dst.row_bytes];
+            to[..src.row_bytes].copy_from_slice(from);
+            // A wider row gains one pixel: a copy of the last one. (The
+            // chroma rows of odd sizes already cover the even size.)
+            let extra = dst.row_bytes - src.row_bytes;
+            if extra > 0 {
+                to[src.row_bytes..].copy_from_slice(&from[src.row_bytes - extra..]);
             }
-            (out, row, [0, 0])
+            repeat_last_luma_of_packed_row(l.format, l.width, to);
         }
-        WireFormat::Nv12 => {
-            // The UV plane already covers ceil(w/2) x ceil(h/2) samples:
-            // exactly the even size's chroma.
-            let mut out = vec![0u8; w2 * h2 + w2 * (h2 / 2)];
-            for y in 0..h2 {
-                let src = &px[y.min(h - 1) * stride..][..w];
-                let dst = &mut out[y * w2..][..w2];
-                dst[..w].copy_from_slice(src);
-                if w2 > w {
-                    dst[w] = src[w - 1];
-                }
-            }
-            let uv = w2 * h2;
-            for y in 0..h2 / 2 {
-                let src = &px[l.offsets[1] + y * stride..][..w2];
-                out[uv + y * w2..][..w2].copy_from_slice(src);
-            }
-            (out, w2, [0, uv])
-        }
+    }
+    (out, stride as usize, even.offsets)
+}
+
+/// In a packed 4:2:2 row of odd width, the last macropixel's second luma
+/// sample lies outside the picture: make it a copy of the first.
+fn repeat_last_luma_of_packed_row(format: WireFormat, width: u32, row: &mut [u8]) {
+    if width.is_multiple_of(2) {
+        return;
+    }
+    let last = 4 * (width as usize / 2);
+    match format {
+        WireFormat::Yuy2 => row[last + 2] = row[last],
+        WireFormat::Uyvy => row[last + 3] = row[last + 1],
+        _ => {}
     }
 }
 
@@ -683,5 +728,33 @@ mod tests {
             &[0, 1, 2, 2, 4, 5, 6, 6, 8, 9, 10, 10, 8, 9, 10, 10]
         );
         assert_eq!(&out[16..], &px[12..20]);
+    }
+
+    #[test]
+    fn odd_i420_frames_keep_their_chroma_planes() {
+        // 3x3, stride 4: Y 3 rows of 4, U and V 2 rows of 2 each.
+        let l = FrameLayout::new(WireFormat::I420, 3, 3, 4, 20).unwrap();
+        let px: Vec<u8> = (0..20).collect();
+        let (out, stride, offsets) = pad_to_even(&l, &px);
+        assert_eq!((stride, offsets), (4, [0, 16]));
+        assert_eq!(
+            &out[..16],
+            &[0, 1, 2, 2, 4, 5, 6, 6, 8, 9, 10, 10, 8, 9, 10, 10]
+        );
+        assert_eq!(&out[16..], &px[12..20], "U then V, 2x2 each");
+    }
+
+    #[test]
+    fn odd_packed_yuv_frames_repeat_their_last_luma() {
+        // YUY2 3x1: two macropixels (8 bytes), the last Y1 outside the picture.
+        let l = FrameLayout::new(WireFormat::Yuy2, 3, 1, 8, 8).unwrap();
+        let px = [10, 128, 11, 129, 12, 130, 99, 131];
+        let (out, stride, _) = pad_to_even(&l, &px);
+        assert_eq!(stride, 8);
+        assert_eq!(&out[..8], &[10, 128, 11, 129, 12, 130, 12, 131]);
+        assert_eq!(&out[8..], &out[..8], "the odd row repeats");
+        let l = FrameLayout::new(WireFormat::Uyvy, 1, 2, 4, 8).unwrap();
+        let (out, _, _) = pad_to_even(&l, &[128, 20, 130, 99, 128, 21, 130, 98]);
+        assert_eq!(out, [128, 20, 130, 20, 128, 21, 130, 21]);
     }
 }

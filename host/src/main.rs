@@ -7,6 +7,8 @@
 //! * `client.rs`: one guest: request decoding and validation, the in-flight
 //!   limit, responses in request order.
 //! * `encoder.rs`: encoder choice and the GStreamer encoding session.
+//! * `profile.rs`: profile negotiation: the caps after the encoder, and a
+//!   trial frame that proves the encoder honours them.
 //! * `stats.rs`: per-client statistics.
 //! * `shutdown.rs`: SIGINT/SIGTERM.
 //! * `log.rs`: stderr logging.
@@ -18,6 +20,7 @@ mod client;
 mod conn;
 mod encoder;
 mod listen;
+mod profile;
 mod shutdown;
 mod stats;
 
@@ -238,12 +241,13 @@ fn start_client(
     }
 }
 
-/// Tells a client over the limit why it is closed.
+/// Tells a client over the limit why it is closed, with the code that says
+/// "not served" rather than "failed".
 fn refuse(conn: &Conn, limit: u32) {
     use std::io::Write;
     let _ = conn.set_write_timeout(Duration::from_millis(200));
     let e = hxfr::ErrorMessage::new(
-        hxfr::error_code::INTERNAL,
+        hxfr::error_code::REFUSED,
         format!("vsockenc-host is serving its maximum of {limit} clients; try again later"),
     );
     let mut w: &Conn = conn;
