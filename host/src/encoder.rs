@@ -483,15 +483,19 @@ impl Drop for Session {
 }
 
 /// The text of an error message (`None` for other messages), with the
-/// debug details that say why (`not-negotiated` and the like).
+/// last line of its debug details, which says why (`streaming stopped,
+/// reason not-negotiated (-4)`); the lines before it name source files.
 fn error_text(msg: &gst::Message) -> Option<String> {
     let gst::MessageView::Error(e) = msg.view() else {
         return None;
     };
     let src = e.src().map(|s| s.name().to_string()).unwrap_or_default();
-    Some(match e.debug() {
-        Some(d) => format!("{src}: {} ({})", e.error(), d.trim()),
-        None => format!("{src}: {}", e.error()),
+    let why = e
+        .debug()
+        .and_then(|d| d.lines().last().map(|l| l.trim().to_string()));
+    Some(match why {
+        Some(why) if !why.is_empty() => format!("{src}: {} ({why})", e.error()),
+        _ => format!("{src}: {}", e.error()),
     })
 }
 

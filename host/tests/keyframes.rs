@@ -89,6 +89,12 @@ fn only_access_units_with_an_idr_slice_are_keyframes() {
         !scene_cuts.is_empty(),
         "the content must make x264 insert non-IDR I pictures, or this test proves nothing"
     );
-    assert_eq!(flagged, idr, "keyframe flag on exactly the IDR access units");
-    assert!(idr.contains(&0) && idr.contains(&60), "forced keyframes are IDR: {idr:?}");
+    assert_eq!(
+        flagged, idr,
+        "keyframe flag on exactly the IDR access units"
+    );
+    assert!(
+        idr.contains(&0) && idr.contains(&60),
+        "forced keyframes are IDR: {idr:?}"
+    );
 }

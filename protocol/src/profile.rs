@@ -99,20 +99,32 @@ impl Profile {
     /// `constrained-high`). `None` for a profile_idc GStreamer has no name
     /// for.
     pub fn name(self) -> Option<&'static str> {
+        self.named().map(|(n, _)| n)
+    }
+
+    /// The entry of `NAMES` this profile is: its name and the flags that
+    /// make it that profile.
+    fn named(self) -> Option<(&'static str, Profile)> {
         NAMES
             .iter()
             .find(|(_, p)| p.idc == self.idc && self.constraints & p.constraints == p.constraints)
-            .map(|(n, _)| *n)
+            .copied()
     }
 
-    /// Whether a stream of this profile is one of `wanted`: the same
-    /// profile_idc, obeying at least the constraints `wanted` names (a
+    /// Whether a stream of this profile is a `wanted` stream: the same
+    /// profile_idc, with the flags that make `wanted` the profile it is (a
     /// constrained-baseline stream is a baseline stream, a baseline one is
-    /// not constrained-baseline). Anything satisfies [`Profile::ANY`].
+    /// not constrained-baseline). Other flags do not matter: WebRTC's
+    /// `42e0` (constraint_set0, 1 and 2) asks for constrained baseline,
+    /// which x264's `42c0` is. Anything satisfies [`Profile::ANY`].
     pub fn satisfies(self, wanted: Profile) -> bool {
-        wanted.is_any()
-            || (self.idc == wanted.idc
-                && self.constraints & wanted.constraints == wanted.constraints)
+        if wanted.is_any() {
+            return true;
+        }
+        let needed = wanted
+            .named()
+            .map_or(wanted.constraints, |(_, p)| p.constraints);
+        self.idc == wanted.idc && self.constraints & needed == needed
     }
 
     /// Whether the profile codes 8-bit 4:2:0 video at most (what
@@ -254,6 +266,12 @@ mod tests {
         assert!(x264_baseline.satisfies(Profile::BASELINE));
         assert!(x264_baseline.satisfies(Profile::CONSTRAINED_BASELINE));
         assert!(!Profile::BASELINE.satisfies(Profile::CONSTRAINED_BASELINE));
+        let webrtc = Profile::new(0x42, 0xe0);
+        assert!(
+            x264_baseline.satisfies(webrtc),
+            "42c0 is what 42e0 asks for"
+        );
+        assert!(!Profile::new(0x42, 0xa0).satisfies(webrtc));
         // openh264's high: constraint_set4 and 5, constrained high.
         let oh_high = Profile::new(100, 0x0c);
         assert_eq!(oh_high.name(), Some("constrained-high"));

@@ -619,7 +619,11 @@ impl ExtGuest {
 
     /// Sends `frames` (pixels, request) with up to `in_flight` outstanding
     /// and returns the responses in order.
-    pub fn stream(&mut self, frames: &[(Vec<u8>, FrameRequest)], in_flight: usize) -> Vec<FrameResponse> {
+    pub fn stream(
+        &mut self,
+        frames: &[(Vec<u8>, FrameRequest)],
+        in_flight: usize,
+    ) -> Vec<FrameResponse> {
         let mut out = Vec::new();
         let mut sent = 0;
         while out.len() < frames.len() {
@@ -712,7 +716,10 @@ pub fn slice_types(au: &[u8]) -> Vec<(u8, u32)> {
         .filter(|n| matches!(n.first().map(|h| h & 0x1f), Some(1 | 5)))
         .map(|n| {
             let rbsp = hxfr::nal::rbsp(&n[1..]);
-            let mut bits = Bits { data: &rbsp, pos: 0 };
+            let mut bits = Bits {
+                data: &rbsp,
+                pos: 0,
+            };
             let _first_mb = bits.ue();
             (n[0] & 0x1f, bits.ue() % 5)
         })
