@@ -419,8 +419,13 @@ impl Reader<'_> {
     fn configure(&mut self, c: ConfigRequest) {
         if c.bitrate > 0 {
             self.params.bitrate_kbps = (c.bitrate / 1000).max(1);
-            if let Some(s) = &self.session {
-                s.set_bitrate(self.params.bitrate_kbps);
+            if let Some(s) = &mut self.session {
+                if !s.set_bitrate(self.params.bitrate_kbps) {
+                    info!(
+                        "{}: {} cannot change its bitrate while encoding: a new encoding session (starting with a keyframe) takes it at the next frame",
+                        self.peer, self.cfg.encoder.factory
+                    );
+                }
             }
         }
         if c.framerate_num > 0
@@ -515,6 +520,18 @@ impl Reader<'_> {
             info!(
                 "{}: frame rate changed to {}/{}: new encoding session",
                 self.peer, framerate.0, framerate.1
+            );
+            old.finish(self.cfg.drain_timeout);
+        }
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.bitrate_kbps != self.params.bitrate_kbps)
+        {
+            let old = self.session.take().unwrap();
+            info!(
+                "{}: bitrate changed to {} kbit/s: new encoding session",
+                self.peer, self.params.bitrate_kbps
             );
             old.finish(self.cfg.drain_timeout);
         }

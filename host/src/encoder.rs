@@ -120,6 +120,15 @@ fn bitrate_in_bps(factory: &str) -> bool {
     factory == "openh264enc"
 }
 
+/// Whether a new bitrate reaches a running encoder: its `bitrate` property
+/// is documented as changeable in PLAYING (x264enc, openh264enc), or it has
+/// none (nothing to change). Otherwise a change takes a new session.
+fn bitrate_is_live(element: &gst::Element) -> bool {
+    element
+        .find_property("bitrate")
+        .is_none_or(|p| p.flags().contains(gst::PARAM_FLAG_MUTABLE_PLAYING))
+}
+
 fn set_bitrate(element: &gst::Element, factory: &str, kbps: u32) {
     let value = if bitrate_in_bps(factory) {
         (kbps as u64 * 1000).min(u32::MAX as u64)
@@ -259,6 +268,8 @@ pub struct Session {
     pub framerate: (i32, i32),
     /// The profile and level negotiated for it, if any.
     pub target: Option<Target>,
+    /// The bitrate its encoder runs at, kbit/s.
+    pub bitrate_kbps: u32,
     factory: String,
     pipeline: gst::Pipeline,
     appsrc: gst_app::AppSrc,
@@ -391,11 +402,19 @@ impl Session {
             frame_duration,
             framerate: (params.fps_n, params.fps_d),
             target,
+            bitrate_kbps: params.bitrate_kbps,
         })
     }
 
-    pub fn set_bitrate(&self, kbps: u32) {
+    /// Changes the bitrate of the running encoder; false when the encoder
+    /// does not allow it while encoding (the caller starts a new session).
+    pub fn set_bitrate(&mut self, kbps: u32) -> bool {
+        if !bitrate_is_live(&self.encoder) {
+            return false;
+        }
         set_bitrate(&self.encoder, &self.factory, kbps);
+        self.bitrate_kbps = kbps;
+        true
     }
 
     /// Queues one frame. On failure the job comes back with the reason.
@@ -707,6 +726,20 @@ fn repeat_last_luma_of_packed_row(format: WireFormat, width: u32, row: &mut [u8]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_bitrate_follows_the_property_flags() {
+        gst::init().unwrap();
+        let make = |f: &str| gst::ElementFactory::make(f).build().unwrap();
+        assert!(bitrate_is_live(&make("x264enc")));
+        assert!(bitrate_is_live(&make("openh264enc")));
+        // libav's encoders document bitrate as settable before start only.
+        assert!(!bitrate_is_live(&make("avenc_mpeg4")));
+        assert!(
+            bitrate_is_live(&make("identity")),
+            "no bitrate: nothing to change"
+        );
+    }
 
     #[test]
     fn odd_rgb_frames_repeat_their_edges() {

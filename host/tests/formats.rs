@@ -43,12 +43,12 @@ fn wire_frame(format: WireFormat, w: usize, h: usize, stride: usize, t: usize) -
                     px[y * stride + x] = luma(x, y, t);
                 }
             }
-            let (first, second): (fn(usize, usize) -> u8, fn(usize, usize) -> u8) =
-                if format == WireFormat::I420 {
-                    (cb, cr)
-                } else {
-                    (cr, cb)
-                };
+            type Sample = fn(usize, usize) -> u8;
+            let (first, second): (Sample, Sample) = if format == WireFormat::I420 {
+                (cb, cr)
+            } else {
+                (cr, cb)
+            };
             let (o1, o2) = (stride * h, stride * h + cs * ch);
             for cy in 0..ch {
                 for cx in 0..cw {
