@@ -510,60 +510,7 @@ impl Reader<'_> {
             }
         }
         let key = SessionKey::of(&layout);
-        let framerate = (self.params.fps_n, self.params.fps_d);
-        if self
-            .session
-            .as_ref()
-            .is_some_and(|s| s.framerate != framerate)
-        {
-            let old = self.session.take().unwrap();
-            info!(
-                "{}: frame rate changed to {}/{}: new encoding session",
-                self.peer, framerate.0, framerate.1
-            );
-            old.finish(self.cfg.drain_timeout);
-        }
-        if self
-            .session
-            .as_ref()
-            .is_some_and(|s| s.bitrate_kbps != self.params.bitrate_kbps)
-        {
-            let old = self.session.take().unwrap();
-            info!(
-                "{}: bitrate changed to {} kbit/s: new encoding session",
-                self.peer, self.params.bitrate_kbps
-            );
-            old.finish(self.cfg.drain_timeout);
-        }
-        if self
-            .session
-            .as_ref()
-            .is_some_and(|s| s.target != self.target)
-        {
-            let old = self.session.take().unwrap();
-            info!(
-                "{}: profile changed to {}: new encoding session",
-                self.peer,
-                self.target
-                    .map_or("the encoder's default".into(), |t| t.to_string())
-            );
-            old.finish(self.cfg.drain_timeout);
-        }
-        if self.session.as_ref().is_some_and(|s| s.key != key) {
-            let old = self.session.take().unwrap();
-            info!(
-                "{}: frame format changed from {}x{} {} to {}x{} {}: new encoding session",
-                self.peer,
-                old.key.width,
-                old.key.height,
-                old.key.format,
-                key.width,
-                key.height,
-                key.format
-            );
-            old.finish(self.cfg.drain_timeout);
-            self.force_keyframe = false;
-        }
+        self.retire_outdated_session(&key);
         if self.session.is_none() {
             match Session::new(
                 &self.cfg.encoder,
@@ -625,6 +572,39 @@ impl Reader<'_> {
             self.session = None;
         }
         true
+    }
+
+    /// Ends the running session when it cannot take a frame of `key`: the
+    /// frame rate, the bitrate (for an encoder that cannot change it while
+    /// encoding), the profile, or the frame's size or format changed. The
+    /// next session starts with a keyframe of its own.
+    fn retire_outdated_session(&mut self, key: &SessionKey) {
+        let Some(s) = &self.session else {
+            return;
+        };
+        let (fps_n, fps_d) = (self.params.fps_n, self.params.fps_d);
+        let why = if s.framerate != (fps_n, fps_d) {
+            format!("frame rate changed to {fps_n}/{fps_d}")
+        } else if s.bitrate_kbps != self.params.bitrate_kbps {
+            format!("bitrate changed to {} kbit/s", self.params.bitrate_kbps)
+        } else if s.target != self.target {
+            let to = self
+                .target
+                .map_or("the encoder's default".into(), |t| t.to_string());
+            format!("profile changed to {to}")
+        } else if s.key != *key {
+            format!(
+                "frame format changed from {}x{} {} to {}x{} {}",
+                s.key.width, s.key.height, s.key.format, key.width, key.height, key.format
+            )
+        } else {
+            return;
+        };
+        info!("{}: {why}: new encoding session", self.peer);
+        if let Some(old) = self.session.take() {
+            old.finish(self.cfg.drain_timeout);
+        }
+        self.force_keyframe = false;
     }
 
     /// Logs a problem with the guest's input: the first few as warnings,
