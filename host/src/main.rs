@@ -7,6 +7,8 @@
 //! * `client.rs`: one guest: request decoding and validation, the in-flight
 //!   limit, responses in request order.
 //! * `encoder.rs`: encoder choice and the GStreamer encoding session.
+//! * `pixels.rs`: the guest's pixels as GStreamer buffers (strides, odd
+//!   sizes).
 //! * `profile.rs`: profile negotiation: the caps after the encoder, and a
 //!   trial frame that proves the encoder honours them.
 //! * `stats.rs`: per-client statistics.
@@ -20,6 +22,7 @@ mod client;
 mod conn;
 mod encoder;
 mod listen;
+mod pixels;
 mod profile;
 mod shutdown;
 mod stats;
