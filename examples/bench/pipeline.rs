@@ -39,6 +39,9 @@ pub struct RunResult {
     pub seconds: f64,
     pub fps: f64,
     pub cpu_seconds: f64,
+    /// Voluntary and involuntary context switches of the process during
+    /// the run.
+    pub context_switches: (u64, u64),
     /// Sorted per-frame latencies (into `enc` to out of it), milliseconds.
     pub latencies_ms: Vec<f64>,
     /// The element's `stats` property at the end, when it has one.
@@ -49,6 +52,11 @@ pub struct RunResult {
 impl RunResult {
     pub fn cpu_ms_per_frame(&self) -> f64 {
         self.cpu_seconds * 1000.0 / self.frames_out.max(1) as f64
+    }
+
+    /// Voluntary context switches (sleeps, hence wake-ups) per frame.
+    pub fn wakeups_per_frame(&self) -> f64 {
+        self.context_switches.0 as f64 / self.frames_out.max(1) as f64
     }
 
     pub fn latency_p(&self, p: f64) -> f64 {
@@ -203,6 +211,7 @@ pub fn run(spec: RunSpec<'_>) -> Result<RunResult> {
     }
 
     let cpu0 = sys::process_cpu();
+    let cs0 = sys::process_context_switches();
     let wall0 = Instant::now();
     pipeline.set_state(gst::State::Playing)?;
 
@@ -224,6 +233,7 @@ pub fn run(spec: RunSpec<'_>) -> Result<RunResult> {
         None => error = Some(format!("no EOS within {:?}", spec.timeout)),
     }
     let cpu = sys::process_cpu() - cpu0;
+    let cs1 = sys::process_context_switches();
     let stats = enc
         .find_property("stats")
         .and_then(|_| enc.property::<Option<gst::Structure>>("stats"));
@@ -251,6 +261,7 @@ pub fn run(spec: RunSpec<'_>) -> Result<RunResult> {
         seconds,
         fps,
         cpu_seconds: cpu.as_secs_f64(),
+        context_switches: (cs1.0 - cs0.0, cs1.1 - cs0.1),
         latencies_ms,
         stats,
         error,

@@ -547,8 +547,8 @@ fn cpu_section(
     let peer = PeerProcess::start(&format!("unix:{}", sock.display()), Duration::ZERO)?;
     let (n_vsock, n_x264) = if o.quick { (30, 15) } else { (300, 120) };
     say(&format!(
-        "{:<6} {:<58} {:>7} {:>9} {:>12}",
-        "format", "pipeline", "frames", "fps", "CPU ms/frame"
+        "{:<6} {:<58} {:>7} {:>9} {:>12} {:>13}",
+        "format", "pipeline", "frames", "fps", "CPU ms/frame", "wakeups/frame"
     ));
     let mut rows = Vec::new();
     for f in Format::ALL {
@@ -587,12 +587,13 @@ fn cpu_section(
                     .replace("name=enc ", "")
             };
             say(&format!(
-                "{:<6} {:<58} {:>7} {:>9.1} {:>12.3}{}",
+                "{:<6} {:<58} {:>7} {:>9.1} {:>12.3} {:>13.1}{}",
                 f.name(),
                 shown,
                 res.frames_out,
                 res.fps,
                 res.cpu_ms_per_frame(),
+                res.wakeups_per_frame(),
                 res.error
                     .as_deref()
                     .map(|e| format!("  {e}"))
@@ -607,6 +608,7 @@ fn cpu_section(
                 ("fps", J::num(res.fps)),
                 ("cpu_seconds", J::num(res.cpu_seconds)),
                 ("cpu_ms_per_frame", J::num(res.cpu_ms_per_frame())),
+                ("wakeups_per_frame", J::num(res.wakeups_per_frame())),
                 ("error", err_json(&res)),
             ]));
         }

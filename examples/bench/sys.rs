@@ -2,14 +2,27 @@
 
 use std::time::Duration;
 
-/// User + system CPU time of this whole process so far.
-pub fn process_cpu() -> Duration {
+fn rusage_self() -> libc::rusage {
     // SAFETY: getrusage only writes into the struct we hand it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     assert_eq!(rc, 0, "getrusage failed");
+    ru
+}
+
+/// User + system CPU time of this whole process so far.
+pub fn process_cpu() -> Duration {
+    let ru = rusage_self();
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Context switches of this whole process so far (all threads): voluntary
+/// ones are a thread going to sleep to wait for something, so their count
+/// per frame is how often the element's threads wake up per frame.
+pub fn process_context_switches() -> (u64, u64) {
+    let ru = rusage_self();
+    (ru.ru_nvcsw as u64, ru.ru_nivcsw as u64)
 }
 
 /// `VmRSS` and `VmHWM` of a process in KiB (`None` once it is gone).

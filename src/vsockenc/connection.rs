@@ -1,17 +1,21 @@
-//! One live connection to the host: the serialized writer and the reader
-//! thread that owns the read half.
+//! One live connection to the host: the serialized writer, the per-connection
+//! negotiation state and the handle of its reader thread.
 //!
-//! Every write (FRAME_REQUEST, CONFIG_REQ, PING) goes through one writer
-//! mutex, so messages never interleave. A write that fails or times out
-//! leaves the byte stream in an unknown state, so the connection is shut
-//! down; the reader then sees the end of the stream and fails the frames
-//! still in flight on it. A connection is never reused after that: a
-//! reconnect makes a new one with the next generation number, and pending
-//! frames remember the generation they were sent on.
+//! Every write (frames, CONFIG_REQ, PING, extension messages) goes through
+//! one writer mutex, so messages never interleave. A write that fails or
+//! times out leaves the byte stream in an unknown state, so the connection is
+//! shut down; its reader then sees the end of the stream and fails the frames
+//! still in flight on it. A connection is never reused after that: the link
+//! makes a new one with the next generation number, and pending frames
+//! remember the generation they were sent on.
+//!
+//! Shutting the socket down (`close`, `break_with`) is what makes stopping
+//! independent of the host: a write blocked on a host that does not read, and
+//! a read waiting for one that does not answer, both return at once.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -20,11 +24,10 @@ use hxfr::ext::{ExtMessage, GuestExt};
 use hxfr::{ConfigRequest, FrameRequest, Message, LEGACY_SESSION_ID};
 use parking_lot::Mutex;
 
-use crate::vsockenc::pending::Pending;
-use crate::vsockenc::receiver::{self, ReaderEvents};
-use crate::vsockenc::transport::{Address, Stream};
+use super::transport::{self, Address, Stream};
 
-/// How often a blocked read wakes up to look at the `closed` flag.
+/// How often a blocked read wakes up on its own (a shutdown wakes it at
+/// once; this only bounds the wait if a platform does not).
 const READ_POLL: Duration = Duration::from_millis(500);
 
 pub struct Connection {
@@ -33,8 +36,8 @@ pub struct Connection {
     writer: Mutex<Stream>,
     /// Closed on purpose by the element (stop, replaced): no report.
     closing: AtomicBool,
-    /// Set when the connection was found broken; the reason is reported.
-    broken: Mutex<Option<String>>,
+    /// Why the connection was found broken (the first reason wins).
+    broken: OnceLock<String>,
     /// A handle used only to shut the socket down from any thread.
     control: Stream,
     reader: Mutex<Option<JoinHandle<()>>>,
@@ -48,52 +51,48 @@ pub struct Connection {
 #[derive(Debug, Clone, Copy)]
 pub struct Times {
     pub last_write: Instant,
-    pub last_read: Instant,
     /// When the last PING went out, if nothing was read since.
     pub ping_outstanding: Option<Instant>,
 }
 
 impl Connection {
-    /// Takes over a connected stream and starts its reader thread.
-    pub fn start(
+    /// Takes over a connected stream. Returns the connection and the read
+    /// half for its reader thread (see [`Connection::set_reader`]).
+    pub fn new(
         addr: Address,
         generation: u64,
         stream: Stream,
         write_timeout: Duration,
-        pending: Arc<Pending>,
-        events: Arc<dyn ReaderEvents>,
-    ) -> io::Result<Arc<Connection>> {
+    ) -> io::Result<(Arc<Connection>, Stream)> {
         stream.set_write_timeout(Some(write_timeout))?;
         let read_half = stream.try_clone()?;
         read_half.set_read_timeout(Some(READ_POLL))?;
         let control = stream.try_clone()?;
-        let now = Instant::now();
         let conn = Arc::new(Connection {
             addr,
             generation,
             writer: Mutex::new(stream),
             closing: AtomicBool::new(false),
-            broken: Mutex::new(None),
+            broken: OnceLock::new(),
             control,
             reader: Mutex::new(None),
             times: Mutex::new(Times {
-                last_write: now,
-                last_read: now,
+                last_write: Instant::now(),
                 ping_outstanding: None,
             }),
             ext: Mutex::new(GuestExt::new(0)),
         });
-        let c = conn.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("vsockenc-rx-{generation}"))
-            .spawn(move || receiver::run(c, read_half, pending, events))?;
-        *conn.reader.lock() = Some(handle);
-        Ok(conn)
+        Ok((conn, read_half))
+    }
+
+    /// Hands over the reader thread, joined by [`Connection::close`].
+    pub fn set_reader(&self, handle: JoinHandle<()>) {
+        *self.reader.lock() = Some(handle);
     }
 
     /// Whether nothing can be sent on it any more.
     pub fn is_closed(&self) -> bool {
-        self.closing.load(Ordering::SeqCst) || self.broken.lock().is_some()
+        self.closing.load(Ordering::SeqCst) || self.broken.get().is_some()
     }
 
     /// Whether the element closed it on purpose.
@@ -101,24 +100,32 @@ impl Connection {
         self.closing.load(Ordering::SeqCst)
     }
 
-    /// Why it broke, if it did (first reason wins).
+    /// Why it broke, if it did.
     pub fn broken_reason(&self) -> Option<String> {
-        self.broken.lock().clone()
+        self.broken.get().cloned()
     }
 
     /// Declares the connection broken and wakes its reader, which then
     /// fails the frames in flight and reports `why`. Any thread.
     pub fn break_with(&self, why: impl Into<String>) {
-        self.broken.lock().get_or_insert_with(|| why.into());
+        let _ = self.broken.set(why.into());
         self.control.shutdown();
     }
 
-    /// Closes on purpose and waits for the reader thread (never call this
-    /// from the reader thread).
-    pub fn close(&self) {
+    /// Marks it closed on purpose and shuts the socket down: a write or a
+    /// read blocked on it returns at once. Does not wait.
+    pub fn shut_down(&self) {
         self.closing.store(true, Ordering::SeqCst);
         self.control.shutdown();
-        if let Some(h) = self.reader.lock().take() {
+    }
+
+    /// Shuts it down and waits for the reader thread (never call this from
+    /// the reader thread, nor while holding the state mutex: the reader
+    /// takes it).
+    pub fn close(&self) {
+        self.shut_down();
+        let reader = self.reader.lock().take();
+        if let Some(h) = reader {
             let _ = h.join();
         }
     }
@@ -127,10 +134,9 @@ impl Connection {
         *self.times.lock()
     }
 
-    pub(crate) fn note_read(&self) {
-        let mut t = self.times.lock();
-        t.last_read = Instant::now();
-        t.ping_outstanding = None;
+    /// Something arrived from the host: it is alive.
+    pub fn note_read(&self) {
+        self.times.lock().ping_outstanding = None;
     }
 
     fn write_with<F>(&self, f: F) -> io::Result<usize>
@@ -151,10 +157,7 @@ impl Connection {
             }
             Err(e) => {
                 drop(w);
-                self.break_with(format!(
-                    "write failed: {}",
-                    crate::vsockenc::transport::describe(&e)
-                ));
+                self.break_with(format!("write failed: {}", transport::describe(&e)));
                 Err(e)
             }
         }
@@ -168,15 +171,11 @@ impl Connection {
 
     /// Announces the extensions the element supports: the first message on
     /// a connection. A legacy host skips it; ours answers HELLO_ACK.
-    pub fn send_hello(&self, requested: u32) -> io::Result<usize> {
+    pub fn send_hello(&self, requested: u32, tile: u16, agent: &str) -> io::Result<usize> {
         let hello = {
             let mut ext = self.ext.lock();
             *ext = GuestExt::new(requested);
-            ext.hello(
-                crate::vsockenc::delta::TILE,
-                crate::vsockenc::delta::TILE,
-                concat!("vsockenc/", env!("CARGO_PKG_VERSION")),
-            )
+            ext.hello(tile, tile, agent)
         };
         self.send_bytes(&ExtMessage::Hello(hello).encode(LEGACY_SESSION_ID))
     }
@@ -213,11 +212,7 @@ impl Connection {
     }
 
     fn send_message(&self, m: &Message) -> io::Result<usize> {
-        let bytes = m.encode(LEGACY_SESSION_ID);
-        self.write_with(|w| {
-            io::Write::write_all(w, &bytes)?;
-            Ok(bytes.len())
-        })
+        self.send_bytes(&m.encode(LEGACY_SESSION_ID))
     }
 }
 

@@ -1,8 +1,7 @@
 //! GObject/GStreamer glue of `vsockenc`: properties, pad templates and the
 //! `GstVideoEncoder` virtual methods. The logic lives in the sibling
-//! modules; see [`super::pending`] for the threading design.
+//! modules; [`super::state`] describes the threads and how they wait.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -13,20 +12,16 @@ use gst_video::prelude::*;
 use gst_video::subclass::prelude::*;
 use parking_lot::Mutex;
 
+use super::link::Link;
 use super::output;
 use super::pending::DropReason;
-use super::runtime::{FrameToSend, Shared};
+use super::send::{FrameToSend, Sender};
 use super::settings::*;
+use super::state::Shared;
 use super::stats;
+use super::stream_lock;
 use super::transport;
-
-pub static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
-    gst::DebugCategory::new(
-        "vsockenc",
-        gst::DebugColorFlags::empty(),
-        Some("H.264 encoding by the VM host over AF_VSOCK/TCP/Unix socket"),
-    )
-});
+use super::CAT;
 
 const SINK_FORMATS: [gst_video::VideoFormat; 5] = [
     gst_video::VideoFormat::Bgrx,
@@ -36,16 +31,19 @@ const SINK_FORMATS: [gst_video::VideoFormat; 5] = [
     gst_video::VideoFormat::Nv12,
 ];
 
-/// State that exists only between `start()` and `stop()`.
-struct State {
+/// What exists only between `start()` and `stop()`.
+struct Running {
     shared: Arc<Shared>,
+    link: Arc<Link>,
+    /// Used by the streaming thread only.
+    sender: Arc<Mutex<Sender>>,
     info: Option<gst_video::VideoInfo>,
 }
 
 #[derive(Default)]
 pub struct VsockEnc {
     settings: Mutex<Settings>,
-    state: Mutex<Option<State>>,
+    running: Mutex<Option<Running>>,
     /// Counters of the last run, shown by `stats` after `stop()`.
     last_stats: Mutex<Option<gst::Structure>>,
 }
@@ -57,90 +55,116 @@ impl ObjectSubclass for VsockEnc {
     type ParentType = gst_video::VideoEncoder;
 }
 
+/// What a wait of the streaming thread waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Fewer than this many frames in the element (sent and not yet pushed
+    /// downstream): the host's window, and backpressure from downstream,
+    /// since `finish_frame` pushes without the stream lock.
+    Room(usize),
+    /// No frame left in the element (EOS, new caps).
+    Drained,
+}
+
 impl VsockEnc {
     fn shared(&self) -> Option<Arc<Shared>> {
-        self.state.lock().as_ref().map(|s| s.shared.clone())
+        self.running.lock().as_ref().map(|r| r.shared.clone())
     }
 
-    /// Waits until fewer than `max-in-flight` frames are in flight, draining
-    /// ready frames meanwhile. Bounded by the response timeout: every frame
-    /// in flight has expired by then. Called with the stream lock held.
-    fn wait_for_capacity(&self, shared: &Shared) -> Result<(), gst::FlowError> {
-        let max = shared.settings.max_in_flight.max(1) as usize;
-        let give_up = Instant::now() + shared.settings.response_timeout() + Duration::from_secs(1);
-        let obj = self.obj();
-        loop {
-            let mut t = shared.pending.lock();
-            if t.is_flushing() || shared.stop.load(Ordering::SeqCst) {
-                return Err(gst::FlowError::Flushing);
-            }
-            shared.flow()?;
-            if t.in_flight() < max {
-                return Ok(());
-            }
+    fn link(&self) -> Option<Arc<Link>> {
+        self.running.lock().as_ref().map(|r| r.link.clone())
+    }
+
+    /// Waits on the streaming thread, with the stream lock released, until
+    /// `until` holds, the element stops or flushes (`Err(Flushing)`), a
+    /// flow error is stored, or `give_up` (`Ok(false)`; None: no limit). Frames whose
+    /// deadline passed are expired here too, so the wait does not depend on
+    /// the output task's timing. With `drain`, a DRAIN_DONE for that token
+    /// fails the frames still waiting on that connection: the host has
+    /// answered everything it will.
+    fn wait(
+        &self,
+        shared: &Shared,
+        until: Until,
+        give_up: Option<Instant>,
+        drain: Option<&(Arc<super::connection::Connection>, u64)>,
+    ) -> Result<bool, gst::FlowError> {
+        // Called with the state locked; true when the wait is over.
+        let done = |st: &mut super::state::State| -> Result<bool, gst::FlowError> {
+            st.check()?;
             let now = Instant::now();
-            if t.has_ready(now) {
-                drop(t);
-                output::finish_ready(&obj, shared)?;
-                continue;
-            }
-            if now >= give_up {
-                gst::warning!(
-                    CAT,
-                    imp = self,
-                    "still {} frames in flight after the response timeout",
-                    t.in_flight()
-                );
-                return Ok(());
-            }
-            let wake = t.earliest_deadline().map_or(give_up, |d| d.min(give_up));
-            shared.pending.wait_streaming(&mut t, wake);
-        }
-    }
-
-    /// EOS: finishes every frame still in the element, waiting at most the
-    /// response timeout for their responses.
-    fn drain(&self, shared: &Shared) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let give_up =
-            Instant::now() + shared.settings.response_timeout() + Duration::from_millis(200);
-        let obj = self.obj();
-        // With DRAIN negotiated the host says when it has answered every
-        // frame: no waiting for timeouts to learn that the stream is done.
-        let drain = shared.start_drain();
-        loop {
-            output::finish_ready(&obj, shared)?;
-            let mut t = shared.pending.lock();
-            if t.is_empty() {
-                return Ok(gst::FlowSuccess::Ok);
-            }
-            if let Some((conn, token)) = &drain {
-                if t.in_flight() > 0 && conn.ext.lock().drain_done(*token) {
-                    // DRAIN_DONE follows every answer for that connection:
-                    // a frame still waiting will never be answered.
-                    let _ = t.fail_generation(conn.generation, DropReason::HostError);
-                    continue;
+            let mut changed = !st.table.expire(now).is_empty();
+            if let Some((conn, token)) = drain {
+                if st.table.in_flight() > 0 && conn.ext.lock().drain_done(*token) {
+                    changed |= !st
+                        .table
+                        .fail_generation(conn.generation, DropReason::HostError)
+                        .is_empty();
                 }
             }
-            if t.is_flushing() || shared.stop.load(Ordering::SeqCst) {
-                return Err(gst::FlowError::Flushing);
+            if changed {
+                shared.wake_output();
             }
-            let now = Instant::now();
-            if now >= give_up {
-                gst::warning!(CAT, imp = self, "EOS: giving up on {} frames", t.len());
-                return Ok(gst::FlowSuccess::Ok);
+            Ok(match until {
+                Until::Room(max) => st.table.len() + st.finishing < max,
+                Until::Drained => st.drained(),
+            })
+        };
+        loop {
+            if done(&mut shared.lock())? {
+                return Ok(true);
             }
-            if t.has_ready(now) {
-                continue;
+            if give_up.is_some_and(|t| Instant::now() >= t) {
+                return Ok(false);
             }
-            let wake = t.earliest_deadline().map_or(give_up, |d| d.min(give_up));
-            shared.pending.wait_streaming(&mut t, wake);
+            let obj = self.obj();
+            stream_lock::released(&*obj, || {
+                let mut st = shared.lock();
+                // Checked again under the same hold as the sleep: a change
+                // made after the check above is not missed.
+                if matches!(done(&mut st), Ok(false)) {
+                    let wake = match (st.table.earliest_deadline(), give_up) {
+                        (Some(d), Some(g)) => Some(d.min(g)),
+                        (d, g) => d.or(g),
+                    };
+                    shared.wait_streaming(&mut st, wake);
+                }
+            });
         }
+    }
+
+    /// Lets every frame in the element leave (finished by the output task)
+    /// before new caps: they were encoded under the old ones. What has not
+    /// been answered within the response timeout is dropped, and the next
+    /// frame is a keyframe.
+    fn drain_for_new_caps(&self, shared: &Shared, timeout: Duration) -> Result<(), gst::FlowError> {
+        let give_up = Instant::now() + timeout;
+        if self.wait(shared, Until::Drained, Some(give_up), None)? {
+            return Ok(());
+        }
+        let lost = shared.lock().table.fail_waiting(DropReason::Timeout);
+        shared.wake_output();
+        gst::warning!(
+            CAT,
+            imp = self,
+            "new caps: {} frames of the old format still unanswered after {} ms were dropped",
+            lost.len(),
+            timeout.as_millis()
+        );
+        // The drops are ready at once: give the output task a moment.
+        self.wait(
+            shared,
+            Until::Drained,
+            Some(Instant::now() + Duration::from_millis(500)),
+            None,
+        )?;
+        Ok(())
     }
 
     fn set_flushing(&self, flushing: bool) {
         if let Some(shared) = self.shared() {
-            shared.pending.lock().set_flushing(flushing);
-            shared.pending.notify();
+            shared.lock().flushing = flushing;
+            shared.wake_all();
         }
     }
 }
@@ -205,7 +229,7 @@ impl ObjectImpl for VsockEnc {
                     .build(),
                 glib::ParamSpecUInt::builder("max-in-flight")
                     .nick("Maximum frames in flight")
-                    .blurb("Frames sent to the host and not answered yet before the element blocks upstream")
+                    .blurb("Frames sent to the host and not yet pushed downstream before the element blocks upstream (the host's window; a frame leaves it when its output is pushed or it is dropped)")
                     .minimum(1)
                     .maximum(MAX_MAX_IN_FLIGHT)
                     .default_value(DEFAULT_MAX_IN_FLIGHT)
@@ -303,8 +327,12 @@ impl ObjectImpl for VsockEnc {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         if pspec.name() == "stats" {
             if let Some(shared) = self.shared() {
-                let t = shared.pending.lock();
-                return t.stats.to_structure(t.in_flight() as u32).to_value();
+                let st = shared.lock();
+                return st
+                    .table
+                    .stats
+                    .to_structure(st.table.in_flight() as u32)
+                    .to_value();
             }
             return self
                 .last_stats
@@ -404,10 +432,24 @@ impl ElementImpl for VsockEnc {
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
         if transition == gst::StateChange::PausedToReady {
-            // Wake handle_frame/finish before the pads are deactivated.
-            self.set_flushing(true);
+            // Before the pads are deactivated: end every wait and shut the
+            // socket down, so neither the streaming thread nor the output
+            // task can be held by the host, then stop the task.
+            if let Some(link) = self.link() {
+                link.shutdown();
+            }
+            output::stop(&self.obj());
         }
-        self.parent_change_state(transition)
+        let ret = self.parent_change_state(transition)?;
+        if transition == gst::StateChange::ReadyToPaused {
+            if let Some(shared) = self.shared() {
+                output::start(&self.obj(), shared).map_err(|e| {
+                    gst::error!(CAT, imp = self, "cannot start the output task: {e}");
+                    gst::StateChangeError
+                })?;
+            }
+        }
+        Ok(ret)
     }
 }
 
@@ -415,10 +457,11 @@ impl VideoEncoderImpl for VsockEnc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().clone();
         let obj = self.obj();
-        let shared = Shared::new(settings.clone(), &obj);
-        let addr = shared.addr.clone();
+        let shared = Arc::new(Shared::default());
+        let link = Link::new(settings.clone(), shared.clone(), &obj);
+        let addr = link.addr.clone();
         gst::info!(CAT, imp = self, "connecting to {addr}");
-        if let Err(e) = shared.connect() {
+        if let Err(e) = link.connect() {
             let why = transport::describe(&e);
             if !settings.wait_for_host {
                 return Err(gst::error_msg!(
@@ -435,36 +478,35 @@ impl VideoEncoderImpl for VsockEnc {
                 "no vsockenc-host on {addr} yet ({why}); dropping frames until it appears, retrying every {} ms",
                 settings.reconnect_interval_ms
             );
-            shared.schedule_connect(Instant::now() + settings.reconnect_interval());
+            link.schedule_connect(Instant::now() + settings.reconnect_interval());
         }
-        output::spawn(shared.clone(), obj.downgrade()).map_err(|e| {
-            shared.close();
-            gst::error_msg!(
+        if let Err(e) = link.spawn() {
+            link.shutdown();
+            link.join();
+            return Err(gst::error_msg!(
                 gst::CoreError::Failed,
-                ["cannot start the output thread: {e}"]
-            )
-        })?;
-        *self.state.lock() = Some(State { shared, info: None });
+                ["cannot start the link thread: {e}"]
+            ));
+        }
+        *self.running.lock() = Some(Running {
+            shared,
+            link,
+            sender: Arc::new(Mutex::new(Sender::new(settings))),
+            info: None,
+        });
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        let Some(state) = self.state.lock().take() else {
+        let Some(running) = self.running.lock().take() else {
             return Ok(());
         };
-        let shared = state.shared;
-        shared.close();
-        if let Some(h) = shared.output_thread.lock().take() {
-            let _ = h.join();
-        }
-        let t = shared.pending.lock();
-        *self.last_stats.lock() = Some(t.stats.to_structure(0));
-        gst::info!(
-            CAT,
-            imp = self,
-            "stopped; {}",
-            t.stats.to_structure(t.in_flight() as u32)
-        );
+        running.link.shutdown();
+        running.link.join();
+        let st = running.shared.lock();
+        let stats = st.table.stats.to_structure(st.table.in_flight() as u32);
+        gst::info!(CAT, imp = self, "stopped; {stats}");
+        *self.last_stats.lock() = Some(st.table.stats.to_structure(0));
         Ok(())
     }
 
@@ -473,9 +515,17 @@ impl VideoEncoderImpl for VsockEnc {
         state: &gst_video::VideoCodecState<'static, gst_video::video_codec_state::Readable>,
     ) -> Result<(), gst::LoggableError> {
         let info = state.info().clone();
-        let shared = self
-            .shared()
-            .ok_or_else(|| gst::loggable_error!(CAT, "set_format before start"))?;
+        let (shared, link) = {
+            let r = self.running.lock();
+            let r = r
+                .as_ref()
+                .ok_or_else(|| gst::loggable_error!(CAT, "set_format before start"))?;
+            (r.shared.clone(), r.link.clone())
+        };
+        let settings = self.settings.lock().clone();
+        self.drain_for_new_caps(&shared, settings.response_timeout())
+            .map_err(|e| gst::loggable_error!(CAT, "new caps while {e:?}"))?;
+
         let obj = self.obj();
         let caps = gst::Caps::builder("video/x-h264")
             .field("stream-format", "byte-stream")
@@ -494,10 +544,10 @@ impl VideoEncoderImpl for VsockEnc {
         } else {
             (0, 1)
         };
-        shared.set_config(hxfr::ConfigRequest {
+        link.set_config(hxfr::ConfigRequest {
             width: info.width(),
             height: info.height(),
-            bitrate: shared.settings.bitrate_bps(),
+            bitrate: settings.bitrate_bps(),
             framerate_num: num,
             framerate_den: den,
             profile: 0,
@@ -513,14 +563,31 @@ impl VideoEncoderImpl for VsockEnc {
             .then(|| gst::ClockTime::SECOND.mul_div_floor(den as u64, num as u64))
             .flatten()
             .unwrap_or(gst::ClockTime::ZERO);
-        let max =
-            gst::ClockTime::from_mseconds(shared.settings.response_timeout_ms as u64).max(frame);
+        let max = gst::ClockTime::from_mseconds(settings.response_timeout_ms as u64).max(frame);
         obj.set_latency(frame, max);
-        shared.set_reported_latency(frame, frame, max);
+        shared.lock().latency = Some((frame, frame, max));
         gst::info!(CAT, imp = self, "format {info:?}; latency {frame} .. {max}");
 
-        if let Some(s) = self.state.lock().as_mut() {
-            s.info = Some(info);
+        if let Some(r) = self.running.lock().as_mut() {
+            r.info = Some(info);
+        }
+        Ok(())
+    }
+
+    fn propose_allocation(
+        &self,
+        query: &mut gst::query::Allocation,
+    ) -> Result<(), gst::LoggableError> {
+        // The send path takes any stride and plane offset (packing.rs):
+        // upstream need not copy to produce default strides. The base class
+        // offers its pool and VideoMeta only when the query holds no pool
+        // yet; say it in every case.
+        self.parent_propose_allocation(query)?;
+        if query
+            .find_allocation_meta::<gst_video::VideoMeta>()
+            .is_none()
+        {
+            query.add_allocation_meta::<gst_video::VideoMeta>(None);
         }
         Ok(())
     }
@@ -529,15 +596,18 @@ impl VideoEncoderImpl for VsockEnc {
         &self,
         frame: gst_video::VideoCodecFrame,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let (shared, info) = {
-            let st = self.state.lock();
-            let st = st.as_ref().ok_or(gst::FlowError::Flushing)?;
+        let (shared, sender, info, max_in_flight) = {
+            let r = self.running.lock();
+            let r = r.as_ref().ok_or(gst::FlowError::Flushing)?;
+            let s = self.settings.lock();
             (
-                st.shared.clone(),
-                st.info.clone().ok_or(gst::FlowError::NotNegotiated)?,
+                r.shared.clone(),
+                r.sender.clone(),
+                r.info.clone().ok_or(gst::FlowError::NotNegotiated)?,
+                s.max_in_flight.max(1) as usize,
             )
         };
-        shared.flow()?;
+        shared.lock().check()?;
         let frame_id = frame.system_frame_number();
         let pts = frame.pts();
         let duration = frame.duration();
@@ -545,55 +615,80 @@ impl VideoEncoderImpl for VsockEnc {
             .flags()
             .contains(gst_video::VideoCodecFrameFlags::FORCE_KEYFRAME);
         let input = frame.input_buffer_owned().ok_or(gst::FlowError::Error)?;
-        // The frame stays in the base class's list; it is taken back by
-        // number when its response is finished.
+        // The frame stays in the base class's list; the output task takes
+        // it back by number. Dropping it here also releases the stream lock
+        // reference it holds, so the wait below can release the lock.
         drop(frame);
 
-        let obj = self.obj();
-        // Completions now wake this thread, not the output thread: it
-        // drains them below (see the pending module doc, "Wake-ups").
-        let _drainer = shared.pending.streaming_drainer();
-        let mut ret = output::finish_ready(&obj, &shared);
-        self.wait_for_capacity(&shared)?;
-        shared.send(FrameToSend {
-            frame_id,
-            input: &input,
-            info: &info,
-            pts,
-            duration,
-            force_requested,
-        })?;
-        let r = output::finish_ready(&obj, &shared);
-        if ret.is_ok() {
-            ret = r;
-        }
-        ret?;
-        shared.flow()
+        // Frames at the host expire by their deadline, so this only waits
+        // longer than the response timeout while downstream does not take
+        // output (backpressure, e.g. a paused sink), or until a flush or
+        // stop.
+        self.wait(&shared, Until::Room(max_in_flight), None, None)?;
+        sender.lock().send(
+            &self.obj(),
+            &shared,
+            FrameToSend {
+                frame_id,
+                input: &input,
+                info: &info,
+                pts,
+                duration,
+                force_requested,
+            },
+        )?;
+        let st = shared.lock();
+        st.check()
     }
 
     fn finish(&self) -> Result<gst::FlowSuccess, gst::FlowError> {
         let Some(shared) = self.shared() else {
             return Ok(gst::FlowSuccess::Ok);
         };
-        let _drainer = shared.pending.streaming_drainer();
-        self.drain(&shared)
+        let Some(link) = self.link() else {
+            return Ok(gst::FlowSuccess::Ok);
+        };
+        let timeout = self.settings.lock().response_timeout();
+        // With DRAIN negotiated the host says when it has answered every
+        // frame: no waiting for timeouts to learn that the stream is done.
+        let drain = link.start_drain();
+        let give_up = Instant::now() + timeout + Duration::from_millis(200);
+        if !self.wait(&shared, Until::Drained, Some(give_up), drain.as_ref())? {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "EOS: giving up on {} frames",
+                shared.lock().table.len()
+            );
+        }
+        Ok(gst::FlowSuccess::Ok)
     }
 
     fn flush(&self) -> bool {
         if let Some(shared) = self.shared() {
-            let mut t = shared.pending.lock();
-            t.clear();
-            t.set_flushing(false);
-            drop(t);
-            shared.reset_flow();
-            shared.pending.notify();
+            {
+                let mut st = shared.lock();
+                st.table.clear();
+                st.flushing = false;
+                st.reset_flow();
+            }
+            shared.wake_all();
+            if let Err(e) = output::start(&self.obj(), shared) {
+                gst::error!(CAT, imp = self, "cannot restart the output task: {e}");
+                return false;
+            }
         }
         true
     }
 
     fn sink_event(&self, event: gst::Event) -> bool {
         if let gst::EventView::FlushStart(_) = event.view() {
+            // Wake every wait, let downstream unblock (the event goes on
+            // downstream), then stop the task until flush-stop.
             self.set_flushing(true);
+            let ret = self.parent_sink_event(event);
+            output::stop(&self.obj());
+            return ret;
         }
         self.parent_sink_event(event)
     }

@@ -23,30 +23,66 @@
 //!     vsockenc tcp-host=10.0.2.2 bitrate=6000 ! h264parse ! fakesink
 //! ```
 //!
-//! Module map: [`transport`] (addresses, sockets), [`connection`] (writer,
-//! reader thread ownership), [`receiver`] (decoding responses),
-//! [`pending`] (frames in flight, matching, ordering, drops; the threading
-//! design), [`output`] (the output thread), [`packing`] (pixels to the
-//! wire), [`dmabuf`] (virtio-gpu resource ids), [`delta`] (compact frames:
-//! the reference frame and the compact-or-full choice), [`runtime`] (reconnect,
-//! keepalive, send path), [`stats`], [`settings`].
+//! Module map, top down: `imp` (GObject glue, the vfuncs); `state` (the
+//! one state mutex and its condvars: the threading rules); `output` (the
+//! src-pad task that finishes frames); `send` (the send path); `link`
+//! (connect, reconnect, keepalive, what the element reports about the
+//! host); `receiver` (the reader thread: responses matched to frames);
+//! `connection` (one socket: writer, negotiation state); `pending` (the
+//! frames in flight: matching, ordering, timeouts, drops); `packing`
+//! (pixels to the wire), `delta` (compact frames), `dmabuf` (virtio-gpu
+//! resource ids), `transport` (addresses, sockets), `stream_lock`,
+//! `settings`, `stats`.
+
+use std::sync::LazyLock;
 
 use gst::glib;
 use gst::prelude::*;
 
-pub mod connection;
-pub mod delta;
-pub mod dmabuf;
+/// The element's debug category, shared by all its modules.
+pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "vsockenc",
+        gst::DebugColorFlags::empty(),
+        Some("H.264 encoding by the VM host over AF_VSOCK/TCP/Unix socket"),
+    )
+});
+
+/// Logs to [`CAT`] with the element as the object when it is still alive,
+/// for threads that hold only a weak reference to it. The element is only
+/// upgraded when the level is enabled.
+macro_rules! log_weak {
+    ($level:ident, $weak:expr, $($args:tt)*) => {{
+        let level = log_weak!(@level $level);
+        if $crate::vsockenc::CAT.threshold() >= level {
+            match $weak.upgrade() {
+                Some(el) => gst::$level!($crate::vsockenc::CAT, obj = el, $($args)*),
+                None => gst::$level!($crate::vsockenc::CAT, $($args)*),
+            }
+        }
+    }};
+    (@level error) => { gst::DebugLevel::Error };
+    (@level warning) => { gst::DebugLevel::Warning };
+    (@level info) => { gst::DebugLevel::Info };
+    (@level debug) => { gst::DebugLevel::Debug };
+    (@level trace) => { gst::DebugLevel::Trace };
+}
+
+mod connection;
+mod delta;
+mod dmabuf;
 mod imp;
-pub mod output;
-pub mod packing;
-pub mod pending;
-pub mod receiver;
-pub mod runtime;
-pub mod settings;
-pub mod stats;
-pub mod stream_lock;
-pub mod transport;
+mod link;
+mod output;
+mod packing;
+mod pending;
+mod receiver;
+mod send;
+mod settings;
+mod state;
+mod stats;
+mod stream_lock;
+mod transport;
 
 glib::wrapper! {
     pub struct VsockEnc(ObjectSubclass<imp::VsockEnc>)

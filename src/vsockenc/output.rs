@@ -1,133 +1,68 @@
-//! The output thread, and the drain that finishes ready frames.
+//! The output task: the one thread that finishes frames.
 //!
-//! The output thread pushes a frame's output as soon as its response
-//! arrives, even when no further input comes (a static desktop). It sleeps
-//! on the pending table's output condvar, waking when the reader completes a
-//! frame while `handle_frame`/`finish` are not running (they drain it
-//! themselves otherwise, and hand over what they leave behind), at the
-//! earliest frame deadline (to drop timed-out frames) and when the link
-//! needs care (reconnect, keepalive); see the pending module doc. To finish
-//! frames it takes the encoder's stream lock first and only then the
-//! table's mutex, like `handle_frame`, which already holds the stream lock
-//! when it drains. It only *tries* the stream lock: when it is busy, its
-//! holder is nearly always `handle_frame`/`finish` draining the same table,
-//! so the thread looks again a little later (2 ms, backing off to 50 ms, or
-//! at once when that holder hands over frames it left behind) instead of
-//! queueing (which would also hold up reconnects and keepalives).
+//! It runs as a task on the encoder's src pad (like the asynchronous C
+//! encoders, e.g. v4l2videoenc): started once the pads are active and after
+//! every flush, stopped on flush-start and before the pads are deactivated.
+//! Each iteration sleeps on the state's `output` condvar until a frame's fate
+//! is known (a response, an error, a drop) or the earliest frame deadline
+//! passes, pops every ready frame in input order, and calls `finish_frame`
+//! for each after releasing the state mutex (`finish_frame` takes the
+//! encoder's stream lock itself and pushes downstream). So output leaves as
+//! soon as its answer arrives, even when no further input comes (a static
+//! desktop), and always in input order, because no other thread finishes
+//! frames.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use gst::glib;
+use gst::prelude::*;
 use gst_video::prelude::*;
 
-use super::imp::CAT;
 use super::pending::{Outcome, Ready};
-use super::runtime::Shared;
-use super::stream_lock::StreamLockGuard;
+use super::state::{Shared, State};
+use super::{VsockEnc, CAT};
 
-/// Longest sleep without a reason to wake, to notice a lost element.
-const IDLE_WAKE: Duration = Duration::from_millis(500);
-/// How soon to retry when the stream lock is busy, doubling up to the max
-/// while it stays busy (a sink blocked in preroll holds it for long).
-const LOCK_RETRY: Duration = Duration::from_millis(2);
-const LOCK_RETRY_MAX: Duration = Duration::from_millis(50);
-
-pub fn spawn(shared: Arc<Shared>, element: glib::WeakRef<super::VsockEnc>) -> std::io::Result<()> {
-    let s = shared.clone();
-    let handle = std::thread::Builder::new()
-        .name("vsockenc-out".into())
-        .spawn(move || {
-            let r = catch_unwind(AssertUnwindSafe(|| run(&s, &element)));
-            if r.is_err() {
-                if let Some(el) = element.upgrade() {
-                    gst::element_error!(
-                        el,
-                        gst::CoreError::Failed,
-                        ("internal error: the vsockenc output thread panicked")
-                    );
-                }
-                s.set_flow(Err(gst::FlowError::Error));
-            }
-        })?;
-    *shared.output_thread.lock() = Some(handle);
-    Ok(())
-}
-
-enum Wake {
-    Drain,
-    Maintain,
-}
-
-fn run(shared: &Arc<Shared>, element: &glib::WeakRef<super::VsockEnc>) {
-    let mut retry = LOCK_RETRY;
-    loop {
-        let wake = {
-            let mut t = shared.pending.lock();
-            loop {
-                if shared.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                let now = Instant::now();
-                // Link care first: a steady stream of ready frames must not
-                // starve reconnects and keepalives.
-                let maint = shared.next_maintenance();
-                if maint.is_some_and(|m| m <= now) {
-                    break Wake::Maintain;
-                }
-                if !t.is_flushing() && t.has_ready(now) {
-                    break Wake::Drain;
-                }
-                let mut wake_at = now + IDLE_WAKE;
-                // While flushing, expired frames wait for flush-stop to clear
-                // them: their deadlines must not make this loop spin.
-                let deadline = t.earliest_deadline().filter(|_| !t.is_flushing());
-                for d in [deadline, maint].into_iter().flatten() {
-                    wake_at = wake_at.min(d);
-                }
-                shared.pending.wait_output(&mut t, wake_at);
-            }
+/// Starts (or restarts) the task on the encoder's src pad.
+pub fn start(el: &VsockEnc, shared: std::sync::Arc<Shared>) -> Result<(), glib::BoolError> {
+    let weak = el.downgrade();
+    el.src_pad().start_task(move || {
+        let Some(el) = weak.upgrade() else {
+            return;
         };
-        match wake {
-            Wake::Drain => {
-                let Some(el) = element.upgrade() else { return };
-                // Whoever holds the stream lock is almost always
-                // handle_frame/finish, which drain themselves; rather than
-                // queue behind it, look again shortly.
-                let Some(_stream_lock) = StreamLockGuard::try_lock(&el) else {
-                    let mut t = shared.pending.lock();
-                    shared.pending.wait_output(&mut t, Instant::now() + retry);
-                    retry = (retry * 2).min(LOCK_RETRY_MAX);
-                    continue;
-                };
-                retry = LOCK_RETRY;
-                if shared.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                let r = finish_ready(&el, shared);
-                if let Err(e) = r {
-                    shared.set_flow(Err(e));
-                }
-            }
-            Wake::Maintain => shared.maintain(Instant::now()),
+        if !iterate(&el, &shared) {
+            // Stopping or flushing: pause until restarted (pausing from the
+            // task itself does not wait for it).
+            let _ = el.src_pad().pause_task();
         }
-    }
+    })
 }
 
-/// Finishes, in input order, every frame whose fate is known. The caller
-/// holds the encoder's stream lock.
-pub fn finish_ready(
-    el: &super::VsockEnc,
-    shared: &Shared,
-) -> Result<gst::FlowSuccess, gst::FlowError> {
-    let ready = shared.pending.lock().pop_ready(Instant::now());
-    if ready.is_empty() {
-        return Ok(gst::FlowSuccess::Ok);
-    }
-    // Capacity was freed: wake handle_frame / finish if they wait.
-    shared.pending.notify_streaming();
+/// Stops the task and waits until its current iteration is over. The
+/// caller has woken it first (stop or flushing set).
+pub fn stop(el: &VsockEnc) {
+    let _ = el.src_pad().stop_task();
+}
+
+/// One iteration: waits for ready frames and finishes them. False when the
+/// element is stopping or flushing.
+fn iterate(el: &VsockEnc, shared: &Shared) -> bool {
+    let ready = {
+        let mut st = shared.lock();
+        loop {
+            if st.stop || st.flushing {
+                return false;
+            }
+            let now = Instant::now();
+            if st.table.has_ready(now) {
+                let ready = st.table.pop_ready(now);
+                st.finishing += ready.len();
+                break ready;
+            }
+            let until = st.table.earliest_deadline();
+            shared.wait_output(&mut st, until);
+        }
+    };
+    let n = ready.len();
     let mut ret = Ok(gst::FlowSuccess::Ok);
     for r in ready {
         let res = finish_one(el, r);
@@ -135,7 +70,19 @@ pub fn finish_ready(
             ret = res;
         }
     }
-    if let Some((min, max)) = shared.latency_update() {
+    let latency = {
+        let mut st = shared.lock();
+        st.finishing -= n;
+        if let Err(e) = ret {
+            gst::debug!(CAT, obj = el, "downstream returned {e:?}");
+            st.set_flow(Err(e));
+        }
+        latency_update(&mut st)
+    };
+    // The table may be empty now (EOS and caps changes wait for that), and
+    // a flow error must reach handle_frame.
+    shared.wake_streaming();
+    if let Some((min, max)) = latency {
         gst::info!(
             CAT,
             obj = el,
@@ -143,10 +90,10 @@ pub fn finish_ready(
         );
         el.set_latency(min, max);
     }
-    ret
+    true
 }
 
-fn finish_one(el: &super::VsockEnc, r: Ready) -> Result<gst::FlowSuccess, gst::FlowError> {
+fn finish_one(el: &VsockEnc, r: Ready) -> Result<gst::FlowSuccess, gst::FlowError> {
     let Some(mut frame) = el.frame(r.frame_id as i32) else {
         // Flushed meanwhile.
         return Ok(gst::FlowSuccess::Ok);
@@ -182,4 +129,29 @@ fn finish_one(el: &super::VsockEnc, r: Ready) -> Result<gst::FlowSuccess, gst::F
             el.finish_frame(frame)
         }
     }
+}
+
+/// A higher minimum latency when the measured mean response time exceeds
+/// the reported one (rounded up to whole frames, capped at the maximum), so
+/// live sinks are told the truth. Only ever grows.
+fn latency_update(st: &mut State) -> Option<(gst::ClockTime, gst::ClockTime)> {
+    const MIN_SAMPLES: u64 = 16;
+    if st.table.stats.latency_samples() < MIN_SAMPLES {
+        return None;
+    }
+    let mean = gst::ClockTime::from_useconds(st.table.stats.latency_mean_us());
+    let (frame, min, max) = st.latency?;
+    if mean <= min {
+        return None;
+    }
+    let new_min = match frame.nseconds() {
+        0 => mean,
+        f => gst::ClockTime::from_nseconds(mean.nseconds().div_ceil(f) * f),
+    }
+    .min(max);
+    if new_min <= min {
+        return None;
+    }
+    st.latency = Some((frame, new_min, max));
+    Some((new_min, max))
 }

@@ -24,19 +24,15 @@ pub struct Plane<'a> {
 /// The pixels of one frame as they go on the wire.
 #[derive(Debug)]
 pub struct Packed<'a> {
-    pub format: WireFormat,
     /// The stride announced in the FRAME_REQUEST.
     pub stride: u32,
     pub slices: Vec<&'a [u8]>,
 }
 
 impl Packed<'_> {
+    /// Pixel bytes on the wire.
     pub fn len(&self) -> usize {
         self.slices.iter().map(|s| s.len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -71,7 +67,6 @@ pub fn pack<'a>(
                 ));
             }
             Ok(Packed {
-                format,
                 stride: p.stride as u32,
                 slices: vec![&p.data[..need]],
             })
@@ -101,7 +96,6 @@ pub fn pack<'a>(
                 rows_of(y, h).chain(rows_of(uv, uv_rows)).collect()
             };
             Ok(Packed {
-                format,
                 stride: row as u32,
                 slices,
             })

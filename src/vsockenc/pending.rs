@@ -1,62 +1,6 @@
 //! The pending-frames table: every frame between `handle_frame` and
-//! `finish_frame`, in input order, keyed by its wire PTS.
-//!
-//! # Threading
-//!
-//! The table sits behind one mutex ([`Pending`]). Three kinds of threads use
-//! it, and only two of them ever hold the encoder's stream lock:
-//!
-//! * the socket reader thread ([`super::receiver`]) only *completes* entries
-//!   (a response, an ERROR, a disconnect) and wakes whoever must react. It
-//!   never touches the stream lock, so it can never be part of a deadlock
-//!   with a thread that holds it;
-//! * the output thread ([`super::output`]) sleeps (waking at the earliest
-//!   frame deadline and link maintenance time too), then takes the stream
-//!   lock *first*, then pops every ready frame in input order and finishes
-//!   them after releasing this mutex;
-//! * `handle_frame`/`finish` already hold the stream lock and drain the same
-//!   way while they wait for in-flight capacity.
-//!
-//! Because both drainers pop while holding the stream lock, frames leave in
-//! input order; because the lock order is always "stream lock, then this
-//! mutex" and nobody holds this mutex across `finish_frame`, nothing can
-//! deadlock.
-//!
-//! # Wake-ups
-//!
-//! There are two condvars, one per kind of sleeper: `out` for the output
-//! thread, `streaming` for `handle_frame`/`finish` (at most one of those
-//! runs at a time: they hold the stream lock). While `handle_frame` or
-//! `finish` runs it is registered as the *streaming drainer*
-//! ([`Pending::streaming_drainer`], a count in the table, changed under the
-//! mutex). The rules:
-//!
-//! * a response that completes a frame ([`Pending::notify_completed`], the
-//!   only per-frame wake-up) wakes the streaming side only while a streaming
-//!   drainer is registered: it drains the frame itself before it returns,
-//!   and the output thread could not take the stream lock anyway. With no
-//!   drainer registered it wakes the output thread (and the streaming side,
-//!   which has nobody waiting then), so a response with no further input is
-//!   pushed at once. Which side to wake is decided under the mutex, in the
-//!   same critical section that completed the frame;
-//! * when the streaming drainer unregisters (on every return path, also
-//!   errors) it looks, under the mutex, for frames that are ready and left
-//!   behind (completed after its last drain) and then wakes the output
-//!   thread. So every completion is seen either by a drainer that will
-//!   still pop, or by the output thread: none is lost. It also wakes the
-//!   output thread when a frame deadline now comes before the end of that
-//!   thread's current sleep (recorded in the table by
-//!   [`Pending::wait_output`]), so timeouts are noticed on time;
-//! * freed capacity ([`Pending::notify_streaming`], after a pop) wakes only
-//!   the streaming side: popping never gives the output thread work;
-//! * everything else ([`Pending::notify`]: flush start/stop, stop, host
-//!   errors, disconnects, reconnects and scheduled reconnects, dropped
-//!   frames, DRAIN_DONE, flow errors) wakes both sides.
-//!
-//! Each sleeper re-checks its own condition under the mutex before it
-//! sleeps, and every state change that can satisfy it is followed by a
-//! notify of its condvar (decided under the mutex, sent after releasing it,
-//! which is safe: a waiter is queued before it releases the mutex).
+//! `finish_frame`, in input order, keyed by its wire PTS. Plain data: the
+//! locking and the wake-ups around it are in [`super::state`].
 //!
 //! # Drops and keyframes
 //!
@@ -69,9 +13,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
-
-use crate::vsockenc::stats::Stats;
+use super::stats::Stats;
 
 /// How many expired wire PTS are remembered to recognise late responses.
 const LATE_MEMORY: usize = 512;
@@ -152,15 +94,9 @@ pub struct Table {
     expired: VecDeque<i64>,
     awaiting_keyframe: bool,
     force_next: bool,
-    flushing: bool,
     last_wire_pts: Option<i64>,
     wire_offset: i64,
     rebase: bool,
-    /// Streaming threads between [`Pending::streaming_drainer`] and the
-    /// drop of its guard (0 or 1: they hold the stream lock).
-    streaming_drainers: usize,
-    /// When the output thread's current sleep ends at the latest.
-    output_wake_at: Option<Instant>,
     pub stats: Stats,
 }
 
@@ -172,12 +108,9 @@ impl Default for Table {
             // The first output must be a keyframe as well.
             awaiting_keyframe: true,
             force_next: false,
-            flushing: false,
             last_wire_pts: None,
             wire_offset: 0,
             rebase: false,
-            streaming_drainers: 0,
-            output_wake_at: None,
             stats: Stats::default(),
         }
     }
@@ -237,6 +170,12 @@ impl Table {
             generation,
             outcome: None,
         });
+    }
+
+    /// Makes the next frame sent a keyframe (a new connection: the host
+    /// starts a new session).
+    pub fn request_keyframe(&mut self) {
+        self.force_next = true;
     }
 
     /// Records a frame that is dropped before it was sent.
@@ -350,6 +289,21 @@ impl Table {
         lost
     }
 
+    /// Fails every frame still waiting, whatever its connection (new caps
+    /// cannot wait for them any longer). Returns their wire PTS.
+    pub fn fail_waiting(&mut self, reason: DropReason) -> Vec<i64> {
+        let mut lost = Vec::new();
+        for e in self.entries.iter_mut().filter(|e| e.outcome.is_none()) {
+            e.outcome = Some(Outcome::Dropped(reason));
+            remember(&mut self.expired, e.wire_pts);
+            lost.push(e.wire_pts);
+        }
+        if !lost.is_empty() {
+            self.force_next = true;
+        }
+        lost
+    }
+
     /// Drops every waiting frame whose deadline has passed. Returns their
     /// wire PTS.
     pub fn expire(&mut self, now: Instant) -> Vec<i64> {
@@ -450,14 +404,6 @@ impl Table {
         self.force_next = true;
         self.rebase = true;
     }
-
-    pub fn set_flushing(&mut self, flushing: bool) {
-        self.flushing = flushing;
-    }
-
-    pub fn is_flushing(&self) -> bool {
-        self.flushing
-    }
 }
 
 fn remember(expired: &mut VecDeque<i64>, pts: i64) {
@@ -465,88 +411,6 @@ fn remember(expired: &mut VecDeque<i64>, pts: i64) {
         expired.pop_front();
     }
     expired.push_back(pts);
-}
-
-/// The table with the condvars its waiters sleep on (see the module doc,
-/// "Wake-ups").
-#[derive(Debug, Default)]
-pub struct Pending {
-    table: Mutex<Table>,
-    /// The output thread sleeps here.
-    out: Condvar,
-    /// `handle_frame`/`finish` sleep here.
-    streaming: Condvar,
-}
-
-impl Pending {
-    pub fn lock(&self) -> MutexGuard<'_, Table> {
-        self.table.lock()
-    }
-
-    /// Wakes every waiter (output thread, `handle_frame`, `finish`).
-    pub fn notify(&self) {
-        self.streaming.notify_all();
-        self.out.notify_all();
-    }
-
-    /// Wakes `handle_frame`/`finish` only (capacity was freed).
-    pub fn notify_streaming(&self) {
-        self.streaming.notify_all();
-    }
-
-    /// A frame was completed in `t`: wakes the streaming drainer if one is
-    /// registered, else the output thread too. Releases the lock first.
-    pub fn notify_completed(&self, t: MutexGuard<'_, Table>) {
-        let drainer = t.streaming_drainers > 0;
-        drop(t);
-        self.streaming.notify_all();
-        if !drainer {
-            self.out.notify_all();
-        }
-    }
-
-    /// The output thread: sleeps until notified or `deadline`.
-    pub fn wait_output(&self, guard: &mut MutexGuard<'_, Table>, deadline: Instant) {
-        guard.output_wake_at = Some(deadline);
-        let _ = self.out.wait_until(guard, deadline);
-    }
-
-    /// `handle_frame`/`finish`: sleeps until notified or `deadline`.
-    pub fn wait_streaming(&self, guard: &mut MutexGuard<'_, Table>, deadline: Instant) {
-        let _ = self.streaming.wait_until(guard, deadline);
-    }
-
-    /// Registers the calling streaming thread (holding the stream lock) as
-    /// a drainer until the guard is dropped; see the module doc.
-    pub fn streaming_drainer(&self) -> StreamingDrainer<'_> {
-        self.table.lock().streaming_drainers += 1;
-        StreamingDrainer { pending: self }
-    }
-}
-
-/// See [`Pending::streaming_drainer`].
-#[must_use]
-pub struct StreamingDrainer<'a> {
-    pending: &'a Pending,
-}
-
-impl Drop for StreamingDrainer<'_> {
-    fn drop(&mut self) {
-        let mut t = self.pending.table.lock();
-        t.streaming_drainers -= 1;
-        // A frame completed after the last drain was announced to this
-        // drainer only: hand it to the output thread. Likewise a deadline
-        // (of a frame sent meanwhile) before the end of the output
-        // thread's current sleep: it must recompute when to wake.
-        let left = t.has_ready(Instant::now())
-            || t.earliest_deadline()
-                .zip(t.output_wake_at)
-                .is_some_and(|(d, w)| d < w);
-        drop(t);
-        if left {
-            self.pending.out.notify_all();
-        }
-    }
 }
 
 #[cfg(test)]
@@ -673,43 +537,6 @@ mod tests {
         assert_eq!(t.complete(12345, enc(true), now), Match::Unknown);
         assert!(t.complete_oldest(1, enc(true), now));
         assert_eq!(ids(&t.pop_ready(now)), vec![0]);
-    }
-
-    /// The output thread sleeps on its own condvar; a completion while a
-    /// streaming drainer is registered is handed to it when the drainer
-    /// leaves without popping it.
-    #[test]
-    fn a_drainer_hands_leftover_frames_to_the_output_thread() {
-        use std::sync::Arc;
-        let p = Arc::new(Pending::default());
-        let now = Instant::now();
-        p.lock().insert_sent(0, 0, now, Duration::from_secs(60), 1);
-        let drainer = p.streaming_drainer();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let waiter = {
-            let p = p.clone();
-            std::thread::spawn(move || {
-                let give_up = Instant::now() + Duration::from_secs(30);
-                let mut t = p.lock();
-                tx.send(()).unwrap();
-                while !t.has_ready(Instant::now()) && Instant::now() < give_up {
-                    p.wait_output(&mut t, give_up);
-                }
-                t.has_ready(Instant::now())
-            })
-        };
-        // The waiter holds the mutex until it sleeps.
-        rx.recv().unwrap();
-        let mut t = p.lock();
-        assert_eq!(t.complete(0, enc(true), now), Match::Matched);
-        p.notify_completed(t);
-        let started = Instant::now();
-        drop(drainer);
-        assert!(waiter.join().unwrap(), "the output waiter saw the frame");
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "woken by the hand-off, not by its deadline"
-        );
     }
 
     #[test]

@@ -1,23 +1,33 @@
 //! The socket reader thread of one connection.
 //!
-//! It decodes responses with `hxfr::Decoder` (a read timeout lets it notice
-//! a local close), normalises NAL chunks to Annex-B and hands each result to
-//! the pending table by wire PTS. It never takes the encoder's stream lock
-//! and never calls into GStreamer's streaming path: it only completes table
-//! entries, wakes the table's waiters and reports events (host errors,
-//! protocol trouble, loss of the connection) through [`ReaderEvents`].
+//! It decodes responses with `hxfr::Decoder`, normalises NAL chunks to
+//! Annex-B and hands each result to the pending table by wire PTS. It never
+//! takes the encoder's stream lock and never calls into GStreamer's
+//! streaming path: it only completes table entries under the state mutex,
+//! wakes who can act on them and reports events (host errors, protocol
+//! trouble, loss of the connection) through [`ReaderEvents`].
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
+use gst::glib;
 use hxfr::ext::{ext_bits, ext_type, ChecksumCheck, ExtMessage, PTS_UNKNOWN};
 use hxfr::{nal, Decoded, Decoder, FrameResponse, Message};
 
-use crate::vsockenc::connection::Connection;
-use crate::vsockenc::imp::CAT;
-use crate::vsockenc::pending::{DropReason, Encoded, Match, Pending};
-use crate::vsockenc::transport::{self, Stream};
+use super::connection::Connection;
+use super::pending::{DropReason, Encoded, Match};
+use super::state::Shared;
+use super::transport::{self, Stream};
+use super::VsockEnc;
+
+/// What the reader needs besides its connection.
+pub struct ReaderContext {
+    pub shared: Arc<Shared>,
+    pub events: Arc<dyn ReaderEvents>,
+    /// For log lines only.
+    pub element: glib::WeakRef<VsockEnc>,
+}
 
 /// What the reader tells the element about.
 pub trait ReaderEvents: Send + Sync {
@@ -31,15 +41,8 @@ pub trait ReaderEvents: Send + Sync {
     fn lost(&self, conn: &Connection, why: &str, dropped: &[i64]);
 }
 
-pub fn run(
-    conn: Arc<Connection>,
-    mut stream: Stream,
-    pending: Arc<Pending>,
-    events: Arc<dyn ReaderEvents>,
-) {
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        read_loop(&conn, &mut stream, &pending, &*events)
-    }));
+pub fn run(conn: Arc<Connection>, mut stream: Stream, cx: ReaderContext) {
+    let result = catch_unwind(AssertUnwindSafe(|| read_loop(&conn, &mut stream, &cx)));
     let why = match result {
         Ok(why) => why,
         Err(_) => "internal error: the reader thread panicked".to_string(),
@@ -47,22 +50,19 @@ pub fn run(
     let closed_by_us = conn.is_closing();
     let why = conn.broken_reason().unwrap_or(why);
     conn.break_with(why.clone());
-    let dropped = pending
+    let dropped = cx
+        .shared
         .lock()
+        .table
         .fail_generation(conn.generation, DropReason::Disconnect);
-    pending.notify();
+    cx.shared.wake_completed();
     if !closed_by_us {
-        events.lost(&conn, &why, &dropped);
+        cx.events.lost(&conn, &why, &dropped);
     }
 }
 
 /// Returns why the loop ended.
-fn read_loop(
-    conn: &Connection,
-    stream: &mut Stream,
-    pending: &Pending,
-    events: &dyn ReaderEvents,
-) -> String {
+fn read_loop(conn: &Connection, stream: &mut Stream, cx: &ReaderContext) -> String {
     // Extension messages are decoded from the start; only a host that
     // accepted our HELLO sends them.
     let mut decoder = Decoder::with_extensions(hxfr::Limits::default());
@@ -74,17 +74,17 @@ fn read_loop(
         let res = decoder.read_from_ext(stream);
         let offset = decoder.stream_offset();
         if offset > counted {
-            pending.lock().stats.bytes_received += offset - counted;
+            cx.shared.lock().table.stats.bytes_received += offset - counted;
             counted = offset;
         }
         match res {
             Ok(Some(Decoded::Ext(_, msg))) => {
                 conn.note_read();
-                handle_ext(conn, msg, pending, events);
+                handle_ext(conn, msg, cx);
             }
             Ok(Some(Decoded::Legacy(_, msg))) => {
                 conn.note_read();
-                handle(conn, msg, pending, events);
+                handle(conn, msg, cx);
             }
             Ok(None) => return "the host closed the connection".into(),
             Err(e) if e.is_timeout() => continue,
@@ -92,7 +92,8 @@ fn read_loop(
             // breakage for that long: start over on a new connection.
             Err(e @ hxfr::ProtocolError::PayloadTooLarge { .. }) => return e.to_string(),
             Err(e) if !e.is_fatal() => {
-                events.protocol_warning(conn, &format!("skipped a bad message: {e}"));
+                cx.events
+                    .protocol_warning(conn, &format!("skipped a bad message: {e}"));
             }
             Err(hxfr::ProtocolError::Io(e)) if transport::is_host_absent(&e) => {
                 return format!("connection lost ({})", transport::describe(&e));
@@ -102,24 +103,25 @@ fn read_loop(
     }
 }
 
-fn handle(conn: &Connection, msg: Message, pending: &Pending, events: &dyn ReaderEvents) {
+fn handle(conn: &Connection, msg: Message, cx: &ReaderContext) {
     match msg {
-        Message::FrameResponse(r) => handle_response(conn, r, pending, events),
+        Message::FrameResponse(r) => handle_response(conn, r, cx),
         Message::Error(e) => {
             // The host's copy of our last frame may be gone: next frame full.
             conn.ext.lock().invalidate();
             let pts = {
-                let mut t = pending.lock();
-                t.stats.host_errors += 1;
-                t.fail_oldest(conn.generation, DropReason::HostError)
+                let mut st = cx.shared.lock();
+                st.table.stats.host_errors += 1;
+                st.table.fail_oldest(conn.generation, DropReason::HostError)
             };
-            pending.notify();
-            events.host_error(conn, e.code, &e.message, pts);
+            cx.shared.wake_completed();
+            cx.events.host_error(conn, e.code, &e.message, pts);
         }
-        Message::Pong => pending.lock().stats.pongs_received += 1,
+        Message::Pong => cx.shared.lock().table.stats.pongs_received += 1,
         Message::ConfigResponse(_) | Message::Skipped { .. } => {}
-        other => gst::debug!(
-            CAT,
+        other => log_weak!(
+            debug,
+            cx.element,
             "ignored unexpected {} from {}",
             hxfr::msg_type::name(other.msg_type()),
             conn.addr
@@ -127,38 +129,37 @@ fn handle(conn: &Connection, msg: Message, pending: &Pending, events: &dyn Reade
     }
 }
 
-fn handle_response(
-    conn: &Connection,
-    r: FrameResponse,
-    pending: &Pending,
-    events: &dyn ReaderEvents,
-) {
+fn handle_response(conn: &Connection, r: FrameResponse, cx: &ReaderContext) {
     let now = Instant::now();
     let data = r.annexb();
     if data.is_empty() {
         {
-            let mut t = pending.lock();
-            t.stats.host_errors += 1;
-            t.fail_oldest(conn.generation, DropReason::HostError);
+            let mut st = cx.shared.lock();
+            st.table.stats.host_errors += 1;
+            st.table.fail_oldest(conn.generation, DropReason::HostError);
         }
-        pending.notify();
-        events.protocol_warning(conn, &format!("empty FRAME_RESPONSE for pts {}", r.pts));
+        cx.shared.wake_completed();
+        cx.events
+            .protocol_warning(conn, &format!("empty FRAME_RESPONSE for pts {}", r.pts));
         return;
     }
     let keyframe = r.is_keyframe || nal::has_idr(&data);
     let encoded = Encoded { data, keyframe };
-    let mut t = pending.lock();
-    let matched = match t.lookup(r.pts) {
-        // A host that numbers responses itself: fall back to arrival order.
-        Match::Unknown => t.complete_oldest(conn.generation, encoded, now),
-        _ => t.complete(r.pts, encoded, now) == Match::Matched,
+    let matched = {
+        let mut st = cx.shared.lock();
+        let t = &mut st.table;
+        match t.lookup(r.pts) {
+            // A host that numbers responses itself: fall back to arrival order.
+            Match::Unknown => t.complete_oldest(conn.generation, encoded, now),
+            _ => t.complete(r.pts, encoded, now) == Match::Matched,
+        }
     };
     if matched {
-        pending.notify_completed(t);
+        cx.shared.wake_completed();
     } else {
-        drop(t);
-        gst::debug!(
-            CAT,
+        log_weak!(
+            debug,
+            cx.element,
             "late response from {} for pts {} discarded",
             conn.addr,
             r.pts
@@ -167,13 +168,14 @@ fn handle_response(
 }
 
 /// Extension messages: only a host that accepted our HELLO sends them.
-fn handle_ext(conn: &Connection, msg: ExtMessage, pending: &Pending, events: &dyn ReaderEvents) {
+fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) {
     match msg {
         ExtMessage::HelloAck(ack) => {
             let accepted = conn.ext.lock().on_ack(&ack);
-            pending.lock().stats.extensions = accepted;
-            gst::info!(
-                CAT,
+            cx.shared.lock().table.stats.extensions = accepted;
+            log_weak!(
+                info,
+                cx.element,
                 "host {} ({:?}) accepted protocol extensions {}",
                 conn.addr,
                 ack.agent,
@@ -185,29 +187,31 @@ fn handle_ext(conn: &Connection, msg: ExtMessage, pending: &Pending, events: &dy
             // gone on the host too, so the next frame goes out in full.
             conn.ext.lock().invalidate();
             let pts = {
-                let mut t = pending.lock();
-                t.stats.host_errors += 1;
+                let mut st = cx.shared.lock();
+                st.table.stats.host_errors += 1;
                 if e.pts == PTS_UNKNOWN {
-                    t.fail_oldest(conn.generation, DropReason::HostError)
+                    st.table.fail_oldest(conn.generation, DropReason::HostError)
                 } else {
-                    t.fail(e.pts, DropReason::HostError);
+                    st.table.fail(e.pts, DropReason::HostError);
                     Some(e.pts)
                 }
             };
-            pending.notify();
-            events.host_error(conn, e.code, &e.message, pts);
+            cx.shared.wake_completed();
+            cx.events.host_error(conn, e.code, &e.message, pts);
         }
         ExtMessage::DrainDone { token } => {
             conn.ext.lock().on_drain_done(token);
-            pending.notify();
+            // `finish` decides on this under the state mutex: notify under it.
+            let _st = cx.shared.lock();
+            cx.shared.wake_streaming();
         }
         ExtMessage::FrameChecksum(c) => {
             let check = conn.ext.lock().on_checksum(&c);
             match check {
-                ChecksumCheck::Match => pending.lock().stats.checksum_matches += 1,
+                ChecksumCheck::Match => cx.shared.lock().table.stats.checksum_matches += 1,
                 ChecksumCheck::Mismatch { expected, host } => {
-                    pending.lock().stats.checksum_mismatches += 1;
-                    events.protocol_warning(
+                    cx.shared.lock().table.stats.checksum_mismatches += 1;
+                    cx.events.protocol_warning(
                         conn,
                         &format!(
                             "frame pts {} (frame {} of this connection): the host encodes other pixels than were sent (checksum {host:016x}, expected {expected:016x})",
@@ -218,8 +222,9 @@ fn handle_ext(conn: &Connection, msg: ExtMessage, pending: &Pending, events: &dy
                 ChecksumCheck::Unknown => {}
             }
         }
-        other => gst::debug!(
-            CAT,
+        other => log_weak!(
+            debug,
+            cx.element,
             "ignored unexpected {} from {}",
             ext_type::name(other.msg_type()).unwrap_or("extension message"),
             conn.addr

@@ -1,59 +1,48 @@
-//! Taking the `GstVideoEncoder` stream lock from a thread of our own.
+//! Waiting without the encoder's stream lock.
 //!
-//! gstreamer-rs 0.25 does not expose `GST_VIDEO_ENCODER_STREAM_LOCK`, yet the
-//! output thread must hold it while it pops ready frames and calls
-//! `finish_frame`, exactly like the streaming thread does in `handle_frame`.
-//! The lock is the `GRecMutex` field `stream_lock` of the instance struct;
-//! the guard below locks it and unlocks it on drop. It is recursive, so the
-//! `VideoCodecFrame`s obtained while it is held (which lock it again) are
-//! fine.
-
-use std::marker::PhantomData;
+//! `GstVideoEncoder` calls `handle_frame`, `set_format` and `finish` with
+//! its stream lock held, and `finish_frame` (called by the output task)
+//! takes the same lock. A subclass that waits in those vfuncs for frames to
+//! be finished elsewhere must release the lock while it waits, as the C
+//! encoders with asynchronous output do (`GST_VIDEO_ENCODER_STREAM_UNLOCK`
+//! around the wait in v4l2videoenc's `handle_frame`). gstreamer-rs 0.25 has
+//! no safe way to do that, so this is the one place where the element
+//! touches the lock through FFI.
 
 use gst::glib;
 use gst::prelude::*;
 
-pub struct StreamLockGuard<'a> {
-    lock: *mut glib::ffi::GRecMutex,
-    _encoder: PhantomData<&'a gst_video::VideoEncoder>,
-}
-
-impl<'a> StreamLockGuard<'a> {
-    pub fn lock(encoder: &'a impl IsA<gst_video::VideoEncoder>) -> Self {
-        let enc: &gst_video::VideoEncoder = encoder.upcast_ref();
-        // SAFETY: `enc` is a live GstVideoEncoder for 'a; `stream_lock` is
-        // initialised in its instance_init and cleared only in finalize.
-        unsafe {
-            let raw: *mut gst_video::ffi::GstVideoEncoder = enc.as_ptr();
-            let lock = std::ptr::addr_of_mut!((*raw).stream_lock);
-            glib::ffi::g_rec_mutex_lock(lock);
-            StreamLockGuard {
-                lock,
-                _encoder: PhantomData,
-            }
+/// Runs `wait` with the encoder's stream lock released and takes the lock
+/// back afterwards, also if `wait` panics.
+///
+/// Only call this from `handle_frame`, `set_format` or `finish`, on the
+/// streaming thread, after every `VideoCodecFrame` of the call has been
+/// dropped (a frame holds the lock too), and do not take the stream lock
+/// inside `wait`. Should the lock be held more than once there (it is not in
+/// GStreamer 1.22), the wait still ends: it only keeps the output task
+/// waiting meanwhile, since every wait of the element is bounded.
+pub fn released<R>(encoder: &impl IsA<gst_video::VideoEncoder>, wait: impl FnOnce() -> R) -> R {
+    struct Relock(*mut glib::ffi::GRecMutex);
+    impl Drop for Relock {
+        fn drop(&mut self) {
+            // SAFETY: the mutex outlives the encoder reference the caller
+            // holds; this thread unlocked it just before.
+            unsafe { glib::ffi::g_rec_mutex_lock(self.0) }
         }
     }
-}
-
-impl<'a> StreamLockGuard<'a> {
-    /// Locks only if nobody else holds the lock right now.
-    pub fn try_lock(encoder: &'a impl IsA<gst_video::VideoEncoder>) -> Option<Self> {
-        let enc: &gst_video::VideoEncoder = encoder.upcast_ref();
-        // SAFETY: as in `lock`.
-        unsafe {
-            let raw: *mut gst_video::ffi::GstVideoEncoder = enc.as_ptr();
-            let lock = std::ptr::addr_of_mut!((*raw).stream_lock);
-            (glib::ffi::g_rec_mutex_trylock(lock) != glib::ffi::GFALSE).then_some(StreamLockGuard {
-                lock,
-                _encoder: PhantomData,
-            })
-        }
-    }
-}
-
-impl Drop for StreamLockGuard<'_> {
-    fn drop(&mut self) {
-        // SAFETY: locked by this guard in `lock`, on this thread.
-        unsafe { glib::ffi::g_rec_mutex_unlock(self.lock) }
-    }
+    let enc: &gst_video::VideoEncoder = encoder.upcast_ref();
+    // SAFETY: `stream_lock` is a GRecMutex initialised in the encoder's
+    // instance_init and cleared only in its finalize; `enc` keeps the
+    // instance alive for this call. The base class took it on this thread
+    // before calling the vfunc we are in (the documented precondition), so
+    // unlocking it once here is balanced by the lock in `Relock::drop`.
+    let relock = unsafe {
+        let raw: *mut gst_video::ffi::GstVideoEncoder = enc.as_ptr();
+        let lock = std::ptr::addr_of_mut!((*raw).stream_lock);
+        glib::ffi::g_rec_mutex_unlock(lock);
+        Relock(lock)
+    };
+    let r = wait();
+    drop(relock);
+    r
 }

@@ -1,0 +1,484 @@
+//! The link's life: connecting, reconnecting after a loss, keep-alive PINGs,
+//! and what the element says when the host misbehaves or goes away.
+//!
+//! A connection is made once in `start()` and again by the link thread
+//! (`vsockenc-link`) whenever a loss scheduled a reconnect. The thread sleeps
+//! on the state's `link` condvar until the schedule is due, a PING is due,
+//! or the element stops. Every connection starts with a HELLO (when
+//! `extensions` is on) and the stored CONFIG_REQ, and asks for a keyframe:
+//! a new host session starts with one anyway.
+//!
+//! Stopping never waits on the host: [`Link::shutdown`] shuts the socket
+//! down (a blocked write or read returns at once) and the link thread is
+//! only waited for briefly; a connection attempt still in progress (a
+//! host that does not answer SYNs) is abandoned and ends on its own within
+//! `connect-timeout`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use hxfr::ext::ext_bits;
+use hxfr::ConfigRequest;
+use parking_lot::Mutex;
+
+use super::connection::Connection;
+use super::delta::TILE;
+use super::receiver::{self, ReaderContext, ReaderEvents};
+use super::settings::Settings;
+use super::state::Shared;
+use super::transport::{self, Address};
+use super::VsockEnc;
+
+/// How long `join` waits for the link thread before leaving it to finish a
+/// connection attempt on its own.
+const JOIN_WAIT: Duration = Duration::from_millis(50);
+
+const AGENT: &str = concat!("vsockenc/", env!("CARGO_PKG_VERSION"));
+
+pub struct Link {
+    settings: Settings,
+    pub addr: Address,
+    shared: Arc<Shared>,
+    element: glib::WeakRef<VsockEnc>,
+    generation: AtomicU64,
+    /// The CONFIG_REQ of the current caps, sent on every new connection.
+    config: Mutex<Option<ConfigRequest>>,
+    thread: Mutex<Option<(JoinHandle<()>, mpsc::Receiver<()>)>>,
+}
+
+enum Due {
+    Connect,
+    Keepalive(Arc<Connection>),
+}
+
+impl Link {
+    pub fn new(settings: Settings, shared: Arc<Shared>, element: &VsockEnc) -> Arc<Link> {
+        Arc::new(Link {
+            addr: settings.address(),
+            settings,
+            shared,
+            element: element.downgrade(),
+            generation: AtomicU64::new(0),
+            config: Mutex::new(None),
+            thread: Mutex::new(None),
+        })
+    }
+
+    /// Connects now and makes the connection current. On success the
+    /// HELLO and the stored CONFIG_REQ are sent before anything else, and
+    /// the next frame is made a keyframe. Returns whether an earlier
+    /// connection existed (a reconnect).
+    pub fn connect(self: &Arc<Self>) -> std::io::Result<bool> {
+        let s = &self.settings;
+        let stream = transport::connect(&self.addr, s.connect_timeout())?;
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let write_timeout = s.response_timeout().max(Duration::from_secs(1));
+        let (conn, read_half) =
+            Connection::new(self.addr.clone(), generation, stream, write_timeout)?;
+        // Negotiation starts over on every connection: until the host
+        // answers the HELLO (a legacy host never does) this is legacy HXFR.
+        let mut sent = 0u64;
+        let requested = s.requested_extensions();
+        if requested != 0 {
+            match conn.send_hello(requested, TILE, AGENT) {
+                Ok(n) => sent += n as u64,
+                Err(e) => log_weak!(warning, self.element, "HELLO to {} failed: {e}", self.addr),
+            }
+        }
+        let config = *self.config.lock();
+        if let Some(cfg) = config {
+            if let Ok(n) = conn.send_config(&cfg) {
+                sent += n as u64;
+            }
+        }
+        let (old, reconnected) = {
+            let mut st = self.shared.lock();
+            if st.stop {
+                drop(st);
+                conn.close();
+                return Err(std::io::Error::other("the element is stopping"));
+            }
+            // Before the reader starts: if this connection dies at once (a
+            // dying daemon still accepting), the reader schedules the next
+            // attempt, and that schedule must stand.
+            st.next_connect = None;
+            let reconnected = st.connected_at.replace(Instant::now()).is_some();
+            if reconnected {
+                st.table.stats.reconnects += 1;
+            }
+            st.table.stats.extensions = 0;
+            st.table.stats.bytes_sent += sent;
+            st.table.request_keyframe();
+            (st.link.replace(conn.clone()), reconnected)
+        };
+        let cx = ReaderContext {
+            shared: self.shared.clone(),
+            events: self.clone(),
+            element: self.element.clone(),
+        };
+        let reader_conn = conn.clone();
+        let reader = std::thread::Builder::new()
+            .name(format!("vsockenc-rx-{generation}"))
+            .spawn(move || receiver::run(reader_conn, read_half, cx));
+        match reader {
+            Ok(h) => conn.set_reader(h),
+            Err(e) => conn.break_with(format!("cannot start the reader thread: {e}")),
+        }
+        if let Some(old) = old {
+            old.close();
+        }
+        log_weak!(
+            info,
+            self.element,
+            "connected to {} (connection {generation}{})",
+            self.addr,
+            if reconnected { ", a reconnect" } else { "" }
+        );
+        Ok(reconnected)
+    }
+
+    /// Schedules connection attempts from `at` on (the link thread makes
+    /// them).
+    pub fn schedule_connect(&self, at: Instant) {
+        self.shared.lock().next_connect = Some(at);
+        self.shared.wake_link();
+    }
+
+    /// Starts the link thread.
+    pub fn spawn(self: &Arc<Self>) -> std::io::Result<()> {
+        let link = self.clone();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let handle = std::thread::Builder::new()
+            .name("vsockenc-link".into())
+            .spawn(move || {
+                // Dropped when the thread ends, however it ends.
+                let _done = done_tx;
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| link.run()));
+                if r.is_err() {
+                    link.fail("internal error: the vsockenc link thread panicked");
+                }
+            })?;
+        *self.thread.lock() = Some((handle, done_rx));
+        Ok(())
+    }
+
+    fn run(self: &Arc<Self>) {
+        loop {
+            let due = {
+                let mut st = self.shared.lock();
+                loop {
+                    if st.stop {
+                        return;
+                    }
+                    let now = Instant::now();
+                    let (due, at) = match st.usable_link() {
+                        Some(c) => {
+                            let at = self.next_keepalive(&c);
+                            (Due::Keepalive(c), at)
+                        }
+                        None => (Due::Connect, st.next_connect),
+                    };
+                    if at.is_some_and(|t| t <= now) {
+                        break due;
+                    }
+                    self.shared.wait_link(&mut st, at);
+                }
+            };
+            match due {
+                Due::Connect => self.reconnect(),
+                Due::Keepalive(c) => self.keepalive(&c),
+            }
+        }
+    }
+
+    fn reconnect(self: &Arc<Self>) {
+        match self.connect() {
+            Ok(reconnected) => {
+                if let Some(el) = self.element.upgrade() {
+                    let what = if reconnected {
+                        "frames are being encoded again"
+                    } else {
+                        "the host appeared; frames are being encoded from now on"
+                    };
+                    gst::element_info!(
+                        el,
+                        gst::ResourceError::OpenReadWrite,
+                        ("connected to vsockenc host at {}", self.addr),
+                        ["{what}"]
+                    );
+                }
+            }
+            Err(e) => {
+                log_weak!(
+                    debug,
+                    self.element,
+                    "connecting to {} failed: {}",
+                    self.addr,
+                    transport::describe(&e)
+                );
+                let mut st = self.shared.lock();
+                if !st.stop {
+                    st.next_connect = Some(Instant::now() + self.settings.reconnect_interval());
+                }
+            }
+        }
+    }
+
+    /// When the current connection next needs the keepalive's attention
+    /// (None: keepalive off).
+    fn next_keepalive(&self, c: &Connection) -> Option<Instant> {
+        let ka = self.settings.keepalive_interval()?;
+        let t = c.times();
+        Some(match t.ping_outstanding {
+            Some(p) => p + self.dead_after(ka),
+            None => t.last_write + ka,
+        })
+    }
+
+    fn keepalive(&self, c: &Connection) {
+        let Some(ka) = self.settings.keepalive_interval() else {
+            return;
+        };
+        let now = Instant::now();
+        let times = c.times();
+        if let Some(ping) = times.ping_outstanding {
+            if now.saturating_duration_since(ping) >= self.dead_after(ka) {
+                c.break_with(format!(
+                    "no answer to PING within {} ms",
+                    self.dead_after(ka).as_millis()
+                ));
+            }
+            return;
+        }
+        if now.saturating_duration_since(times.last_write) < ka {
+            return;
+        }
+        match c.send_ping() {
+            Ok(n) => {
+                let mut st = self.shared.lock();
+                st.table.stats.pings_sent += 1;
+                st.table.stats.bytes_sent += n as u64;
+                drop(st);
+                log_weak!(trace, self.element, "PING to {}", self.addr);
+            }
+            Err(e) => log_weak!(debug, self.element, "PING to {} failed: {e}", self.addr),
+        }
+    }
+
+    fn dead_after(&self, ka: Duration) -> Duration {
+        ka.max(self.settings.response_timeout())
+    }
+
+    /// Stores the CONFIG_REQ and sends it if connected. Never waits for an
+    /// answer: no legacy host sends one.
+    pub fn set_config(&self, cfg: ConfigRequest) {
+        *self.config.lock() = Some(cfg);
+        let conn = self.shared.lock().usable_link();
+        let Some(c) = conn else { return };
+        match c.send_config(&cfg) {
+            Ok(n) => {
+                self.shared.lock().table.stats.bytes_sent += n as u64;
+                log_weak!(
+                    debug,
+                    self.element,
+                    "sent CONFIG_REQ {cfg:?} to {}",
+                    self.addr
+                );
+            }
+            Err(e) => log_weak!(
+                warning,
+                self.element,
+                "CONFIG_REQ to {} failed: {e}",
+                self.addr
+            ),
+        }
+    }
+
+    /// EOS with DRAIN negotiated: asks the host to answer every frame sent
+    /// on the current connection. Returns the connection and token to wait
+    /// for (DRAIN_DONE), `None` without a connection or without DRAIN.
+    pub fn start_drain(&self) -> Option<(Arc<Connection>, u64)> {
+        static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+        let conn = self.shared.lock().usable_link()?;
+        if !conn.ext.lock().has(ext_bits::DRAIN) {
+            return None;
+        }
+        let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+        match conn.send_drain(token) {
+            Ok(n) => {
+                self.shared.lock().table.stats.bytes_sent += n as u64;
+                log_weak!(
+                    debug,
+                    self.element,
+                    "EOS: DRAIN {token} sent to {}",
+                    self.addr
+                );
+                Some((conn, token))
+            }
+            Err(e) => {
+                log_weak!(
+                    debug,
+                    self.element,
+                    "EOS: DRAIN to {} failed: {e}",
+                    self.addr
+                );
+                None
+            }
+        }
+    }
+
+    /// Stops everything that could wait on the host: marks the state
+    /// stopped (and flushing), wakes every waiter and shuts the connection
+    /// down, so a write blocked on a host that does not read returns at
+    /// once. Idempotent; does not wait for any thread.
+    pub fn shutdown(&self) {
+        let conn = {
+            let mut st = self.shared.lock();
+            st.stop = true;
+            st.flushing = true;
+            st.link.clone()
+        };
+        self.shared.wake_all();
+        if let Some(c) = conn {
+            c.shut_down();
+        }
+    }
+
+    /// After [`Link::shutdown`]: closes the connection (joining its
+    /// reader) and waits briefly for the link thread.
+    pub fn join(&self) {
+        let conn = self.shared.lock().link.take();
+        if let Some(c) = conn {
+            c.close();
+        }
+        let thread = self.thread.lock().take();
+        if let Some((handle, done)) = thread {
+            match done.recv_timeout(JOIN_WAIT) {
+                Err(mpsc::RecvTimeoutError::Timeout) => log_weak!(
+                    debug,
+                    self.element,
+                    "leaving the connection attempt to {} to end on its own",
+                    self.addr
+                ),
+                _ => {
+                    let _ = handle.join();
+                }
+            }
+        }
+    }
+
+    /// An error that ends the stream (no reconnect, or a thread died).
+    fn fail(&self, msg: &str) {
+        self.shared.lock().set_flow(Err(gst::FlowError::Error));
+        self.shared.wake_all();
+        if let Some(el) = self.element.upgrade() {
+            gst::element_error!(el, gst::CoreError::Failed, ("{}", msg));
+        }
+    }
+}
+
+impl ReaderEvents for Link {
+    fn host_error(&self, conn: &Connection, code: i32, message: &str, pts: Option<i64>) {
+        let frame = pts.map_or("no frame in flight".to_string(), |p| {
+            format!("frame pts {p} dropped")
+        });
+        let Some(el) = self.element.upgrade() else {
+            return;
+        };
+        gst::warning!(
+            crate::vsockenc::CAT,
+            obj = el,
+            "host {} reported error {code}: \"{message}\" ({frame})",
+            conn.addr
+        );
+        gst::element_warning!(
+            el,
+            gst::StreamError::Encode,
+            (
+                "vsockenc host at {} failed to encode: {}",
+                conn.addr,
+                message
+            ),
+            ["error code {code}; {frame}; the next frame is sent as a keyframe"]
+        );
+    }
+
+    fn protocol_warning(&self, conn: &Connection, what: &str) {
+        let Some(el) = self.element.upgrade() else {
+            return;
+        };
+        gst::warning!(crate::vsockenc::CAT, obj = el, "from {}: {what}", conn.addr);
+        gst::element_warning!(
+            el,
+            gst::StreamError::Decode,
+            ("bad message from vsockenc host at {}", conn.addr),
+            ["{what}; the stream goes on (a frame without answer is dropped at its timeout)"]
+        );
+    }
+
+    fn lost(&self, conn: &Connection, why: &str, lost: &[i64]) {
+        let dropped = describe_lost(lost);
+        let retry_at = {
+            let mut st = self.shared.lock();
+            if st.stop {
+                return;
+            }
+            if self.settings.reconnect {
+                // Retry at once after a connection that lived a while (a
+                // host restart), but at most once per reconnect-interval: a
+                // host that accepts and then closes at once (for example at
+                // its --max-clients) must not be hammered.
+                let now = Instant::now();
+                let at = match st.connected_at {
+                    Some(t) => (t + self.settings.reconnect_interval()).max(now),
+                    None => now,
+                };
+                st.next_connect = Some(at);
+                Some(at)
+            } else {
+                st.set_flow(Err(gst::FlowError::Error));
+                None
+            }
+        };
+        self.shared.wake_all();
+        let Some(el) = self.element.upgrade() else {
+            return;
+        };
+        if retry_at.is_some() {
+            gst::element_warning!(
+                el,
+                gst::ResourceError::Read,
+                ("lost connection to vsockenc host at {}: {}", conn.addr, why),
+                [
+                    "{dropped}; reconnecting every {} ms (frames are dropped until then)",
+                    self.settings.reconnect_interval_ms
+                ]
+            );
+        } else {
+            gst::element_error!(
+                el,
+                gst::ResourceError::Read,
+                ("lost connection to vsockenc host at {}: {}", conn.addr, why),
+                ["{dropped}; set reconnect=true to keep streaming through host restarts"]
+            );
+        }
+    }
+}
+
+/// "no frame in flight" / "frame pts 1 dropped" / "3 frames in flight
+/// (pts 1 .. 3) dropped", wire PTS in nanoseconds.
+fn describe_lost(lost: &[i64]) -> String {
+    match lost {
+        [] => "no frame was in flight".into(),
+        [one] => format!("the frame in flight (pts {one} ns) was dropped"),
+        [first, .., last] => format!(
+            "{} frames in flight (pts {first} .. {last} ns) were dropped",
+            lost.len()
+        ),
+    }
+}
