@@ -22,6 +22,7 @@ use hxfr::ext::ProfileRequest;
 use hxfr::ext::ProfileResponse;
 use hxfr::nal::{first_sps, Sps};
 use hxfr::{Decoder, FrameLayout, Level, Message, Profile, WireFormat, MAX_DIMENSION};
+use tracing::debug;
 
 use crate::encoder::{EncoderChoice, Job, Params, Session, SessionKey};
 use crate::stats::ClientStats;
