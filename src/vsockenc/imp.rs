@@ -35,6 +35,7 @@ const SINK_FORMATS: [gst_video::VideoFormat; 5] = [
 struct Running {
     shared: Arc<Shared>,
     link: Arc<Link>,
+    live: Arc<Live>,
     /// Used by the streaming thread only.
     sender: Arc<Mutex<Sender>>,
     info: Option<gst_video::VideoInfo>,
@@ -205,19 +206,19 @@ impl ObjectImpl for VsockEnc {
                     .build(),
                 glib::ParamSpecInt::builder("keyframe-interval")
                     .nick("Keyframe interval")
-                    .blurb("Ask the host for a keyframe every this many frames (0 = never forced; the host encoder's own GOP applies)")
+                    .blurb("Ask the host for a keyframe every this many frames (0 = never forced; the host encoder's own GOP applies). Live: a change while PLAYING counts from the last keyframe")
                     .minimum(0)
                     .maximum(i32::MAX)
                     .default_value(DEFAULT_KEYFRAME_INTERVAL)
-                    .mutable_ready()
+                    .mutable_playing()
                     .build(),
                 glib::ParamSpecInt::builder("bitrate")
                     .nick("Bitrate")
-                    .blurb("Target bitrate in kbit/s, sent to the host in CONFIG_REQ (as bit/s). Like x264enc; the C gstvsockenc took bit/s here and ignored it")
+                    .blurb("Target bitrate in kbit/s, sent to the host in CONFIG_REQ (as bit/s). Like x264enc; the C gstvsockenc took bit/s here and ignored it. Live: a change while PLAYING reaches the host at once (vsockenc-host applies it to the running encoder)")
                     .minimum(1)
                     .maximum(MAX_BITRATE)
                     .default_value(DEFAULT_BITRATE)
-                    .mutable_ready()
+                    .mutable_playing()
                     .build(),
                 glib::ParamSpecUInt::builder("response-timeout")
                     .nick("Response timeout")
@@ -301,9 +302,27 @@ impl ObjectImpl for VsockEnc {
             "cid" => s.cid = value.get().expect("type checked upstream"),
             "port" => s.port = value.get().expect("type checked upstream"),
             "keyframe-interval" => {
-                s.keyframe_interval = value.get().expect("type checked upstream")
+                s.keyframe_interval = value.get().expect("type checked upstream");
+                if let Some(r) = self.running.lock().as_ref() {
+                    r.live.set_keyframe_interval(s.keyframe_interval);
+                }
             }
-            "bitrate" => s.bitrate_kbps = value.get().expect("type checked upstream"),
+            "bitrate" => {
+                s.bitrate_kbps = value.get().expect("type checked upstream");
+                // Not under the settings lock: this may write to the host.
+                let running = self
+                    .running
+                    .lock()
+                    .as_ref()
+                    .map(|r| (r.live.clone(), r.link.clone()));
+                drop(s);
+                if let Some((live, link)) = running {
+                    live.set_bitrate_kbps(value.get().expect("type checked upstream"));
+                    link.set_bitrate(live.bitrate_bps());
+                }
+                gst::debug!(CAT, imp = self, "bitrate set");
+                return;
+            }
             "response-timeout" => {
                 s.response_timeout_ms = value.get().expect("type checked upstream")
             }
@@ -488,10 +507,12 @@ impl VideoEncoderImpl for VsockEnc {
                 ["cannot start the link thread: {e}"]
             ));
         }
+        let live = Arc::new(Live::new(&settings));
         *self.running.lock() = Some(Running {
             shared,
             link,
-            sender: Arc::new(Mutex::new(Sender::new(settings))),
+            sender: Arc::new(Mutex::new(Sender::new(settings, live.clone()))),
+            live,
             info: None,
         });
         Ok(())
@@ -515,12 +536,12 @@ impl VideoEncoderImpl for VsockEnc {
         state: &gst_video::VideoCodecState<'static, gst_video::video_codec_state::Readable>,
     ) -> Result<(), gst::LoggableError> {
         let info = state.info().clone();
-        let (shared, link) = {
+        let (shared, link, live) = {
             let r = self.running.lock();
             let r = r
                 .as_ref()
                 .ok_or_else(|| gst::loggable_error!(CAT, "set_format before start"))?;
-            (r.shared.clone(), r.link.clone())
+            (r.shared.clone(), r.link.clone(), r.live.clone())
         };
         let settings = self.settings.lock().clone();
         self.drain_for_new_caps(&shared, settings.response_timeout())
@@ -547,7 +568,7 @@ impl VideoEncoderImpl for VsockEnc {
         link.set_config(hxfr::ConfigRequest {
             width: info.width(),
             height: info.height(),
-            bitrate: settings.bitrate_bps(),
+            bitrate: live.bitrate_bps(),
             framerate_num: num,
             framerate_den: den,
             profile: 0,

@@ -274,10 +274,31 @@ impl Link {
         ka.max(self.settings.response_timeout())
     }
 
+    /// A new bitrate while running: the host hears of it at once (a new
+    /// CONFIG_REQ) when the caps are known; otherwise the next `set_format`
+    /// sends it.
+    pub fn set_bitrate(&self, bps: u32) {
+        let cfg = {
+            let mut c = self.config.lock();
+            let Some(cfg) = c.as_mut() else { return };
+            if cfg.bitrate == bps {
+                return;
+            }
+            cfg.bitrate = bps;
+            *cfg
+        };
+        log_weak!(info, self.element, "bitrate now {} kbit/s", bps / 1000);
+        self.send_config(cfg);
+    }
+
     /// Stores the CONFIG_REQ and sends it if connected. Never waits for an
     /// answer: no legacy host sends one.
     pub fn set_config(&self, cfg: ConfigRequest) {
         *self.config.lock() = Some(cfg);
+        self.send_config(cfg);
+    }
+
+    fn send_config(&self, cfg: ConfigRequest) {
         let conn = self.shared.lock().usable_link();
         let Some(c) = conn else { return };
         match c.send_config(&cfg) {

@@ -143,7 +143,22 @@ fn handle_response(conn: &Connection, r: FrameResponse, cx: &ReaderContext) {
             .protocol_warning(conn, &format!("empty FRAME_RESPONSE for pts {}", r.pts));
         return;
     }
-    let keyframe = r.is_keyframe || nal::has_idr(&data);
+    // A keyframe is an access unit with an IDR slice, whatever the host
+    // says: hosts have flagged every I-frame (x264's scene cuts), and a
+    // decoder, muxer or segmenter starting at a non-IDR I-frame may need
+    // parameter sets or references it never saw.
+    let keyframe = nal::has_idr(&data);
+    if keyframe != r.is_keyframe {
+        log_weak!(
+            trace,
+            cx.element,
+            "host {} flags pts {} keyframe={} but the access unit {} an IDR slice",
+            conn.addr,
+            r.pts,
+            r.is_keyframe,
+            if keyframe { "holds" } else { "holds no" }
+        );
+    }
     let encoded = Encoded { data, keyframe };
     let matched = {
         let mut st = cx.shared.lock();

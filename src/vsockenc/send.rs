@@ -22,7 +22,7 @@ use super::delta::{self, DeltaSender, Plan};
 use super::dmabuf::ResourceLookup;
 use super::packing::{self, Plane};
 use super::pending::DropReason;
-use super::settings::Settings;
+use super::settings::{Live, Settings};
 use super::state::Shared;
 use super::{VsockEnc, CAT};
 
@@ -41,6 +41,7 @@ pub struct FrameToSend<'a> {
 
 pub struct Sender {
     settings: Settings,
+    live: std::sync::Arc<Live>,
     /// Frames sent since the last forced keyframe (`u64::MAX`: force the
     /// next one).
     frames_since_key: u64,
@@ -50,9 +51,10 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn new(settings: Settings) -> Sender {
+    pub fn new(settings: Settings, live: std::sync::Arc<Live>) -> Sender {
         Sender {
             settings,
+            live,
             frames_since_key: u64::MAX,
             dmabuf: ResourceLookup::default(),
             delta: DeltaSender::default(),
@@ -273,7 +275,7 @@ impl Sender {
     /// Whether this frame goes out with force_keyframe, counting frames for
     /// `keyframe-interval`.
     fn keyframe_due(&mut self, requested: bool) -> bool {
-        let interval = self.settings.keyframe_interval;
+        let interval = self.live.keyframe_interval();
         let since = self.frames_since_key;
         let due = requested || since == u64::MAX || (interval > 0 && since + 1 >= interval as u64);
         self.frames_since_key = if due { 0 } else { since + 1 };
@@ -318,14 +320,21 @@ mod tests {
 
     #[test]
     fn keyframes_are_forced_every_interval_and_after_a_request() {
-        let mut s = Sender::new(Settings {
+        let settings = Settings {
             keyframe_interval: 3,
             ..Settings::default()
-        });
+        };
+        let live = std::sync::Arc::new(Live::new(&settings));
+        let mut s = Sender::new(settings, live.clone());
         let due: Vec<bool> = (0..7).map(|_| s.keyframe_due(false)).collect();
         assert_eq!(due, [true, false, false, true, false, false, true]);
         assert!(!s.keyframe_due(false));
         assert!(s.keyframe_due(true), "a request forces one at once");
         assert!(!s.keyframe_due(false), "and restarts the count");
+        // A change while running counts from the last keyframe.
+        live.set_keyframe_interval(2);
+        assert!(s.keyframe_due(false));
+        live.set_keyframe_interval(0);
+        assert!((0..100).all(|_| !s.keyframe_due(false)), "0: never forced");
     }
 }
