@@ -576,18 +576,22 @@ impl VideoEncoderImpl for VsockEnc {
             realtime: true,
         });
 
-        // A frame leaves the element one host round trip after it came in,
-        // at most after the response timeout; a realtime host encoder
-        // answers within about one frame interval. The minimum is raised
-        // later if the measured round trip is longer (output.rs).
-        let frame = (num > 0)
-            .then(|| gst::ClockTime::SECOND.mul_div_floor(den as u64, num as u64))
-            .flatten()
-            .unwrap_or(gst::ClockTime::ZERO);
-        let max = gst::ClockTime::from_mseconds(settings.response_timeout_ms as u64).max(frame);
-        obj.set_latency(frame, max);
-        shared.lock().latency = Some((frame, frame, max));
-        gst::info!(CAT, imp = self, "format {info:?}; latency {frame} .. {max}");
+        // The element holds no frame back: what it adds is the host's
+        // answer time. Nothing is measured yet on the first caps, so the
+        // minimum starts at what earlier answers showed (0 at first) and
+        // the output task raises it as answers come (output.rs). A frame
+        // leaves at the latest when its response times out.
+        let max = gst::ClockTime::from_mseconds(settings.response_timeout_ms as u64);
+        let min = {
+            let mut st = shared.lock();
+            let min = st
+                .latency
+                .map_or(gst::ClockTime::ZERO, |(min, _)| min.min(max));
+            st.latency = Some((min, max));
+            min
+        };
+        obj.set_latency(min, max);
+        gst::info!(CAT, imp = self, "format {info:?}; latency {min} .. {max}");
 
         if let Some(r) = self.running.lock().as_mut() {
             r.info = Some(info);

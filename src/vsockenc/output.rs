@@ -86,7 +86,7 @@ fn iterate(el: &VsockEnc, shared: &Shared) -> bool {
         gst::info!(
             CAT,
             obj = el,
-            "host answers slower than reported: latency now {min} .. {max}"
+            "measured host answer time: latency now {min} .. {max}"
         );
         el.set_latency(min, max);
     }
@@ -131,27 +131,21 @@ fn finish_one(el: &VsockEnc, r: Ready) -> Result<gst::FlowSuccess, gst::FlowErro
     }
 }
 
-/// A higher minimum latency when the measured mean response time exceeds
-/// the reported one (rounded up to whole frames, capped at the maximum), so
-/// live sinks are told the truth. Only ever grows.
+/// The minimum latency the element reports is the host's measured answer
+/// time (the mean of the recent answers, rounded up to a millisecond), and
+/// nothing more: the element itself holds no frame back. It starts at 0 and
+/// is raised as answers are measured; it never shrinks (a live pipeline
+/// would re-time its sinks on every dip), and stays under the maximum.
 fn latency_update(st: &mut State) -> Option<(gst::ClockTime, gst::ClockTime)> {
-    const MIN_SAMPLES: u64 = 16;
-    if st.table.stats.latency_samples() < MIN_SAMPLES {
+    /// Answers measured before the first estimate: the first one includes
+    /// the host encoder's start-up.
+    const MIN_SAMPLES: usize = 8;
+    let mean_us = st.table.stats.recent_latency_mean_us(MIN_SAMPLES)?;
+    let (min, max) = st.latency?;
+    let measured = gst::ClockTime::from_mseconds(mean_us.div_ceil(1000)).min(max);
+    if measured <= min {
         return None;
     }
-    let mean = gst::ClockTime::from_useconds(st.table.stats.latency_mean_us());
-    let (frame, min, max) = st.latency?;
-    if mean <= min {
-        return None;
-    }
-    let new_min = match frame.nseconds() {
-        0 => mean,
-        f => gst::ClockTime::from_nseconds(mean.nseconds().div_ceil(f) * f),
-    }
-    .min(max);
-    if new_min <= min {
-        return None;
-    }
-    st.latency = Some((frame, new_min, max));
-    Some((new_min, max))
+    st.latency = Some((measured, max));
+    Some((measured, max))
 }

@@ -87,8 +87,8 @@ pub struct State {
     /// Frames the output task has popped and not finished yet: the table
     /// is only really empty when this is 0 too.
     pub finishing: usize,
-    /// Latency reported to the pipeline: (frame duration, min, max).
-    pub latency: Option<(gst::ClockTime, gst::ClockTime, gst::ClockTime)>,
+    /// Latency reported to the pipeline: (min, max).
+    pub latency: Option<(gst::ClockTime, gst::ClockTime)>,
 }
 
 impl Default for State {

@@ -1,8 +1,12 @@
 //! Counters of the element, exposed as the read-only `stats` structure.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::vsockenc::pending::DropReason;
+use super::pending::DropReason;
+
+/// Answer times kept for the latency the element reports.
+const RECENT_LATENCIES: usize = 32;
 
 pub const STATS_NAME: &str = "vsockenc-stats";
 
@@ -37,6 +41,8 @@ pub struct Stats {
     latency_sum_us: u64,
     latency_count: u64,
     pub latency_max_us: u64,
+    /// The most recent answer times, in microseconds.
+    recent_latency_us: VecDeque<u64>,
 }
 
 impl Stats {
@@ -63,11 +69,17 @@ impl Stats {
         self.latency_sum_us = self.latency_sum_us.saturating_add(us);
         self.latency_count += 1;
         self.latency_max_us = self.latency_max_us.max(us);
+        if self.recent_latency_us.len() == RECENT_LATENCIES {
+            self.recent_latency_us.pop_front();
+        }
+        self.recent_latency_us.push_back(us);
     }
 
-    /// Responses whose latency was recorded.
-    pub fn latency_samples(&self) -> u64 {
-        self.latency_count
+    /// Mean of the most recent answer times, once there are at least
+    /// `min_samples` of them.
+    pub fn recent_latency_mean_us(&self, min_samples: usize) -> Option<u64> {
+        let n = self.recent_latency_us.len();
+        (n >= min_samples.max(1)).then(|| self.recent_latency_us.iter().sum::<u64>() / n as u64)
     }
 
     pub fn latency_mean_us(&self) -> u64 {
