@@ -29,6 +29,7 @@ use parking_lot::Mutex;
 use super::connection::Connection;
 use super::delta::TILE;
 use super::receiver::{self, ReaderContext, ReaderEvents};
+use super::report::{self, Kind, Limiter};
 use super::settings::Settings;
 use super::state::Shared;
 use super::transport::{self, Address};
@@ -49,6 +50,8 @@ pub struct Link {
     /// The CONFIG_REQ of the current caps, sent on every new connection.
     config: Mutex<Option<ConfigRequest>>,
     thread: Mutex<Option<(JoinHandle<()>, mpsc::Receiver<()>)>>,
+    /// Rate limits of the warnings posted about the host.
+    limiter: Mutex<Limiter>,
 }
 
 enum Due {
@@ -66,6 +69,7 @@ impl Link {
             generation: AtomicU64::new(0),
             config: Mutex::new(None),
             thread: Mutex::new(None),
+            limiter: Mutex::new(Limiter::default()),
         })
     }
 
@@ -403,6 +407,17 @@ impl Link {
     }
 }
 
+impl Link {
+    /// Whether a warning of `kind` goes on the bus now (see
+    /// [`report::Limiter`]): the text to append about what was held back.
+    fn admit(&self, kind: Kind) -> Option<String> {
+        self.limiter
+            .lock()
+            .admit(kind, Instant::now())
+            .map(report::held_back)
+    }
+}
+
 impl ReaderEvents for Link {
     fn host_error(&self, conn: &Connection, code: i32, message: &str, pts: Option<i64>) {
         let frame = pts.map_or("no frame in flight".to_string(), |p| {
@@ -417,6 +432,9 @@ impl ReaderEvents for Link {
             "host {} reported error {code}: \"{message}\" ({frame})",
             conn.addr
         );
+        let Some(held) = self.admit(Kind::HostError) else {
+            return;
+        };
         gst::element_warning!(
             el,
             gst::StreamError::Encode,
@@ -425,7 +443,7 @@ impl ReaderEvents for Link {
                 conn.addr,
                 message
             ),
-            ["error code {code}; {frame}; the next frame is sent as a keyframe"]
+            ["error code {code}; {frame}; the next frame is sent as a keyframe{held}"]
         );
     }
 
@@ -434,12 +452,29 @@ impl ReaderEvents for Link {
             return;
         };
         gst::warning!(crate::vsockenc::CAT, obj = el, "from {}: {what}", conn.addr);
+        let Some(held) = self.admit(Kind::BadMessage) else {
+            return;
+        };
         gst::element_warning!(
             el,
             gst::StreamError::Decode,
             ("bad message from vsockenc host at {}", conn.addr),
-            ["{what}; the stream goes on (a frame without answer is dropped at its timeout)"]
+            [
+                "{what}; the stream goes on (a frame without answer is dropped at its timeout; \
+                 a host whose answers keep being malformed is disconnected){held}"
+            ]
         );
+    }
+
+    fn answering_again(&self, conn: &Connection) {
+        if let Some(el) = self.element.upgrade() {
+            gst::element_info!(
+                el,
+                gst::ResourceError::Read,
+                ("vsockenc host at {} answers again", conn.addr),
+                ["frames are being encoded again after some got no answer in time"]
+            );
+        }
     }
 
     fn lost(&self, conn: &Connection, why: &str, lost: &[i64]) {
@@ -471,12 +506,21 @@ impl ReaderEvents for Link {
             return;
         };
         if retry_at.is_some() {
+            gst::warning!(
+                crate::vsockenc::CAT,
+                obj = el,
+                "lost connection to {}: {why} ({dropped})",
+                conn.addr
+            );
+            let Some(held) = self.admit(Kind::Lost) else {
+                return;
+            };
             gst::element_warning!(
                 el,
                 gst::ResourceError::Read,
                 ("lost connection to vsockenc host at {}: {}", conn.addr, why),
                 [
-                    "{dropped}; reconnecting every {} ms (frames are dropped until then)",
+                    "{dropped}; reconnecting every {} ms (frames are dropped until then){held}",
                     self.settings.reconnect_interval_ms
                 ]
             );

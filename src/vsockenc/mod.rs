@@ -28,7 +28,8 @@
 //! src-pad task that finishes frames); `send` (the send path); `link`
 //! (connect, reconnect, keepalive, what the element reports about the
 //! host); `receiver` (the reader thread: responses matched to frames);
-//! `connection` (one socket: writer, negotiation state); `pending` (the
+//! `report` (rate-limited warnings, the host's health); `connection`
+//! (one socket: writer, negotiation state); `pending` (the
 //! frames in flight: matching, ordering, timeouts, drops); `packing`
 //! (pixels to the wire), `delta` (compact frames), `dmabuf` (virtio-gpu
 //! resource ids), `transport` (addresses, sockets), `stream_lock`,
@@ -77,6 +78,7 @@ mod output;
 mod packing;
 mod pending;
 mod receiver;
+mod report;
 mod send;
 mod settings;
 mod state;

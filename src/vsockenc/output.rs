@@ -18,7 +18,7 @@ use gst::glib;
 use gst::prelude::*;
 use gst_video::prelude::*;
 
-use super::pending::{Outcome, Ready};
+use super::pending::{DropReason, Outcome, Ready};
 use super::state::{Shared, State};
 use super::{VsockEnc, CAT};
 
@@ -46,7 +46,7 @@ pub fn stop(el: &VsockEnc) {
 /// One iteration: waits for ready frames and finishes them. False when the
 /// element is stopping or flushing.
 fn iterate(el: &VsockEnc, shared: &Shared) -> bool {
-    let ready = {
+    let (ready, went_silent) = {
         let mut st = shared.lock();
         loop {
             if st.stop || st.flushing {
@@ -56,12 +56,36 @@ fn iterate(el: &VsockEnc, shared: &Shared) -> bool {
             if st.table.has_ready(now) {
                 let ready = st.table.pop_ready(now);
                 st.finishing += ready.len();
-                break ready;
+                let mut timeouts = 0;
+                let mut news = false;
+                for r in &ready {
+                    if r.outcome == Outcome::Dropped(DropReason::Timeout) {
+                        timeouts += 1;
+                        news |= st.health.timed_out(r.wire_pts);
+                    }
+                }
+                let went_silent = news.then(|| {
+                    let addr = st.link.as_ref().map(|c| c.addr.to_string());
+                    (timeouts, addr.unwrap_or_else(|| "(no connection)".into()))
+                });
+                break (ready, went_silent);
             }
             let until = st.table.earliest_deadline();
             shared.wait_output(&mut st, until);
         }
     };
+    if let Some((n, addr)) = went_silent {
+        gst::element_warning!(
+            el,
+            gst::ResourceError::Read,
+            ("vsockenc host at {} stopped answering", addr),
+            [
+                "{n} frame(s) got no answer within response-timeout and were dropped; \
+                 frames are dropped (and the next one is sent as a keyframe) until the host \
+                 answers again (this is reported once, and once more when it recovers)"
+            ]
+        );
+    }
     let n = ready.len();
     let mut ret = Ok(gst::FlowSuccess::Ok);
     for r in ready {

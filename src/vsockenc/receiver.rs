@@ -29,6 +29,11 @@ pub struct ReaderContext {
     pub element: glib::WeakRef<VsockEnc>,
 }
 
+/// Malformed answers in a row (no valid answer between them) after which
+/// the host is taken to be broken: the connection is dropped and made
+/// again, instead of every frame waiting for its timeout.
+const MALFORMED_IN_A_ROW: u32 = 4;
+
 /// What the reader tells the element about.
 pub trait ReaderEvents: Send + Sync {
     /// The host sent an ERROR; `pts` is the frame it was taken to be about.
@@ -39,6 +44,31 @@ pub trait ReaderEvents: Send + Sync {
     /// The connection is gone; the frames in flight with these wire PTS
     /// were lost. Not called when the element closed the connection itself.
     fn lost(&self, conn: &Connection, why: &str, dropped: &[i64]);
+    /// The host answers again after frames had timed out.
+    fn answering_again(&self, conn: &Connection);
+}
+
+/// Counts malformed answers in a row.
+#[derive(Default)]
+struct Malformed {
+    in_a_row: u32,
+}
+
+impl Malformed {
+    /// A bad answer; `Some(why)` when the host is to be dropped.
+    fn bad(&mut self, what: &str) -> Option<String> {
+        self.in_a_row += 1;
+        (self.in_a_row >= MALFORMED_IN_A_ROW).then(|| {
+            format!(
+                "{} malformed answers in a row (the last: {what}); the host is taken to be broken",
+                self.in_a_row
+            )
+        })
+    }
+
+    fn good(&mut self) {
+        self.in_a_row = 0;
+    }
 }
 
 pub fn run(conn: Arc<Connection>, mut stream: Stream, cx: ReaderContext) {
@@ -67,6 +97,7 @@ fn read_loop(conn: &Connection, stream: &mut Stream, cx: &ReaderContext) -> Stri
     // accepted our HELLO sends them.
     let mut decoder = Decoder::with_extensions(hxfr::Limits::default());
     let mut counted = 0u64;
+    let mut malformed = Malformed::default();
     loop {
         if conn.is_closed() {
             return "closed".into();
@@ -77,14 +108,14 @@ fn read_loop(conn: &Connection, stream: &mut Stream, cx: &ReaderContext) -> Stri
             cx.shared.lock().table.stats.bytes_received += offset - counted;
             counted = offset;
         }
-        match res {
+        let bad = match res {
             Ok(Some(Decoded::Ext(_, msg))) => {
                 conn.note_read();
-                handle_ext(conn, msg, cx);
+                handle_ext(conn, msg, cx)
             }
             Ok(Some(Decoded::Legacy(_, msg))) => {
                 conn.note_read();
-                handle(conn, msg, cx);
+                handle(conn, msg, cx)
             }
             Ok(None) => return "the host closed the connection".into(),
             Err(e) if e.is_timeout() => continue,
@@ -92,20 +123,40 @@ fn read_loop(conn: &Connection, stream: &mut Stream, cx: &ReaderContext) -> Stri
             // breakage for that long: start over on a new connection.
             Err(e @ hxfr::ProtocolError::PayloadTooLarge { .. }) => return e.to_string(),
             Err(e) if !e.is_fatal() => {
-                cx.events
-                    .protocol_warning(conn, &format!("skipped a bad message: {e}"));
+                let what = format!("skipped a bad message: {e}");
+                cx.events.protocol_warning(conn, &what);
+                Answer::Bad(what)
             }
             Err(hxfr::ProtocolError::Io(e)) if transport::is_host_absent(&e) => {
                 return format!("connection lost ({})", transport::describe(&e));
             }
             Err(e) => return e.to_string(),
+        };
+        match bad {
+            Answer::Good => malformed.good(),
+            Answer::Bad(what) => {
+                if let Some(why) = malformed.bad(&what) {
+                    return why;
+                }
+            }
+            Answer::Other => {}
         }
     }
 }
 
-fn handle(conn: &Connection, msg: Message, cx: &ReaderContext) {
+/// What a message says about the host's answers.
+enum Answer {
+    /// A frame was answered.
+    Good,
+    /// A malformed answer.
+    Bad(String),
+    /// Anything else.
+    Other,
+}
+
+fn handle(conn: &Connection, msg: Message, cx: &ReaderContext) -> Answer {
     match msg {
-        Message::FrameResponse(r) => handle_response(conn, r, cx),
+        Message::FrameResponse(r) => return handle_response(conn, r, cx),
         Message::Error(e) => {
             // The host's copy of our last frame may be gone: next frame full.
             conn.ext.lock().invalidate();
@@ -116,6 +167,7 @@ fn handle(conn: &Connection, msg: Message, cx: &ReaderContext) {
             };
             cx.shared.wake_completed();
             cx.events.host_error(conn, e.code, &e.message, pts);
+            return Answer::Good;
         }
         Message::Pong => cx.shared.lock().table.stats.pongs_received += 1,
         Message::ConfigResponse(_) | Message::Skipped { .. } => {}
@@ -127,9 +179,10 @@ fn handle(conn: &Connection, msg: Message, cx: &ReaderContext) {
             conn.addr
         ),
     }
+    Answer::Other
 }
 
-fn handle_response(conn: &Connection, r: FrameResponse, cx: &ReaderContext) {
+fn handle_response(conn: &Connection, r: FrameResponse, cx: &ReaderContext) -> Answer {
     let now = Instant::now();
     let data = r.annexb();
     if data.is_empty() {
@@ -139,9 +192,9 @@ fn handle_response(conn: &Connection, r: FrameResponse, cx: &ReaderContext) {
             st.table.fail_oldest(conn.generation, DropReason::HostError);
         }
         cx.shared.wake_completed();
-        cx.events
-            .protocol_warning(conn, &format!("empty FRAME_RESPONSE for pts {}", r.pts));
-        return;
+        let what = format!("empty FRAME_RESPONSE for pts {}", r.pts);
+        cx.events.protocol_warning(conn, &what);
+        return Answer::Bad(what);
     }
     // A keyframe is an access unit with an IDR slice, whatever the host
     // says: hosts have flagged every I-frame (x264's scene cuts), and a
@@ -160,15 +213,19 @@ fn handle_response(conn: &Connection, r: FrameResponse, cx: &ReaderContext) {
         );
     }
     let encoded = Encoded { data, keyframe };
-    let matched = {
+    let (matched, recovered) = {
         let mut st = cx.shared.lock();
         let t = &mut st.table;
-        match t.lookup(r.pts) {
+        let matched = match t.lookup(r.pts) {
             // A host that numbers responses itself: fall back to arrival order.
             Match::Unknown => t.complete_oldest(conn.generation, encoded, now),
-            _ => t.complete(r.pts, encoded, now) == Match::Matched,
-        }
+            _ => (t.complete(r.pts, encoded, now) == Match::Matched).then_some(r.pts),
+        };
+        (matched.is_some(), matched.is_some_and(|w| st.health.answered(w)))
     };
+    if recovered {
+        cx.events.answering_again(conn);
+    }
     if matched {
         cx.shared.wake_completed();
     } else {
@@ -180,10 +237,11 @@ fn handle_response(conn: &Connection, r: FrameResponse, cx: &ReaderContext) {
             r.pts
         );
     }
+    Answer::Good
 }
 
 /// Extension messages: only a host that accepted our HELLO sends them.
-fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) {
+fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) -> Answer {
     match msg {
         ExtMessage::HelloAck(ack) => {
             let accepted = conn.ext.lock().on_ack(&ack);
@@ -213,6 +271,7 @@ fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) {
             };
             cx.shared.wake_completed();
             cx.events.host_error(conn, e.code, &e.message, pts);
+            return Answer::Good;
         }
         ExtMessage::DrainDone { token } => {
             conn.ext.lock().on_drain_done(token);
@@ -245,4 +304,5 @@ fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) {
             conn.addr
         ),
     }
+    Answer::Other
 }

@@ -63,6 +63,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::connection::Connection;
 use super::pending::Table;
+use super::report::Health;
 
 /// What every waiter decides on. See the module doc.
 pub struct State {
@@ -89,6 +90,8 @@ pub struct State {
     pub finishing: usize,
     /// Latency reported to the pipeline: (min, max).
     pub latency: Option<(gst::ClockTime, gst::ClockTime)>,
+    /// Whether the host answers (for the one warning when it stops).
+    pub health: Health,
 }
 
 impl Default for State {
@@ -103,6 +106,7 @@ impl Default for State {
             connected_at: None,
             finishing: 0,
             latency: None,
+            health: Health::default(),
         }
     }
 }
