@@ -92,7 +92,8 @@ fn a_host_flooding_malformed_answers_is_disconnected_and_warned_about_a_few_time
     let warnings = texts(&msgs, gst::MessageType::Warning);
     eprintln!("{} warnings in {took:?}: {warnings:#?}", warnings.len());
     assert!(
-        msgs.iter().any(|m| matches!(m.view(), gst::MessageView::Eos(_))),
+        msgs.iter()
+            .any(|m| matches!(m.view(), gst::MessageView::Eos(_))),
         "the stream ends: {msgs:?}"
     );
     assert!(
@@ -105,7 +106,9 @@ fn a_host_flooding_malformed_answers_is_disconnected_and_warned_about_a_few_time
         warnings.len()
     );
     assert!(
-        warnings.iter().any(|w| w.contains("malformed answers in a row")),
+        warnings
+            .iter()
+            .any(|w| w.contains("malformed answers in a row")),
         "the disconnect says why: {warnings:#?}"
     );
     assert!(stat(&enc, "reconnects") >= 1, "the element connected again");
@@ -120,7 +123,10 @@ fn with_reconnect_off_a_host_of_malformed_answers_is_an_error() {
     let (msgs, _enc, took) = run_live(&path, 30, "reconnect=false", Duration::from_secs(30));
     let errors = texts(&msgs, gst::MessageType::Error);
     assert_eq!(errors.len(), 1, "{msgs:?}");
-    assert!(errors[0].contains("malformed answers in a row"), "{errors:?}");
+    assert!(
+        errors[0].contains("malformed answers in a row"),
+        "{errors:?}"
+    );
     assert!(took < Duration::from_secs(8), "{took:?}");
 }
 
@@ -144,7 +150,8 @@ fn a_host_that_stops_answering_is_reported_once_and_its_recovery_once() {
         Duration::from_secs(30),
     );
     assert!(
-        msgs.iter().any(|m| matches!(m.view(), gst::MessageView::Eos(_))),
+        msgs.iter()
+            .any(|m| matches!(m.view(), gst::MessageView::Eos(_))),
         "{msgs:?}"
     );
     let warnings = texts(&msgs, gst::MessageType::Warning);
@@ -153,9 +160,15 @@ fn a_host_that_stops_answering_is_reported_once_and_its_recovery_once() {
         .iter()
         .filter(|w| w.contains("stopped answering"))
         .collect();
-    let again: Vec<_> = infos.iter().filter(|w| w.contains("answers again")).collect();
+    let again: Vec<_> = infos
+        .iter()
+        .filter(|w| w.contains("answers again"))
+        .collect();
     assert_eq!(stopped.len(), 1, "one WARNING when it stops: {warnings:#?}");
     assert_eq!(again.len(), 1, "one message when it recovers: {infos:#?}");
     assert!(stat(&enc, "dropped-timeout") >= 20, "frames were dropped");
-    assert!(stat(&enc, "frames-returned") >= 40, "and encoded again after");
+    assert!(
+        stat(&enc, "frames-returned") >= 40,
+        "and encoded again after"
+    );
 }

@@ -285,7 +285,7 @@ impl ObjectImpl for VsockEnc {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("Counters (vsockenc-stats): frames-sent, frames-returned, frames-dropped and dropped-* by reason, late-responses, bytes-sent, bytes-received, in-flight, reconnects, host-errors, latency-mean-us, latency-max-us")
+                    .blurb(&stats::blurb())
                     .read_only()
                     .build(),
             ]

@@ -221,7 +221,10 @@ fn handle_response(conn: &Connection, r: FrameResponse, cx: &ReaderContext) -> A
             Match::Unknown => t.complete_oldest(conn.generation, encoded, now),
             _ => (t.complete(r.pts, encoded, now) == Match::Matched).then_some(r.pts),
         };
-        (matched.is_some(), matched.is_some_and(|w| st.health.answered(w)))
+        (
+            matched.is_some(),
+            matched.is_some_and(|w| st.health.answered(w)),
+        )
     };
     if recovered {
         cx.events.answering_again(conn);

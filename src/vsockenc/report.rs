@@ -44,7 +44,9 @@ impl Limiter {
     /// this one back.
     pub fn admit(&mut self, kind: Kind, now: Instant) -> Option<u64> {
         let w = self.kinds.entry(kind).or_default();
-        if w.started.is_none_or(|s| now.saturating_duration_since(s) >= WINDOW) {
+        if w.started
+            .is_none_or(|s| now.saturating_duration_since(s) >= WINDOW)
+        {
             w.started = Some(now);
             w.passed = 0;
         }

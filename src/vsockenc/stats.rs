@@ -10,6 +10,62 @@ const RECENT_LATENCIES: usize = 32;
 
 pub const STATS_NAME: &str = "vsockenc-stats";
 
+/// Every field of the `stats` structure and what it counts, for the
+/// property's blurb (gst-inspect-1.0).
+const FIELDS: &[(&str, &str)] = &[
+    ("frames-sent", "frames written to the host"),
+    ("frames-returned", "frames the host answered in time"),
+    (
+        "frames-dropped",
+        "frames without output: the sum of dropped-*",
+    ),
+    ("dropped-timeout", "no answer within response-timeout"),
+    ("dropped-host-error", "the host reported an error"),
+    (
+        "dropped-disconnect",
+        "the connection broke with the frame in flight",
+    ),
+    ("dropped-no-host", "no connection to send on"),
+    (
+        "dropped-awaiting-keyframe",
+        "encoded, but after a drop and not a keyframe",
+    ),
+    (
+        "late-responses",
+        "answers that came after their frame's timeout",
+    ),
+    ("bytes-sent", "bytes written to the host"),
+    ("bytes-received", "bytes read from the host"),
+    ("in-flight", "frames at the host now"),
+    ("reconnects", "connections made after the first"),
+    ("host-errors", "ERROR messages from the host"),
+    ("pings-sent", "keep-alive PINGs"),
+    ("pongs-received", "their answers"),
+    ("latency-mean-us", "mean time from request to answer"),
+    ("latency-max-us", "longest time from request to answer"),
+    ("wire-bytes", "bytes of frame messages on the wire"),
+    (
+        "raw-bytes",
+        "what those frames cost as plain FRAME_REQUESTs",
+    ),
+    ("compact-frames", "frames sent as changed tiles only"),
+    (
+        "checksum-matches",
+        "host checksums equal to the frame sent (verify-frames)",
+    ),
+    ("checksum-mismatches", "host checksums that differ"),
+    ("extensions", "protocol extension bits the host accepted"),
+];
+
+/// The `stats` property's blurb: every field with what it counts.
+pub fn blurb() -> String {
+    let fields: Vec<String> = FIELDS.iter().map(|(n, d)| format!("{n} ({d})")).collect();
+    format!(
+        "Counters of the current (or last) run, a {STATS_NAME} structure: {}",
+        fields.join(", ")
+    )
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub frames_sent: u64,
@@ -121,4 +177,30 @@ impl Stats {
 /// The `stats` property value before the element ever ran.
 pub fn empty_structure() -> gst::Structure {
     Stats::default().to_structure(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_blurb_names_every_field_in_order() {
+        gst::init().unwrap();
+        let s = empty_structure();
+        let names: Vec<&str> = s.fields().map(|f| f.as_str()).collect();
+        let documented: Vec<&str> = FIELDS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, documented);
+        let b = blurb();
+        assert!(names.iter().all(|n| b.contains(n)));
+    }
+
+    #[test]
+    fn recent_latency_needs_enough_samples() {
+        let mut s = Stats::default();
+        for ms in [30, 5, 5, 5] {
+            s.record_latency(Duration::from_millis(ms));
+        }
+        assert_eq!(s.recent_latency_mean_us(8), None);
+        assert_eq!(s.recent_latency_mean_us(4), Some(11_250));
+    }
 }
