@@ -20,8 +20,9 @@
 #     `systemd-sysusers`, `systemctl daemon-reload`, `systemctl enable --now`
 #     and `systemctl restart` on the installed unit (a test drop-in only drops
 #     its default dependencies on sysinit.target and adds a probe), check
-#     from inside its sandbox which devices and files it can use, and encode
-#     30 frames through it with the installed element.
+#     from inside its sandbox which devices and files it can use, encode
+#     30 frames through it with the installed element, and select that
+#     guest's lines in the journal by the daemon's fields (VSOCKENC_CONN).
 #
 # Usage: scripts/check-install.sh [--clone] [--buildtype=release|debug]
 #                                 [--builddir=DIR] [--service] [--keep]
@@ -411,6 +412,10 @@ systemctl show vsockenc-host -p ActiveState -p Result >"$out/stopped.txt"
 [ -e /run/vsockenc-host ] && echo present >"$out/rundir-after-stop.txt"
 timeout 20 journalctl -b --no-pager -o short-monotonic >"$out/journal.txt"
 timeout 20 journalctl -u vsockenc-host >"$out/journal-unit.txt" 2>&1
+# The daemon's own journal fields (docs/install.md): the guest above was
+# connection #1, a local process of root's.
+timeout 20 journalctl -u vsockenc-host VSOCKENC_CONN=1 VSOCKENC_UID=0 >"$out/journal-conn1.txt" 2>&1
+timeout 20 journalctl -u vsockenc-host -o json >"$out/journal-unit.json" 2>&1
 touch "$out/done"
 EOF
     cat >"$svc/boot.sh" <<'EOF'
@@ -499,6 +504,13 @@ EOF
     grep -q 'listening on unix:/run/vsockenc-host/vm1.vsock_5000' "$o/journal-unit.txt" &&
         grep -q 'encoder: x264enc' "$o/journal-unit.txt" ||
         svc_fail "journalctl -u vsockenc-host lacks 'encoder: x264enc' / 'listening on unix:/run/vsockenc-host/vm1.vsock_5000'"
+    grep -q 'unix:/run/vsockenc-host/vm1.vsock_5000#1: connected' "$o/journal-conn1.txt" &&
+        grep -q 'unix:/run/vsockenc-host/vm1.vsock_5000#1: disconnected;' "$o/journal-conn1.txt" &&
+        ! grep -q 'listening on' "$o/journal-conn1.txt" ||
+        svc_fail "journalctl -u vsockenc-host VSOCKENC_CONN=1 VSOCKENC_UID=0 does not select guest #1's lines: $(head -n 5 "$o/journal-conn1.txt")"
+    grep -q '"VSOCKENC_CLIENT":"unix:/run/vsockenc-host/vm1.vsock_5000#1"' "$o/journal-unit.json" &&
+        grep -q '"SYSLOG_IDENTIFIER":"vsockenc-host"' "$o/journal-unit.json" ||
+        svc_fail "the journal entries lack the daemon's fields (VSOCKENC_CLIENT, SYSLOG_IDENTIFIER)"
     [ "$(cat "$o/gst-launch.status")" = 0 ] && [ -s "$o/out.h264" ] ||
         svc_fail "encoding 30 frames through the service failed (gst-launch status $(cat "$o/gst-launch.status"))"
     grep -qx 'Result=success' "$o/stopped.txt" || svc_fail "systemctl stop: $(tr '\n' ' ' <"$o/stopped.txt")"

@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use clap::Parser;
+use tracing_subscriber::EnvFilter;
 
 use crate::listen::ListenAddr;
-use crate::log::Level;
+use crate::log::{Format, Level};
 
 pub const DEFAULT_VSOCK_PORT: u32 = 5000;
 pub const DEFAULT_TCP: &str = "tcp:127.0.0.1:15937";
@@ -47,7 +48,28 @@ H.264 4:2:0 has no odd sizes: an odd width or height is padded by one
 repeated column/row. A client holds at most --max-in-flight frames of memory.
 
 Logs: every line about a client names it as tcp:ADDR#N, unix:PATH#N or
-vsock:CID:PORT#N, where N numbers the connections since start.
+vsock:CID:PORT#N, where N numbers the connections since start. Each such
+line belongs to the connection's span `conn`, whose fields are conn (N),
+client (the name above), listener, peer, and uid, gid, pid (Unix peers) or
+cid (vsock peers). --log-filter (or VSOCKENC_HOST_LOG) refines --log-level
+with comma-separated directives:
+  LEVEL                       the level of everything else (replaces
+                              --log-level)
+  TARGET=LEVEL                a module and those below it: vsockenc_host
+                              (everything), vsockenc_host::client (guests'
+                              requests), vsockenc_host::encoder,
+                              vsockenc_host::listen, vsockenc_host::stats,
+                              vsockenc_host::shutdown
+  [conn{FIELD=VALUE}]=LEVEL   lines of the matching connections
+e.g. 'info,[conn{conn=7}]=debug' (debug for connection #7 only),
+'off,[conn{conn=7}]=trace' (connection #7's lines and nothing else),
+'warn,[conn{cid=3}]=trace' (everything about the vsock guest with CID 3,
+only warnings about the others), 'info,vsockenc_host::stats=warn'.
+--log-format json writes one JSON object per line (the span's fields under
+`span`); journald sends native journal entries with the span's fields as
+VSOCKENC_CONN, VSOCKENC_CID, ... (journalctl VSOCKENC_CID=3). The default,
+auto, is journald when stderr is the service's journal stream under
+systemd, else the plain lines.
 
 Exit status: 0 after a clean shutdown (SIGINT/SIGTERM: stop accepting, finish
 in-flight encodes for a bounded time, send their responses, remove socket
@@ -113,9 +135,19 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub shutdown_timeout: u64,
 
-    /// Log level of the lines written to stderr.
+    /// Log level of the lines written.
     #[arg(long, value_enum, value_name = "LEVEL", default_value = "info")]
     pub log_level: Level,
+
+    /// Per-module and per-connection log levels, RUST_LOG-style (see
+    /// below), applied on top of --log-level.
+    #[arg(long, value_name = "DIRECTIVES", env = "VSOCKENC_HOST_LOG", value_parser = parse_filter)]
+    pub log_filter: Option<String>,
+
+    /// How log lines are written: plain lines or JSON objects on stderr,
+    /// or journald entries; auto: journald under systemd, else human.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "auto")]
+    pub log_format: Format,
 }
 
 impl Cli {
@@ -131,6 +163,16 @@ impl Cli {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout)
     }
+    pub fn log_filter(&self) -> EnvFilter {
+        crate::log::filter(self.log_level, self.log_filter.as_deref())
+            .expect("checked when parsing")
+    }
+}
+
+/// Checks the directives now, so that a typo is a usage error (status 2).
+fn parse_filter(s: &str) -> Result<String, String> {
+    crate::log::filter(Level::Info, Some(s))?;
+    Ok(s.to_string())
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

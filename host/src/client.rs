@@ -21,12 +21,19 @@ use hxfr::{
     Header, Limits, Message, ProtocolError, HEADER_LEN,
 };
 
+use tracing::{debug, error, info, trace, warn, Span};
+
 use crate::conn::Conn;
 use crate::encoder::{encode_failed, EncoderChoice, Job, Params, Reply, Session, SessionKey};
+use crate::log::ratelimit::RateLimit;
 use crate::stats::ClientStats;
 
 /// Warnings logged per connection about its input before they go to debug.
 const MAX_WARNINGS: u32 = 20;
+
+/// Warnings about guests' input, all guests together: many connections
+/// sending garbage at once (or one reconnecting) cannot flood the log.
+static GUEST_INPUT_WARNINGS: RateLimit = RateLimit::new(50, Duration::from_secs(10));
 
 /// How often blocked reads and waits look at the shutdown flag.
 const POLL: Duration = Duration::from_millis(200);
@@ -99,9 +106,13 @@ pub fn serve(
             stats.clone(),
             dead.clone(),
         );
+        let span = Span::current();
         std::thread::Builder::new()
             .name("client-writer".into())
-            .spawn(move || write_responses(&conn, &peer, &cfg, &stats, rx, &dead))
+            .spawn(move || {
+                let _entered = span.enter();
+                write_responses(&conn, &peer, &cfg, &stats, rx, &dead)
+            })
     };
     let writer = match writer {
         Ok(w) => w,
@@ -554,13 +565,17 @@ impl Reader<'_> {
     }
 
     /// Logs a problem with the guest's input: the first few as warnings,
-    /// the rest at debug level, so a hostile guest cannot flood the log.
+    /// the rest at debug level, so a hostile guest cannot flood the log;
+    /// the warnings of all guests together are rate-limited too.
     fn complain(&self, what: std::fmt::Arguments<'_>) {
         let n = self.complaints.get() + 1;
         self.complaints.set(n);
         match n.cmp(&MAX_WARNINGS) {
-            std::cmp::Ordering::Less => warn!("{}: {what}", self.peer),
-            std::cmp::Ordering::Equal => warn!(
+            std::cmp::Ordering::Less => {
+                crate::warn_limited!(GUEST_INPUT_WARNINGS, "{}: {what}", self.peer)
+            }
+            std::cmp::Ordering::Equal => crate::warn_limited!(
+                GUEST_INPUT_WARNINGS,
                 "{}: {what} (further problems with this guest's input are logged at debug level)",
                 self.peer
             ),

@@ -1,122 +1,144 @@
 //! One accepted connection of any transport, as a plain socket descriptor.
 //!
 //! Unix, TCP and vsock streams all become a [`Conn`], so the client code is
-//! transport-agnostic. Writes use `MSG_NOSIGNAL`: writing to a connection
-//! whose guest has gone returns `EPIPE` instead of raising SIGPIPE.
+//! transport-agnostic. On Linux, writes use `MSG_NOSIGNAL`: writing to a
+//! connection whose guest has gone returns `EPIPE` instead of raising
+//! SIGPIPE. Elsewhere the Rust runtime's ignored SIGPIPE gives the same.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::socket::{self, setsockopt, sockopt, MsgFlags, SockaddrStorage};
+use nix::sys::time::{TimeVal, TimeValLike};
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: MsgFlags = MsgFlags::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: MsgFlags = MsgFlags::empty();
+
+/// More buffers than this in one `sendmsg` fail with EMSGSIZE (IOV_MAX).
+const MAX_IOVECS: usize = 1024;
 
 pub struct Conn {
     fd: OwnedFd,
 }
 
 impl Conn {
+    /// Takes an accepted socket; it is made blocking (reads and writes are
+    /// bounded by the timeouts instead).
     pub fn new(fd: OwnedFd) -> io::Result<Conn> {
-        let conn = Conn { fd };
-        conn.set_blocking()?;
-        Ok(conn)
+        let flags = OFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFL)?);
+        fcntl(&fd, FcntlArg::F_SETFL(flags.difference(OFlag::O_NONBLOCK)))?;
+        Ok(Conn { fd })
     }
 
-    fn set_blocking(&self) -> io::Result<()> {
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: fcntl on a descriptor we own.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if flags < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: as above.
-        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Read (`SO_RCVTIMEO`) or write (`SO_SNDTIMEO`) timeout.
-    pub fn set_timeout(&self, option: libc::c_int, d: Duration) -> io::Result<()> {
-        let tv = libc::timeval {
-            tv_sec: d.as_secs() as libc::time_t,
-            tv_usec: d.subsec_micros() as libc::suseconds_t,
-        };
-        // SAFETY: tv is a valid timeval for the duration of the call.
-        let r = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
+    /// Reads fail with `WouldBlock` after `d` without data.
     pub fn set_read_timeout(&self, d: Duration) -> io::Result<()> {
-        self.set_timeout(libc::SO_RCVTIMEO, d)
+        Ok(setsockopt(&self.fd, sockopt::ReceiveTimeout, &timeval(d))?)
     }
 
+    /// Writes fail with `WouldBlock` after `d` without progress.
     pub fn set_write_timeout(&self, d: Duration) -> io::Result<()> {
-        self.set_timeout(libc::SO_SNDTIMEO, d)
+        Ok(setsockopt(&self.fd, sockopt::SendTimeout, &timeval(d))?)
     }
 
     /// Shuts both directions down: a thread blocked reading or writing this
     /// connection returns at once. The descriptor stays open (and cannot be
     /// reused by a later connection) until the last owner drops the `Conn`.
     pub fn shutdown(&self) {
-        // SAFETY: shutdown on a descriptor we own; errors (ENOTCONN) are moot.
-        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        // Errors (ENOTCONN: the guest already went) are moot.
+        let _ = socket::shutdown(self.fd.as_raw_fd(), socket::Shutdown::Both);
     }
 }
 
-fn check(r: isize) -> io::Result<usize> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
+fn timeval(d: Duration) -> TimeVal {
+    TimeVal::microseconds(d.as_micros().try_into().unwrap_or(i64::MAX))
 }
 
 impl Read for &Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: buf is valid for buf.len() bytes.
-        check(unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                0,
-            )
-        })
+        Ok(socket::recv(self.fd.as_raw_fd(), buf, MsgFlags::empty())?)
     }
 }
 
 impl Write for &Conn {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: buf is valid for buf.len() bytes.
-        check(unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                buf.as_ptr() as *const libc::c_void,
-                buf.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        })
+        Ok(socket::send(self.fd.as_raw_fd(), buf, SEND_FLAGS)?)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        // SAFETY: IoSlice is ABI-compatible with iovec; msghdr is zeroed
-        // apart from the iovec array, which outlives the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = bufs.len().min(1024) as _;
-        check(unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })
+        let bufs = &bufs[..bufs.len().min(MAX_IOVECS)];
+        Ok(socket::sendmsg::<SockaddrStorage>(
+            self.fd.as_raw_fd(),
+            bufs,
+            &[],
+            SEND_FLAGS,
+            None,
+        )?)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn pair() -> (Conn, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        (Conn::new(OwnedFd::from(a)).unwrap(), b)
+    }
+
+    #[test]
+    fn reads_time_out_and_writes_reach_the_peer() {
+        let (c, mut peer) = pair();
+        c.set_read_timeout(Duration::from_millis(50)).unwrap();
+        let mut buf = [0u8; 8];
+        // Made blocking: the read waits for the timeout, not EAGAIN at once.
+        let t = std::time::Instant::now();
+        let e = (&c).read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert!(
+            t.elapsed() >= Duration::from_millis(40),
+            "{:?}",
+            t.elapsed()
+        );
+        let mut w = &c;
+        assert_eq!(
+            w.write_vectored(&[IoSlice::new(b"ab"), IoSlice::new(b"cd")])
+                .unwrap(),
+            4
+        );
+        peer.read_exact(&mut buf[..4]).unwrap();
+        assert_eq!(&buf[..4], b"abcd");
+        peer.write_all(b"xyz").unwrap();
+        assert_eq!((&c).read(&mut buf).unwrap(), 3);
+    }
+
+    #[test]
+    fn writing_to_a_gone_peer_fails_with_broken_pipe() {
+        let (c, peer) = pair();
+        drop(peer);
+        let e = (&c).write(b"x").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn shutdown_wakes_a_blocked_reader() {
+        let (c, _peer) = pair();
+        let c = std::sync::Arc::new(c);
+        let reader = {
+            let c = c.clone();
+            std::thread::spawn(move || (&*c).read(&mut [0u8; 4]))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        c.shutdown();
+        assert_eq!(reader.join().unwrap().unwrap(), 0);
     }
 }

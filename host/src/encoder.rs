@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context};
 use gst::glib;
 use gst::prelude::*;
 use hxfr::{error_code, msg_type, ErrorMessage, FrameLayout, Header, WireFormat};
+use tracing::{debug, trace, warn, Span};
 
 use crate::stats::ClientStats;
 
@@ -331,9 +332,13 @@ impl Session {
         let fifo: Fifo = Arc::default();
         let cb_fifo = fifo.clone();
         let cb_peer = peer.clone();
+        // Outputs arrive on a GStreamer thread: log them in the span of the
+        // connection that created the session.
+        let cb_span = Span::current();
         appsink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
+                    let _entered = cb_span.enter();
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                     deliver(&sample, &cb_fifo, &stats, &cb_peer);
                     Ok(gst::FlowSuccess::Ok)

@@ -10,15 +10,19 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use tracing::{info, warn};
 
 use crate::conn::Conn;
+use crate::peer::{Credentials, Peer};
 
 /// `VMADDR_CID_ANY`.
 pub const VSOCK_CID_ANY: u32 = u32::MAX;
@@ -90,8 +94,23 @@ impl fmt::Display for ListenAddr {
 }
 
 /// Whether this host can open and bind an AF_VSOCK stream socket.
+#[cfg(target_os = "linux")]
 pub fn vsock_available(port: u32) -> Result<(), io::Error> {
     vsock::VsockListener::bind_with_cid_port(VSOCK_CID_ANY, port).map(drop)
+}
+
+/// Whether this host can open and bind an AF_VSOCK stream socket.
+#[cfg(not(target_os = "linux"))]
+pub fn vsock_available(_port: u32) -> Result<(), io::Error> {
+    Err(no_vsock())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn no_vsock() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "AF_VSOCK exists only on Linux hosts",
+    )
 }
 
 enum Kind {
@@ -101,6 +120,7 @@ enum Kind {
         lock: Option<LockFile>,
     },
     Tcp(TcpListener),
+    #[cfg(target_os = "linux")]
     Vsock(vsock::VsockListener),
 }
 
@@ -117,40 +137,27 @@ impl Listener {
         match addr {
             ListenAddr::Unix(path) => bind_unix(path, socket_mode),
             ListenAddr::Tcp { host, port } => bind_tcp(host, *port),
-            ListenAddr::Vsock { cid, port } => {
-                let listener = vsock::VsockListener::bind_with_cid_port(*cid, *port)
-                    .map_err(|e| {
-                        anyhow!(
-                            "cannot bind vsock port {port} ({addr}): {e}; is the vhost_vsock module loaded? (modprobe vhost_vsock)"
-                        )
-                    })?;
-                listener.set_nonblocking(true)?;
-                Ok(Listener {
-                    kind: Kind::Vsock(listener),
-                    addr: addr.clone(),
-                })
-            }
+            ListenAddr::Vsock { cid, port } => bind_vsock(addr, *cid, *port),
         }
     }
 
-    /// Accepts one pending connection; `Ok(None)` if none is pending. The
-    /// second value names the peer.
-    pub fn accept(&self) -> io::Result<Option<(Conn, String)>> {
+    /// Accepts one pending connection; `Ok(None)` if none is pending.
+    pub fn accept(&self) -> io::Result<Option<(Conn, Peer)>> {
         let res = match &self.kind {
-            Kind::Unix { listener, path, .. } => listener
-                .accept()
-                .map(|(s, _)| (OwnedFd::from(s), format!("unix:{}", path.display()))),
-            Kind::Tcp(l) => l
-                .accept()
-                .map(|(s, a)| (OwnedFd::from(s), format!("tcp:{a}"))),
+            Kind::Unix { listener, .. } => listener.accept().map(|(s, _)| {
+                // Linux always answers; elsewhere an unknown peer is still
+                // served (access rules decide what "unknown" may do).
+                let creds = Credentials::of(&s).ok();
+                (OwnedFd::from(s), Peer::Unix(creds))
+            }),
+            Kind::Tcp(l) => l.accept().map(|(s, a)| (OwnedFd::from(s), Peer::Tcp(a))),
+            #[cfg(target_os = "linux")]
             Kind::Vsock(l) => l.accept().map(|(s, a)| {
-                // SAFETY: the stream's descriptor is moved into the OwnedFd.
-                let fd = unsafe {
-                    <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(
-                        std::os::fd::IntoRawFd::into_raw_fd(s),
-                    )
+                let peer = Peer::Vsock {
+                    cid: a.cid(),
+                    port: a.port(),
                 };
-                (fd, format!("vsock:{}:{}", a.cid(), a.port()))
+                (OwnedFd::from(s), peer)
             }),
         };
         match res {
@@ -159,14 +166,39 @@ impl Listener {
             Err(e) => Err(e),
         }
     }
+}
 
-    pub fn raw_fd(&self) -> RawFd {
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
         match &self.kind {
-            Kind::Unix { listener, .. } => listener.as_raw_fd(),
-            Kind::Tcp(l) => l.as_raw_fd(),
-            Kind::Vsock(l) => l.as_raw_fd(),
+            Kind::Unix { listener, .. } => listener.as_fd(),
+            Kind::Tcp(l) => l.as_fd(),
+            #[cfg(target_os = "linux")]
+            Kind::Vsock(l) => l.as_fd(),
         }
     }
+}
+
+#[cfg(target_os = "linux")]
+fn bind_vsock(addr: &ListenAddr, cid: u32, port: u32) -> anyhow::Result<Listener> {
+    let listener = vsock::VsockListener::bind_with_cid_port(cid, port).map_err(|e| {
+        anyhow!(
+            "cannot bind vsock port {port} ({addr}): {e}; is the vhost_vsock module loaded? (modprobe vhost_vsock)"
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    Ok(Listener {
+        kind: Kind::Vsock(listener),
+        addr: addr.clone(),
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn bind_vsock(addr: &ListenAddr, _cid: u32, _port: u32) -> anyhow::Result<Listener> {
+    Err(anyhow!(
+        "cannot listen on {addr}: {}; use --listen unix:PATH or tcp:HOST:PORT",
+        no_vsock()
+    ))
 }
 
 impl Drop for Listener {
@@ -213,9 +245,9 @@ fn bind_tcp(host: &str, port: u16) -> anyhow::Result<Listener> {
     })
 }
 
-/// An exclusive `flock` on `<socket>.lock`, held as long as the file is open.
+/// An exclusive `flock` on `<socket>.lock`, held until this is dropped.
 struct LockFile {
-    _file: File,
+    _lock: Flock<File>,
     path: PathBuf,
 }
 
@@ -236,24 +268,24 @@ fn acquire_lock(socket: &Path) -> anyhow::Result<LockFile> {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("cannot open lock file {}", path.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                bail!(
-                    "another vsockenc-host is already listening on unix:{} (it holds {}); stop it first or choose another path",
-                    socket.display(),
-                    path.display()
-                );
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, Errno::EWOULDBLOCK)) => bail!(
+                "another vsockenc-host is already listening on unix:{} (it holds {}); stop it first or choose another path",
+                socket.display(),
+                path.display()
+            ),
+            Err((_, e)) => {
+                return Err(io::Error::from(e))
+                    .with_context(|| format!("cannot lock {}", path.display()))
             }
-            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
-        }
+        };
         // The holder we raced with may have unlinked the file we locked:
         // only a lock on the file that is at `path` now counts.
-        let ours = file.metadata()?;
+        let ours = lock.metadata()?;
         match fs::metadata(&path) {
             Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {
-                return Ok(LockFile { _file: file, path })
+                return Ok(LockFile { _lock: lock, path })
             }
             _ => continue,
         }

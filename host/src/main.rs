@@ -7,20 +7,23 @@
 //! * `client.rs`: one guest: request decoding and validation, the in-flight
 //!   limit, responses in request order.
 //! * `encoder.rs`: encoder choice and the GStreamer encoding session.
+//! * `peer.rs`: who is connected (address, credentials, CID) and the
+//!   per-connection log span.
 //! * `stats.rs`: per-client statistics.
 //! * `shutdown.rs`: SIGINT/SIGTERM.
-//! * `log.rs`: stderr logging.
+//! * `log/`: log output (human, JSON, journald), filters, rate limits.
 
-#[macro_use]
-mod log;
 mod cli;
 mod client;
 mod conn;
 mod encoder;
 mod listen;
+mod log;
+mod peer;
 mod shutdown;
 mod stats;
 
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
@@ -28,17 +31,27 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use tracing::{error, info, warn, Span};
 
 use crate::cli::Cli;
 use crate::client::ClientConfig;
 use crate::conn::Conn;
 use crate::listen::{ListenAddr, Listener};
+use crate::log::ratelimit::RateLimit;
 use crate::shutdown::{Signals, SHUTDOWN};
 use crate::stats::{ClientStats, Registry};
 
+/// Failing accepts (EMFILE and the like) repeat every 100 ms per listener.
+static ACCEPT_FAILURES: RateLimit = RateLimit::new(5, Duration::from_secs(30));
+/// A refused guest's element reconnects at once and then periodically.
+static REFUSALS: RateLimit = RateLimit::new(5, Duration::from_secs(10));
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    log::set_level(cli.log_level);
+    if let Some(note) = log::init(cli.log_filter(), cli.log_format) {
+        warn!("{note}");
+    }
     let signals = match shutdown::install() {
         Ok(s) => s,
         Err(e) => {
@@ -148,44 +161,41 @@ fn accept_loop(
     registry: &Arc<Registry>,
     active: &Arc<(Mutex<u32>, Condvar)>,
 ) {
-    let mut fds: Vec<libc::pollfd> = listeners
-        .iter()
-        .map(|l| l.raw_fd())
-        .chain([signals.wake_fd()])
-        .map(|fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
     let mut next_id = 1u64;
     while !SHUTDOWN.load(Ordering::SeqCst) {
-        // SAFETY: fds is a valid array of pollfd for the call.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
+        let mut fds: Vec<PollFd> = listeners
+            .iter()
+            .map(|l| l.as_fd())
+            .chain([signals.wake()])
+            .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+            .collect();
+        match nix::poll::poll(&mut fds, PollTimeout::from(1000u16)) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
                 error!("poll failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));
-            }
-            continue;
-        }
-        for (i, l) in listeners.iter().enumerate() {
-            if fds[i].revents == 0 {
                 continue;
             }
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(true)).collect();
+        for (l, _) in listeners.iter().zip(ready).filter(|(_, r)| *r) {
             loop {
                 match l.accept() {
                     Ok(Some((conn, peer))) => {
-                        let peer: Arc<str> = format!("{peer}#{next_id}").into();
+                        let client = NewClient {
+                            conn,
+                            name: peer.client_name(&l.addr, next_id).into(),
+                            span: peer.span(&l.addr, next_id),
+                        };
                         next_id += 1;
-                        start_client(conn, peer, cli, cfg, registry, active);
+                        start_client(client, cli, cfg, registry, active);
                     }
                     Ok(None) => break,
                     Err(e) => {
                         // EMFILE and the like: do not spin on a listener
                         // that stays readable.
-                        warn!("{}: accept failed: {e}", l.addr);
+                        crate::warn_limited!(ACCEPT_FAILURES, "{}: accept failed: {e}", l.addr);
                         std::thread::sleep(Duration::from_millis(100));
                         break;
                     }
@@ -195,18 +205,31 @@ fn accept_loop(
     }
 }
 
-fn start_client(
+/// An accepted connection, its name in log lines and its span.
+struct NewClient {
     conn: Conn,
-    peer: Arc<str>,
+    name: Arc<str>,
+    span: Span,
+}
+
+fn start_client(
+    client: NewClient,
     cli: &Cli,
     cfg: &Arc<ClientConfig>,
     registry: &Arc<Registry>,
     active: &Arc<(Mutex<u32>, Condvar)>,
 ) {
+    let NewClient {
+        conn,
+        name: peer,
+        span,
+    } = client;
+    let entered = span.enter();
     {
         let mut n = active.0.lock().unwrap();
         if *n >= cli.max_clients {
-            warn!(
+            crate::warn_limited!(
+                REFUSALS,
                 "{peer}: refused: already serving {n} clients (--max-clients {})",
                 cli.max_clients
             );
@@ -217,11 +240,13 @@ fn start_client(
     }
     info!("{peer}: connected");
     let stats = Arc::new(ClientStats::default());
-    registry.register(&peer, &stats);
+    registry.register(&peer, &span, &stats);
+    drop(entered);
     let (cfg, active_count) = (cfg.clone(), active.clone());
     let spawned = std::thread::Builder::new()
         .name("client".into())
         .spawn(move || {
+            let _entered = span.enter();
             let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 client::serve(conn, peer.clone(), cfg, stats, &SHUTDOWN)
             }));

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use tracing::{info, Span};
+
 /// Latencies kept for the p99 (a sliding window of the most recent frames).
 const LATENCY_WINDOW: usize = 4096;
 
@@ -84,22 +86,23 @@ impl ClientStats {
 /// The clients alive now, for the periodic report.
 #[derive(Default)]
 pub struct Registry {
-    clients: Mutex<Vec<(String, Weak<ClientStats>)>>,
+    /// Name, span (the report is logged in it) and statistics of each.
+    clients: Mutex<Vec<(String, Span, Weak<ClientStats>)>>,
 }
 
 impl Registry {
-    pub fn register(&self, peer: &str, stats: &Arc<ClientStats>) {
+    pub fn register(&self, peer: &str, span: &Span, stats: &Arc<ClientStats>) {
         let mut c = self.clients.lock().unwrap();
-        c.retain(|(_, w)| w.strong_count() > 0);
-        c.push((peer.to_string(), Arc::downgrade(stats)));
+        c.retain(|(_, _, w)| w.strong_count() > 0);
+        c.push((peer.to_string(), span.clone(), Arc::downgrade(stats)));
     }
 
     pub fn report(&self) {
         let mut c = self.clients.lock().unwrap();
-        c.retain(|(_, w)| w.strong_count() > 0);
-        for (peer, w) in c.iter() {
+        c.retain(|(_, _, w)| w.strong_count() > 0);
+        for (peer, span, w) in c.iter() {
             if let Some(s) = w.upgrade() {
-                info!("{peer}: stats: {}", s.summary());
+                span.in_scope(|| info!("{peer}: stats: {}", s.summary()));
             }
         }
     }

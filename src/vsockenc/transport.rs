@@ -10,21 +10,56 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::mem;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::sys::socket::{
+    self, setsockopt, sockopt, AddressFamily, MsgFlags, SockFlag, SockType, SockaddrStorage,
+    VsockAddr,
+};
+use nix::sys::time::{TimeVal, TimeValLike};
+// `sockopt_impl!` expands to calls of these by their bare names.
+use nix::{setsockopt_impl, sockopt_impl};
 use vsock::VsockStream;
 
 /// Socket buffer asked for on AF_VSOCK (the kernel may cap it).
 const VSOCK_BUFFER_BYTES: u64 = 16 << 20;
 /// `SO_VM_SOCKETS_BUFFER_SIZE` and friends, from `<linux/vm_sockets.h>`.
-const SO_VM_SOCKETS_BUFFER_SIZE: libc::c_int = 0;
-const SO_VM_SOCKETS_BUFFER_MAX_SIZE: libc::c_int = 2;
-const SO_VM_SOCKETS_CONNECT_TIMEOUT: libc::c_int = 6;
+const SO_VM_SOCKETS_BUFFER_SIZE: i32 = 0;
+const SO_VM_SOCKETS_BUFFER_MAX_SIZE: i32 = 2;
+const SO_VM_SOCKETS_CONNECT_TIMEOUT: i32 = 6;
+
+// Neither nix nor socket2 names the AF_VSOCK-level options: nix's macro
+// for its own options makes them typed, safe `setsockopt` options (its
+// expansion calls libc's `setsockopt`: libc stays a dependency).
+sockopt_impl!(
+    /// `SO_VM_SOCKETS_CONNECT_TIMEOUT`.
+    VmConnectTimeout,
+    SetOnly,
+    AddressFamily::Vsock as i32,
+    SO_VM_SOCKETS_CONNECT_TIMEOUT,
+    TimeVal
+);
+sockopt_impl!(
+    /// `SO_VM_SOCKETS_BUFFER_SIZE`.
+    VmBufferSize,
+    SetOnly,
+    AddressFamily::Vsock as i32,
+    SO_VM_SOCKETS_BUFFER_SIZE,
+    u64
+);
+sockopt_impl!(
+    /// `SO_VM_SOCKETS_BUFFER_MAX_SIZE`.
+    VmBufferMaxSize,
+    SetOnly,
+    AddressFamily::Vsock as i32,
+    SO_VM_SOCKETS_BUFFER_MAX_SIZE,
+    u64
+);
 
 /// The host daemon's address, in the same spelling `vsockenc-host --listen`
 /// accepts.
@@ -123,7 +158,7 @@ impl Write for Stream {
         match self {
             Stream::Unix(s) => s.write_vectored(bufs),
             Stream::Tcp(s) => s.write_vectored(bufs),
-            Stream::Vsock(s) => write_vectored_fd(std::os::fd::AsRawFd::as_raw_fd(s), bufs),
+            Stream::Vsock(s) => send_vectored(std::os::fd::AsFd::as_fd(s), bufs),
         }
     }
 
@@ -132,33 +167,36 @@ impl Write for Stream {
     }
 }
 
-/// `writev` on a raw socket: `VsockStream` only implements `write`, which
-/// would cost one syscall per row of a padded frame.
-fn write_vectored_fd(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-    let n = bufs.len().min(1024);
-    // SAFETY: IoSlice is ABI-compatible with iovec; `fd` is open for the
-    // lifetime of the borrowed stream.
-    let r = unsafe { libc::writev(fd, bufs.as_ptr() as *const libc::iovec, n as libc::c_int) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
+/// One `sendmsg` of all `bufs` (up to IOV_MAX): `VsockStream` only
+/// implements `write`, which would cost one syscall per row of a padded
+/// frame. `MSG_NOSIGNAL` as in `VsockStream::write`: a host that went away
+/// is an `EPIPE`, not a SIGPIPE that kills the application.
+fn send_vectored(fd: BorrowedFd<'_>, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    let bufs = &bufs[..bufs.len().min(1024)];
+    Ok(socket::sendmsg::<SockaddrStorage>(
+        fd.as_raw_fd(),
+        bufs,
+        &[],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?)
 }
 
 /// Whether an error means "nobody is listening there (any more)" rather
 /// than a local problem.
 pub fn is_host_absent(e: &io::Error) -> bool {
     matches!(
-        e.raw_os_error(),
-        Some(libc::ECONNRESET)
-            | Some(libc::ECONNREFUSED)
-            | Some(libc::ETIMEDOUT)
-            | Some(libc::ENOENT)
-            | Some(libc::EPIPE)
-            | Some(libc::ENODEV)
-            | Some(libc::EHOSTUNREACH)
-            | Some(libc::ENETUNREACH)
+        e.raw_os_error().map(Errno::from_raw),
+        Some(
+            Errno::ECONNRESET
+                | Errno::ECONNREFUSED
+                | Errno::ETIMEDOUT
+                | Errno::ENOENT
+                | Errno::EPIPE
+                | Errno::ENODEV
+                | Errno::EHOSTUNREACH
+                | Errno::ENETUNREACH
+        )
     ) || matches!(
         e.kind(),
         io::ErrorKind::ConnectionRefused
@@ -171,11 +209,11 @@ pub fn is_host_absent(e: &io::Error) -> bool {
 
 /// A short description of a connect failure for messages.
 pub fn describe(e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) => "connection refused".into(),
-        Some(libc::ENOENT) => "no such socket file".into(),
-        Some(libc::ETIMEDOUT) => "timed out".into(),
-        Some(libc::ECONNRESET) => "connection reset".into(),
+    match e.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::ECONNREFUSED) => "connection refused".into(),
+        Some(Errno::ENOENT) => "no such socket file".into(),
+        Some(Errno::ETIMEDOUT) => "timed out".into(),
+        Some(Errno::ECONNRESET) => "connection reset".into(),
         _ if e.kind() == io::ErrorKind::TimedOut => "timed out".into(),
         _ => e.to_string(),
     }
@@ -206,67 +244,21 @@ pub fn connect(addr: &Address, timeout: Duration) -> io::Result<Stream> {
 }
 
 fn connect_vsock(cid: u32, port: u32, timeout: Duration) -> io::Result<VsockStream> {
-    // SAFETY: plain socket syscalls on a descriptor we own; the descriptor
-    // is handed to VsockStream (which closes it) or closed on error.
-    unsafe {
-        let fd = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let stream = VsockStream::from_raw_fd(fd);
-        let tv = libc::timeval {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-        };
-        setsockopt(fd, libc::AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, &tv)?;
-        // Best effort: the buffer options are advisory.
-        let _ = setsockopt(
-            fd,
-            libc::AF_VSOCK,
-            SO_VM_SOCKETS_BUFFER_MAX_SIZE,
-            &VSOCK_BUFFER_BYTES,
-        );
-        let _ = setsockopt(
-            fd,
-            libc::AF_VSOCK,
-            SO_VM_SOCKETS_BUFFER_SIZE,
-            &VSOCK_BUFFER_BYTES,
-        );
-        let big = VSOCK_BUFFER_BYTES as libc::c_int;
-        let _ = setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &big);
-        let _ = setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &big);
-        let mut sa: libc::sockaddr_vm = mem::zeroed();
-        sa.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-        sa.svm_cid = cid;
-        sa.svm_port = port;
-        let r = libc::connect(
-            fd,
-            &sa as *const libc::sockaddr_vm as *const libc::sockaddr,
-            mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-        );
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(stream)
-    }
-}
-
-unsafe fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
-    // SAFETY: `v` points to a live T of the size we pass.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            v as *const T as *const libc::c_void,
-            mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    let fd = socket::socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let micros = timeout.as_micros().try_into().unwrap_or(i64::MAX);
+    setsockopt(&fd, VmConnectTimeout, &TimeVal::microseconds(micros))?;
+    // Best effort: the buffer options are advisory.
+    let _ = setsockopt(&fd, VmBufferMaxSize, &VSOCK_BUFFER_BYTES);
+    let _ = setsockopt(&fd, VmBufferSize, &VSOCK_BUFFER_BYTES);
+    let _ = setsockopt(&fd, sockopt::SndBuf, &(VSOCK_BUFFER_BYTES as usize));
+    let _ = setsockopt(&fd, sockopt::RcvBuf, &(VSOCK_BUFFER_BYTES as usize));
+    socket::connect(fd.as_raw_fd(), &VsockAddr::new(cid, port))?;
+    Ok(VsockStream::from(fd))
 }
 
 #[cfg(test)]
