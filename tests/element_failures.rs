@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::peer::{Action, PeerBuilder};
 use common::*;
@@ -606,4 +606,87 @@ fn a_host_that_hangs_up_at_once_is_retried_once_per_interval() {
     // (one more for rounding at either end).
     assert!(n >= 2, "the element retried ({n} connections)");
     assert!(n <= 6, "{n} connections in 2 s with reconnect-interval=500");
+}
+
+/// The start error for `socket-path` naming `path`, or panics.
+fn start_error(path: &std::path::Path, props: &str) -> (String, Duration) {
+    init();
+    let p = gst::parse::launch(&format!(
+        "videotestsrc ! video/x-raw,format=BGRx,width=64,height=48 ! vsockenc socket-path={} {props} ! fakesink",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let started = Instant::now();
+    assert!(p.set_state(gst::State::Playing).is_err());
+    let took = started.elapsed();
+    let msgs = collect_bus(&p.bus().unwrap(), T, |m| {
+        matches!(m.view(), gst::MessageView::Error(_))
+    });
+    p.set_state(gst::State::Null).unwrap();
+    let err = msgs
+        .iter()
+        .find_map(|m| match m.view() {
+            gst::MessageView::Error(e) => Some(format!("{} {:?}", e.error(), e.debug())),
+            _ => None,
+        })
+        .expect("an error message");
+    (err, took)
+}
+
+#[test]
+fn a_socket_path_naming_a_regular_file_says_so() {
+    let path = socket_path("regular");
+    std::fs::write(&path, b"not a socket").unwrap();
+    // Even with wait-for-host: waiting for a regular file cannot help.
+    let (err, _) = start_error(&path, "wait-for-host=true");
+    let _ = std::fs::remove_file(&path);
+    assert!(err.contains("is a regular file, not a socket"), "{err}");
+    assert!(
+        err.contains("set socket-path to the socket vsockenc-host listens on"),
+        "{err}"
+    );
+    assert!(!err.contains("connection refused"), "{err}");
+}
+
+#[test]
+fn a_daemon_that_never_accepts_times_out_at_connect_timeout() {
+    // A listening socket whose backlog is full and nobody accepts (a
+    // frozen daemon): connect used to wait forever.
+    init();
+    let path = socket_path("frozen");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    // Fill the backlog (its length is the kernel's somaxconn default).
+    let mut held = Vec::new();
+    let full = loop {
+        let s = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .unwrap();
+        let addr = nix::sys::socket::UnixAddr::new(&path).unwrap();
+        match nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&s), &addr) {
+            Ok(()) => held.push(s),
+            Err(nix::errno::Errno::EAGAIN) => break true,
+            Err(e) => panic!("{e}"),
+        }
+        if held.len() > 100_000 {
+            break false;
+        }
+    };
+    assert!(full, "the backlog filled up");
+    let (err, took) = start_error(&path, "connect-timeout=300");
+    drop(listener);
+    eprintln!("{err} after {took:?}");
+    assert!(
+        err.contains("timed out: the daemon accepts no connection"),
+        "{err}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the connect gave up after connect-timeout: {took:?}"
+    );
 }

@@ -482,12 +482,20 @@ impl VideoEncoderImpl for VsockEnc {
         gst::info!(CAT, imp = self, "connecting to {addr}");
         if let Err(e) = link.connect() {
             let why = transport::describe(&e);
+            if transport::is_not_a_socket(&e) {
+                // Waiting cannot help: the daemon never replaces a file
+                // that is not a socket.
+                return Err(gst::error_msg!(
+                    gst::ResourceError::OpenReadWrite,
+                    ["cannot connect to {addr}: {why}; {}", addr.remedy_for(&e)]
+                ));
+            }
             if !settings.wait_for_host {
                 return Err(gst::error_msg!(
                     gst::ResourceError::OpenReadWrite,
                     [
                         "no vsockenc-host listening on {addr} ({why}); {}",
-                        addr.remedy()
+                        addr.remedy_for(&e)
                     ]
                 ));
             }
