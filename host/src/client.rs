@@ -14,11 +14,13 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hxfr::ext::{ext_bits, ext_type, CompactFrame, ErrorPts, ExtMessage, HostExt, PTS_UNKNOWN};
+use hxfr::ext::{
+    ext_bits, ext_type, CompactFrame, ErrorPts, ExtMessage, HostExt, ProfileRequest, PTS_UNKNOWN,
+};
 use hxfr::message::FRAME_REQUEST_FIXED;
 use hxfr::{
-    error_code, msg_type, ConfigRequest, Decoded, Decoder, ErrorMessage, FrameLayout, FrameRequest,
-    Header, Limits, Message, ProtocolError, HEADER_LEN,
+    error_code, msg_type, ConfigRequest, Decoded, Decoder, ErrorMessage, FrameRequest, Header,
+    Limits, Message, ProtocolError, HEADER_LEN,
 };
 
 use tracing::{debug, error, info, trace, warn, Span};
@@ -26,6 +28,7 @@ use tracing::{debug, error, info, trace, warn, Span};
 use crate::conn::Conn;
 use crate::encoder::{encode_failed, EncoderChoice, Job, Params, Reply, Session, SessionKey};
 use crate::log::ratelimit::RateLimit;
+use crate::profile::{Negotiator, Outcome, Target};
 use crate::stats::ClientStats;
 
 /// Warnings logged per connection about its input before they go to debug.
@@ -67,7 +70,9 @@ enum Outgoing {
 }
 
 /// What this daemon offers a guest that says HELLO: everything it knows
-/// (FRAME_CHECKSUM only to a guest that asks for it).
+/// (FRAME_CHECKSUM only to a guest that asks for it; PROFILE and FORMATS
+/// work with any encoder: the answer to a profile request comes from the
+/// encoder itself).
 const SUPPORTED_EXTENSIONS: u32 = ext_bits::KNOWN;
 
 /// Why the reader stopped.
@@ -141,6 +146,7 @@ pub fn serve(
             fps_d: 1,
         },
         force_keyframe: false,
+        target: None,
         complaints: Default::default(),
     };
     let end = reader.run(shutdown);
@@ -177,6 +183,8 @@ struct Reader<'a> {
     ext: HostExt,
     params: Params,
     force_keyframe: bool,
+    /// The profile and level the guest negotiated (PROFILE), if any.
+    target: Option<Target>,
     complaints: std::cell::Cell<u32>,
 }
 
@@ -345,6 +353,9 @@ impl Reader<'_> {
                 }
                 self.queue(Outgoing::Now(ExtMessage::DrainDone { token }.encode(sid)))
             }
+            ExtMessage::ProfileRequest(req) if self.ext.has(ext_bits::PROFILE) => {
+                self.profile_request(sid, &req)
+            }
             other => {
                 debug!(
                     "{}: ignored {} from the guest",
@@ -385,11 +396,47 @@ impl Reader<'_> {
         }
     }
 
+    /// Answers a PROFILE_REQ; queued behind the answers to every earlier
+    /// frame, and in force from the next frame on.
+    fn profile_request(&mut self, sid: u16, req: &ProfileRequest) -> bool {
+        let negotiator = Negotiator {
+            encoder: &self.cfg.encoder,
+            params: self.params,
+            timeout: self.cfg.encode_timeout,
+            max_frame_bytes: self.cfg.limits.max_pixel_bytes,
+            peer: self.peer.into(),
+        };
+        let (resp, outcome) = negotiator.answer(req);
+        let asked = format!(
+            "{} up to {} for {}x{} at {}/{} fps",
+            req.profile, req.max_level, req.width, req.height, req.framerate_num, req.framerate_den
+        );
+        match outcome {
+            Outcome::Accepted(target) => {
+                info!(
+                    "{}: PROFILE_REQ {} ({asked}): accepted, {} produces {} {}",
+                    self.peer, req.token, resp.encoder, resp.profile, resp.level
+                );
+                self.target = target;
+            }
+            Outcome::Refused => self.complain(format_args!(
+                "PROFILE_REQ {} ({asked}) refused: {}",
+                req.token, resp.reason
+            )),
+        }
+        self.queue(Outgoing::Now(ExtMessage::ProfileResponse(resp).encode(sid)))
+    }
+
     fn configure(&mut self, c: ConfigRequest) {
         if c.bitrate > 0 {
             self.params.bitrate_kbps = (c.bitrate / 1000).max(1);
-            if let Some(s) = &self.session {
-                s.set_bitrate(self.params.bitrate_kbps);
+            if let Some(s) = &mut self.session {
+                if !s.set_bitrate(self.params.bitrate_kbps) {
+                    info!(
+                        "{}: {} cannot change its bitrate while encoding: a new encoding session (starting with a keyframe) takes it at the next frame",
+                        self.peer, self.cfg.encoder.factory
+                    );
+                }
             }
         }
         if c.framerate_num > 0
@@ -450,7 +497,7 @@ impl Reader<'_> {
                 return self.reject(sid, req.pts, index, e);
             }
         };
-        let layout = match FrameLayout::validate(&req, pixels.len()) {
+        let layout = match self.ext.layout(&req, pixels.len()) {
             Ok(l) => l,
             Err(e) => {
                 let e = invalid(error_code::INVALID_MESSAGE, e.to_string());
@@ -474,39 +521,13 @@ impl Reader<'_> {
             }
         }
         let key = SessionKey::of(&layout);
-        let framerate = (self.params.fps_n, self.params.fps_d);
-        if self
-            .session
-            .as_ref()
-            .is_some_and(|s| s.framerate != framerate)
-        {
-            let old = self.session.take().unwrap();
-            info!(
-                "{}: frame rate changed to {}/{}: new encoding session",
-                self.peer, framerate.0, framerate.1
-            );
-            old.finish(self.cfg.drain_timeout);
-        }
-        if self.session.as_ref().is_some_and(|s| s.key != key) {
-            let old = self.session.take().unwrap();
-            info!(
-                "{}: frame format changed from {}x{} {} to {}x{} {}: new encoding session",
-                self.peer,
-                old.key.width,
-                old.key.height,
-                old.key.format,
-                key.width,
-                key.height,
-                key.format
-            );
-            old.finish(self.cfg.drain_timeout);
-            self.force_keyframe = false;
-        }
+        self.retire_outdated_session(&key);
         if self.session.is_none() {
             match Session::new(
                 &self.cfg.encoder,
                 key,
                 self.params,
+                self.target,
                 self.stats.clone(),
                 self.peer.into(),
             ) {
@@ -562,6 +583,39 @@ impl Reader<'_> {
             self.session = None;
         }
         true
+    }
+
+    /// Ends the running session when it cannot take a frame of `key`: the
+    /// frame rate, the bitrate (for an encoder that cannot change it while
+    /// encoding), the profile, or the frame's size or format changed. The
+    /// next session starts with a keyframe of its own.
+    fn retire_outdated_session(&mut self, key: &SessionKey) {
+        let Some(s) = &self.session else {
+            return;
+        };
+        let (fps_n, fps_d) = (self.params.fps_n, self.params.fps_d);
+        let why = if s.framerate != (fps_n, fps_d) {
+            format!("frame rate changed to {fps_n}/{fps_d}")
+        } else if s.bitrate_kbps != self.params.bitrate_kbps {
+            format!("bitrate changed to {} kbit/s", self.params.bitrate_kbps)
+        } else if s.target != self.target {
+            let to = self
+                .target
+                .map_or("the encoder's default".into(), |t| t.to_string());
+            format!("profile changed to {to}")
+        } else if s.key != *key {
+            format!(
+                "frame format changed from {}x{} {} to {}x{} {}",
+                s.key.width, s.key.height, s.key.format, key.width, key.height, key.format
+            )
+        } else {
+            return;
+        };
+        info!("{}: {why}: new encoding session", self.peer);
+        if let Some(old) = self.session.take() {
+            old.finish(self.cfg.drain_timeout);
+        }
+        self.force_keyframe = false;
     }
 
     /// Logs a problem with the guest's input: the first few as warnings,

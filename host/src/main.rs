@@ -7,6 +7,10 @@
 //! * `client.rs`: one guest: request decoding and validation, the in-flight
 //!   limit, responses in request order.
 //! * `encoder.rs`: encoder choice and the GStreamer encoding session.
+//! * `pixels.rs`: the guest's pixels as GStreamer buffers (strides, odd
+//!   sizes).
+//! * `profile.rs`: profile negotiation: the caps after the encoder, and a
+//!   trial frame that proves the encoder honours them.
 //! * `peer.rs`: who is connected (address, credentials, CID) and the
 //!   per-connection log span.
 //! * `stats.rs`: per-client statistics.
@@ -20,6 +24,8 @@ mod encoder;
 mod listen;
 mod log;
 mod peer;
+mod pixels;
+mod profile;
 mod shutdown;
 mod stats;
 
@@ -263,12 +269,13 @@ fn start_client(
     }
 }
 
-/// Tells a client over the limit why it is closed.
+/// Tells a client over the limit why it is closed, with the code that says
+/// "not served" rather than "failed".
 fn refuse(conn: &Conn, limit: u32) {
     use std::io::Write;
     let _ = conn.set_write_timeout(Duration::from_millis(200));
     let e = hxfr::ErrorMessage::new(
-        hxfr::error_code::INTERNAL,
+        hxfr::error_code::REFUSED,
         format!("vsockenc-host is serving its maximum of {limit} clients; try again later"),
     );
     let mut w: &Conn = conn;

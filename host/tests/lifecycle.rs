@@ -198,7 +198,7 @@ fn clients_over_the_limit_are_told_and_closed() {
     first.ping(1);
     let mut second = Client::tcp(d.tcp());
     let e = second.recv_error();
-    assert_eq!(e.code, error_code::INTERNAL);
+    assert_eq!(e.code, error_code::REFUSED, "not served, not failed");
     assert!(e.message.contains("maximum of 1 clients"), "{e:?}");
     assert!(second.recv_or_closed().is_none());
     first.ping(2);

@@ -100,6 +100,9 @@ pub fn pack<'a>(
                 slices,
             })
         }
+        // `wire_format` never picks the negotiated formats (I420, YV12,
+        // YUY2, UYVY) yet.
+        _ => Err(format!("{format} frames are not packed by this element")),
     }
 }
 
