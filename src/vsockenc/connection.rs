@@ -185,6 +185,11 @@ impl Connection {
         self.write_with(|w| m.write_to(w))
     }
 
+    /// Asks the host for a profile (extension PROFILE).
+    pub fn send_profile_request(&self, req: hxfr::ext::ProfileRequest) -> io::Result<usize> {
+        self.send_bytes(&ExtMessage::ProfileRequest(req).encode(LEGACY_SESSION_ID))
+    }
+
     /// Asks the host to answer every frame sent so far (extension DRAIN).
     pub fn send_drain(&self, token: u64) -> io::Result<usize> {
         self.send_bytes(&ExtMessage::Drain { token }.encode(LEGACY_SESSION_ID))

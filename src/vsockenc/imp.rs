@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use super::link::Link;
 use super::output;
 use super::pending::DropReason;
+use super::profile::{Label, Wanted};
 use super::send::{FrameToSend, Sender};
 use super::settings::*;
 use super::state::Shared;
@@ -22,14 +23,53 @@ use super::stats;
 use super::stream_lock;
 use super::transport;
 use super::CAT;
+use hxfr::profile::Level;
 
-const SINK_FORMATS: [gst_video::VideoFormat; 5] = [
+/// How long negotiation waits for the host to say whether it speaks the
+/// protocol extensions (one round trip; a legacy host answers the PING
+/// right after the HELLO without a HELLO_ACK).
+const NEGOTIATION_WAIT: Duration = Duration::from_secs(2);
+
+/// The formats every HXFR host takes.
+const LEGACY_FORMATS: [gst_video::VideoFormat; 5] = [
     gst_video::VideoFormat::Bgrx,
     gst_video::VideoFormat::Bgra,
     gst_video::VideoFormat::Rgbx,
     gst_video::VideoFormat::Rgba,
     gst_video::VideoFormat::Nv12,
 ];
+
+/// Those and the formats a host takes after accepting the FORMATS
+/// extension (what decoders and cameras produce).
+const SINK_FORMATS: [gst_video::VideoFormat; 9] = [
+    gst_video::VideoFormat::Bgrx,
+    gst_video::VideoFormat::Bgra,
+    gst_video::VideoFormat::Rgbx,
+    gst_video::VideoFormat::Rgba,
+    gst_video::VideoFormat::Nv12,
+    gst_video::VideoFormat::I420,
+    gst_video::VideoFormat::Yv12,
+    gst_video::VideoFormat::Yuy2,
+    gst_video::VideoFormat::Uyvy,
+];
+
+/// Raw video caps of `formats` in system memory and as DMA-BUFs.
+fn sink_caps(formats: &[gst_video::VideoFormat]) -> gst::Caps {
+    let raw = gst_video::VideoCapsBuilder::new()
+        .format_list(formats.iter().copied())
+        .width_range(1..=8192)
+        .height_range(1..=8192)
+        .build();
+    let dmabuf = gst_video::VideoCapsBuilder::new()
+        .features([gst_allocators::CAPS_FEATURE_MEMORY_DMABUF])
+        .format_list(formats.iter().copied())
+        .width_range(1..=8192)
+        .height_range(1..=8192)
+        .build();
+    let mut caps = raw;
+    caps.merge(dmabuf);
+    caps
+}
 
 /// What exists only between `start()` and `stop()`.
 struct Running {
@@ -160,6 +200,84 @@ impl VsockEnc {
             None,
         )?;
         Ok(())
+    }
+
+    /// The profile and level the output caps state. With a host that
+    /// takes PROFILE requests, each profile downstream accepts is asked for
+    /// in downstream's order, and the first the host can produce is what the
+    /// caps say; `Err` names why none can be. Otherwise (a legacy host, no
+    /// host yet) nothing is stated now, and the output task labels the
+    /// stream from its first SPS.
+    fn choose_label(
+        &self,
+        link: &Link,
+        size: (u32, u32),
+        fps: (u32, u32),
+        settings: &Settings,
+    ) -> Result<Label, String> {
+        let allowed = self.obj().src_pad().allowed_caps();
+        let wanted = allowed
+            .as_ref()
+            .map(|c| Wanted::from_caps(c))
+            .unwrap_or(Wanted {
+                profiles: Vec::new(),
+                max_level: Level::ANY,
+            });
+        if link.extended(NEGOTIATION_WAIT) != Some(true) {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "profile not negotiable with this host; downstream wants {wanted:?}: the stream is labelled from its SPS"
+            );
+            return Ok(Label::default());
+        }
+        let mut refusals = Vec::new();
+        for (name, profile) in wanted.requests() {
+            let answer = link.ask_profile(
+                profile,
+                wanted.max_level,
+                size,
+                fps,
+                settings.response_timeout(),
+            )?;
+            let Some(r) = answer else {
+                return Ok(Label::default());
+            };
+            if !r.accepted {
+                refusals.push(r.reason.clone());
+                continue;
+            }
+            let mut label = Label::of_stream(r.profile, r.level);
+            // A downstream that asked for `baseline` may not list the more
+            // specific `constrained-baseline` the host makes: the name it
+            // asked for is true of the stream too.
+            if let (Some(asked), Some(allowed)) = (name, &allowed) {
+                let mut probe = gst::Caps::builder("video/x-h264").build();
+                label.apply(&mut probe);
+                if !probe.can_intersect(allowed) {
+                    label.profile = Some(asked.to_string());
+                }
+            }
+            gst::info!(
+                CAT,
+                imp = self,
+                "host {} produces profile {:?} level {:?} with {} (downstream accepts {:?}, up to level {:?})",
+                link.addr,
+                label.profile,
+                label.level,
+                r.encoder,
+                wanted.profiles,
+                wanted.max_level.name()
+            );
+            return Ok(label);
+        }
+        Err(format!(
+            "downstream accepts profile {} up to level {}; the host at {} refused: {}",
+            wanted.profiles.join(", "),
+            wanted.max_level.name().unwrap_or("any"),
+            link.addr,
+            refusals.join("; ")
+        ))
     }
 
     fn set_flushing(&self, flushing: bool) {
@@ -400,19 +518,7 @@ impl ElementImpl for VsockEnc {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let raw = gst_video::VideoCapsBuilder::new()
-                .format_list(SINK_FORMATS)
-                .width_range(1..=8192)
-                .height_range(1..=8192)
-                .build();
-            let dmabuf = gst_video::VideoCapsBuilder::new()
-                .features([gst_allocators::CAPS_FEATURE_MEMORY_DMABUF])
-                .format_list(SINK_FORMATS)
-                .width_range(1..=8192)
-                .height_range(1..=8192)
-                .build();
-            let mut sink_caps = raw;
-            sink_caps.merge(dmabuf);
+            let sink_caps = sink_caps(&SINK_FORMATS);
             let src_caps = gst::Caps::builder("video/x-h264")
                 .field("stream-format", "byte-stream")
                 .field("alignment", "au")
@@ -556,17 +662,6 @@ impl VideoEncoderImpl for VsockEnc {
             .map_err(|e| gst::loggable_error!(CAT, "new caps while {e:?}"))?;
 
         let obj = self.obj();
-        let caps = gst::Caps::builder("video/x-h264")
-            .field("stream-format", "byte-stream")
-            .field("alignment", "au")
-            .build();
-        let output_state = obj
-            .set_output_state(caps, Some(state))
-            .map_err(|_| gst::loggable_error!(CAT, "cannot set the output state"))?;
-        obj.negotiate(output_state).map_err(|_| {
-            gst::loggable_error!(CAT, "downstream refused video/x-h264 byte-stream au")
-        })?;
-
         let fps = info.fps();
         let (num, den) = if fps.numer() > 0 && fps.denom() > 0 {
             (fps.numer() as u32, fps.denom() as u32)
@@ -583,6 +678,29 @@ impl VideoEncoderImpl for VsockEnc {
             level: 0,
             realtime: true,
         });
+
+        let label = self
+            .choose_label(&link, (info.width(), info.height()), (num, den), &settings)
+            .map_err(|why| {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Negotiation,
+                    ("no H.264 profile that downstream accepts can be produced"),
+                    ["{why}"]
+                );
+                gst::loggable_error!(CAT, "{why}")
+            })?;
+        let mut caps = gst::Caps::builder("video/x-h264")
+            .field("stream-format", "byte-stream")
+            .field("alignment", "au")
+            .build();
+        label.apply(&mut caps);
+        let output_state = obj
+            .set_output_state(caps.clone(), Some(state))
+            .map_err(|_| gst::loggable_error!(CAT, "cannot set the output state"))?;
+        obj.negotiate(output_state)
+            .map_err(|_| gst::loggable_error!(CAT, "downstream refused {caps}"))?;
+        shared.lock().label = label;
 
         // The element holds no frame back: what it adds is the host's
         // answer time. Nothing is measured yet on the first caps, so the
@@ -605,6 +723,23 @@ impl VideoEncoderImpl for VsockEnc {
             r.info = Some(info);
         }
         Ok(())
+    }
+
+    /// Upstream is offered the formats the host takes: all of them when it
+    /// accepted the FORMATS extension (or when no host is there yet: a
+    /// frame the host turns out not to take is converted, convert.rs), the
+    /// legacy ones for a legacy host.
+    fn caps(&self, filter: Option<&gst::Caps>) -> gst::Caps {
+        let legacy_host = self
+            .link()
+            .and_then(|l| l.takes_negotiated_formats(NEGOTIATION_WAIT))
+            == Some(false);
+        if !legacy_host {
+            return self.parent_caps(filter);
+        }
+        gst::debug!(CAT, imp = self, "the host takes the legacy formats only");
+        self.obj()
+            .proxy_getcaps(Some(&sink_caps(&LEGACY_FORMATS)), filter)
     }
 
     fn propose_allocation(

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use gst::glib;
 use gst::prelude::*;
-use hxfr::ext::ext_bits;
+use hxfr::ext::{ext_bits, ProfileResponse};
+use hxfr::profile::{Level, Profile};
 use hxfr::ConfigRequest;
 use parking_lot::Mutex;
 
@@ -47,6 +48,8 @@ pub struct Link {
     shared: Arc<Shared>,
     element: glib::WeakRef<VsockEnc>,
     generation: AtomicU64,
+    /// The connection whose host did not answer the HELLO in time.
+    unanswered: AtomicU64,
     /// The CONFIG_REQ of the current caps, sent on every new connection.
     config: Mutex<Option<ConfigRequest>>,
     thread: Mutex<Option<(JoinHandle<()>, mpsc::Receiver<()>)>>,
@@ -67,6 +70,7 @@ impl Link {
             shared,
             element: element.downgrade(),
             generation: AtomicU64::new(0),
+            unanswered: AtomicU64::new(0),
             config: Mutex::new(None),
             thread: Mutex::new(None),
             limiter: Mutex::new(Limiter::default()),
@@ -88,10 +92,18 @@ impl Link {
         // answers the HELLO (a legacy host never does) this is legacy HXFR.
         let mut sent = 0u64;
         let requested = s.requested_extensions();
+        let mut pinged = false;
         if requested != 0 {
             match conn.send_hello(requested, TILE, AGENT) {
                 Ok(n) => sent += n as u64,
                 Err(e) => log_weak!(warning, self.element, "HELLO to {} failed: {e}", self.addr),
+            }
+            // Answered after the HELLO_ACK by vsockenc-host, and without
+            // one by a legacy host: within one round trip the element knows
+            // which (GuestExt::on_pong), without waiting for a timeout.
+            if let Ok(n) = conn.send_ping() {
+                sent += n as u64;
+                pinged = true;
             }
         }
         let config = *self.config.lock();
@@ -117,6 +129,7 @@ impl Link {
             }
             st.table.stats.extensions = 0;
             st.table.stats.bytes_sent += sent;
+            st.table.stats.pings_sent += pinged as u64;
             st.table.request_keyframe();
             (st.link.replace(conn.clone()), reconnected)
         };
@@ -144,6 +157,102 @@ impl Link {
             if reconnected { ", a reconnect" } else { "" }
         );
         Ok(reconnected)
+    }
+
+    /// Whether the current host accepted the protocol extensions: waits up
+    /// to `timeout` for its answer to the HELLO (one round trip: see
+    /// `GuestExt::on_pong`). `None` without a connection, or when the host
+    /// did not answer in time.
+    pub fn extended(&self, timeout: Duration) -> Option<bool> {
+        if self.settings.requested_extensions() == 0 {
+            return Some(false);
+        }
+        let give_up = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        loop {
+            let conn = st.usable_link()?;
+            if let Some(known) = conn.ext.lock().extended() {
+                return Some(known);
+            }
+            // A host that did not answer once is not waited for again on
+            // the same connection (caps queries come many at a time).
+            if st.stop || self.unanswered.load(Ordering::Relaxed) == conn.generation {
+                return None;
+            }
+            if Instant::now() >= give_up {
+                self.unanswered.store(conn.generation, Ordering::Relaxed);
+                log_weak!(
+                    warning,
+                    self.element,
+                    "{} did not answer HELLO or PING within {} ms: negotiating as with a legacy host",
+                    self.addr,
+                    timeout.as_millis()
+                );
+                return None;
+            }
+            self.shared.wait_streaming(&mut st, Some(give_up));
+        }
+    }
+
+    /// Whether the current host takes I420, YV12, YUY2 and UYVY (the
+    /// FORMATS extension), after waiting up to `timeout` for its answer to
+    /// the HELLO. `None` when that is not known (no connection).
+    pub fn takes_negotiated_formats(&self, timeout: Duration) -> Option<bool> {
+        match self.extended(timeout)? {
+            false => Some(false),
+            true => {
+                let conn = self.shared.lock().usable_link()?;
+                let formats = conn.ext.lock().formats();
+                Some(formats)
+            }
+        }
+    }
+
+    /// Asks the current host for `profile` (at most `max_level`) for
+    /// frames of `size` at `fps`, and waits up to `timeout` for its answer.
+    /// `Ok(None)`: the host cannot be asked (no connection, a legacy host,
+    /// or no PROFILE extension). `Err`: no answer in time.
+    pub fn ask_profile(
+        &self,
+        profile: Profile,
+        max_level: Level,
+        size: (u32, u32),
+        fps: (u32, u32),
+        timeout: Duration,
+    ) -> Result<Option<ProfileResponse>, String> {
+        let Some(conn) = self.shared.lock().usable_link() else {
+            return Ok(None);
+        };
+        let Some(req) = conn
+            .ext
+            .lock()
+            .profile_request(profile, max_level, size, fps)
+        else {
+            return Ok(None);
+        };
+        let token = req.token;
+        match conn.send_profile_request(req) {
+            Ok(n) => self.shared.lock().table.stats.bytes_sent += n as u64,
+            Err(e) => return Err(format!("cannot ask {} for a profile: {e}", self.addr)),
+        }
+        let give_up = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(r) = conn.ext.lock().profile_response(token) {
+                return Ok(Some(r.clone()));
+            }
+            if st.stop || conn.is_closed() {
+                return Err(format!("the connection to {} ended", self.addr));
+            }
+            if Instant::now() >= give_up {
+                return Err(format!(
+                    "{} did not answer the profile request within {} ms",
+                    self.addr,
+                    timeout.as_millis()
+                ));
+            }
+            self.shared.wait_streaming(&mut st, Some(give_up));
+        }
     }
 
     /// Schedules connection attempts from `at` on (the link thread makes

@@ -30,8 +30,10 @@
 //! host); `receiver` (the reader thread: responses matched to frames);
 //! `report` (rate-limited warnings, the host's health); `connection`
 //! (one socket: writer, negotiation state); `pending` (the
-//! frames in flight: matching, ordering, timeouts, drops); `packing`
-//! (pixels to the wire), `delta` (compact frames), `dmabuf` (virtio-gpu
+//! frames in flight: matching, ordering, timeouts, drops); `profile`
+//! (profile and level: downstream, host, stream); `packing`
+//! (pixels to the wire), `convert` (NV12 for a host that does not take a
+//! format), `delta` (compact frames), `dmabuf` (virtio-gpu
 //! resource ids), `transport` (addresses, sockets), `stream_lock`,
 //! `settings`, `stats`.
 
@@ -70,6 +72,7 @@ macro_rules! log_weak {
 }
 
 mod connection;
+mod convert;
 mod delta;
 mod dmabuf;
 mod imp;
@@ -77,6 +80,7 @@ mod link;
 mod output;
 mod packing;
 mod pending;
+mod profile;
 mod receiver;
 mod report;
 mod send;

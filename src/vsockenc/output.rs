@@ -19,6 +19,7 @@ use gst::prelude::*;
 use gst_video::prelude::*;
 
 use super::pending::{DropReason, Outcome, Ready};
+use super::profile::Label;
 use super::state::{Shared, State};
 use super::{VsockEnc, CAT};
 
@@ -89,7 +90,7 @@ fn iterate(el: &VsockEnc, shared: &Shared) -> bool {
     let n = ready.len();
     let mut ret = Ok(gst::FlowSuccess::Ok);
     for r in ready {
-        let res = finish_one(el, r);
+        let res = check_label(el, shared, &r).and_then(|_| finish_one(el, r));
         if res.is_err() && ret.is_ok() {
             ret = res;
         }
@@ -115,6 +116,74 @@ fn iterate(el: &VsockEnc, shared: &Shared) -> bool {
         el.set_latency(min, max);
     }
     true
+}
+
+/// Before a keyframe leaves: the profile and level its SPS states must be
+/// what the src caps say. When they are not (a legacy host, which could not
+/// be asked, or a host that changed its mind) the caps are corrected, if
+/// downstream accepts the stream as it is; otherwise the stream stops with
+/// an error that says why. A stream is never pushed mislabelled.
+fn check_label(el: &VsockEnc, shared: &Shared, r: &Ready) -> Result<(), gst::FlowError> {
+    let Outcome::Encoded(enc) = &r.outcome else {
+        return Ok(());
+    };
+    if !enc.keyframe {
+        return Ok(());
+    }
+    let Some(sps) = hxfr::nal::first_sps(&enc.data) else {
+        return Ok(());
+    };
+    let (profile, level) = (sps.profile, sps.level());
+    if shared.lock().label.matches(profile, level) {
+        return Ok(());
+    }
+    let label = Label::of_stream(profile, level);
+    let Some(old) = el.output_state() else {
+        return Ok(());
+    };
+    let mut caps = old.caps_owned().unwrap_or_else(|| {
+        gst::Caps::builder("video/x-h264")
+            .field("stream-format", "byte-stream")
+            .field("alignment", "au")
+            .build()
+    });
+    label.apply(&mut caps);
+    let accepted = el
+        .src_pad()
+        .peer()
+        .is_none_or(|peer| peer.query_accept_caps(&caps));
+    if !accepted {
+        gst::element_error!(
+            el,
+            gst::StreamError::Format,
+            (
+                "the host produces H.264 profile {} level {}, which downstream does not accept",
+                label.profile.as_deref().unwrap_or("(unknown)"),
+                label.level.as_deref().unwrap_or("(unknown)")
+            ),
+            [
+                "downstream accepts {}; a legacy host cannot be asked for a profile: run vsockenc-host (extensions=true) or configure the host's encoder",
+                el.src_pad()
+                    .peer()
+                    .map(|p| p.query_caps(None).to_string())
+                    .unwrap_or_default()
+            ]
+        );
+        return Err(gst::FlowError::NotNegotiated);
+    }
+    gst::info!(
+        CAT,
+        obj = el,
+        "the stream is profile {:?} level {:?}: output caps now {caps}",
+        label.profile,
+        label.level
+    );
+    el.set_output_state(caps, Some(&old)).map_err(|_| {
+        gst::error!(CAT, obj = el, "cannot set the output state");
+        gst::FlowError::NotNegotiated
+    })?;
+    shared.lock().label = label;
+    Ok(())
 }
 
 fn finish_one(el: &VsockEnc, r: Ready) -> Result<gst::FlowSuccess, gst::FlowError> {

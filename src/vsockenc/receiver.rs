@@ -169,7 +169,21 @@ fn handle(conn: &Connection, msg: Message, cx: &ReaderContext) -> Answer {
             cx.events.host_error(conn, e.code, &e.message, pts);
             return Answer::Good;
         }
-        Message::Pong => cx.shared.lock().table.stats.pongs_received += 1,
+        Message::Pong => {
+            let settled = conn.ext.lock().on_pong();
+            cx.shared.lock().table.stats.pongs_received += 1;
+            if settled {
+                log_weak!(
+                    info,
+                    cx.element,
+                    "host {} answered PING but not HELLO: a legacy host; speaking legacy HXFR",
+                    conn.addr
+                );
+                // Negotiation waits decide on this under the state mutex.
+                let _st = cx.shared.lock();
+                cx.shared.wake_streaming();
+            }
+        }
         Message::ConfigResponse(_) | Message::Skipped { .. } => {}
         other => log_weak!(
             debug,
@@ -249,6 +263,7 @@ fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) -> Answer 
         ExtMessage::HelloAck(ack) => {
             let accepted = conn.ext.lock().on_ack(&ack);
             cx.shared.lock().table.stats.extensions = accepted;
+            cx.shared.wake_streaming();
             log_weak!(
                 info,
                 cx.element,
@@ -275,6 +290,23 @@ fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) -> Answer 
             cx.shared.wake_completed();
             cx.events.host_error(conn, e.code, &e.message, pts);
             return Answer::Good;
+        }
+        ExtMessage::ProfileResponse(r) => {
+            log_weak!(
+                debug,
+                cx.element,
+                "host {} answered profile request {}: accepted {} profile {:?} level {:?} ({})",
+                conn.addr,
+                r.token,
+                r.accepted,
+                r.profile.name(),
+                r.level.name(),
+                r.reason
+            );
+            conn.ext.lock().on_profile_response(r);
+            // `set_format` waits for it under the state mutex.
+            let _st = cx.shared.lock();
+            cx.shared.wake_streaming();
         }
         ExtMessage::DrainDone { token } => {
             conn.ext.lock().on_drain_done(token);

@@ -18,6 +18,7 @@ use hxfr::message::FRAME_REQUEST_FIXED;
 use hxfr::{FrameRequest, WireFormat, HEADER_LEN, LEGACY_SESSION_ID};
 
 use super::connection::Connection;
+use super::convert::ToNv12;
 use super::delta::{self, DeltaSender, Plan};
 use super::dmabuf::ResourceLookup;
 use super::packing::{self, Plane};
@@ -48,6 +49,8 @@ pub struct Sender {
     dmabuf: ResourceLookup,
     /// The frame the host holds (compact frames are sent against it).
     delta: DeltaSender,
+    to_nv12: ToNv12,
+    conversion_reported: bool,
 }
 
 impl Sender {
@@ -58,6 +61,8 @@ impl Sender {
             frames_since_key: u64::MAX,
             dmabuf: ResourceLookup::default(),
             delta: DeltaSender::default(),
+            to_nv12: ToNv12::default(),
+            conversion_reported: false,
         }
     }
 
@@ -101,6 +106,42 @@ impl Sender {
             gst::error!(CAT, obj = el, "format {:?} cannot be sent", f.info.format());
             gst::FlowError::NotNegotiated
         })?;
+        // A negotiated format the current host does not take: convert it
+        // here rather than send what the host would misread (convert.rs).
+        let converted;
+        let (f, format) = if format.is_negotiated() && !conn.ext.lock().formats() {
+            converted = self.to_nv12.convert(f.input, f.info).map_err(|e| {
+                gst::element_error!(
+                    el,
+                    gst::StreamError::Format,
+                    (
+                        "cannot convert frame {} for the host at {}: {e}",
+                        f.frame_id,
+                        conn.addr
+                    )
+                );
+                gst::FlowError::Error
+            })?;
+            if !self.conversion_reported {
+                self.conversion_reported = true;
+                gst::warning!(
+                    CAT,
+                    obj = el,
+                    "the host at {} does not take {:?} frames (a legacy host, or one without the FORMATS extension): converting them to NV12 in the guest (logged once)",
+                    conn.addr,
+                    f.info.format()
+                );
+            }
+            shared.lock().table.stats.frames_converted += 1;
+            let f = FrameToSend {
+                input: &converted.0,
+                info: &converted.1,
+                ..f
+            };
+            (f, WireFormat::Nv12)
+        } else {
+            (f, format)
+        };
 
         let resource_id = self.dmabuf_resource_id(el, f.input);
         let vframe = match resource_id {
@@ -211,7 +252,7 @@ impl Sender {
         slices: &[&[u8]],
     ) -> std::io::Result<(usize, bool)> {
         let cur = vframe
-            .zip(WireFormat::from_fourcc(req.format))
+            .zip(WireFormat::from_fourcc_ext(req.format))
             .and_then(|(vf, format)| delta::hx_frame(vf, format));
         let (index, ref_index, verify, lz4, keep) = {
             let mut ext = conn.ext.lock();

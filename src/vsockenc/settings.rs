@@ -129,7 +129,7 @@ impl Settings {
         } else {
             0
         };
-        COMPACT | LZ4 | ERROR_PTS | DRAIN | verify
+        COMPACT | LZ4 | ERROR_PTS | DRAIN | PROFILE | FORMATS | verify
     }
 }
 

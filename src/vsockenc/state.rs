@@ -63,6 +63,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::connection::Connection;
 use super::pending::Table;
+use super::profile::Label;
 use super::report::Health;
 
 /// What every waiter decides on. See the module doc.
@@ -92,6 +93,8 @@ pub struct State {
     pub latency: Option<(gst::ClockTime, gst::ClockTime)>,
     /// Whether the host answers (for the one warning when it stops).
     pub health: Health,
+    /// The profile and level the current output caps state.
+    pub label: Label,
 }
 
 impl Default for State {
@@ -107,6 +110,7 @@ impl Default for State {
             finishing: 0,
             latency: None,
             health: Health::default(),
+            label: Label::default(),
         }
     }
 }

@@ -54,6 +54,10 @@ const FIELDS: &[(&str, &str)] = &[
         "host checksums equal to the frame sent (verify-frames)",
     ),
     ("checksum-mismatches", "host checksums that differ"),
+    (
+        "frames-converted",
+        "frames converted to NV12 in the guest for a host that does not take their format",
+    ),
     ("extensions", "protocol extension bits the host accepted"),
 ];
 
@@ -92,6 +96,9 @@ pub struct Stats {
     /// (`verify-frames`).
     pub checksum_matches: u64,
     pub checksum_mismatches: u64,
+    /// Frames converted to NV12 in the guest for a host that does not take
+    /// their format.
+    pub frames_converted: u64,
     /// Extensions the host accepted on the current connection.
     pub extensions: u32,
     latency_sum_us: u64,
@@ -169,6 +176,7 @@ impl Stats {
             .field("compact-frames", self.compact_frames)
             .field("checksum-matches", self.checksum_matches)
             .field("checksum-mismatches", self.checksum_mismatches)
+            .field("frames-converted", self.frames_converted)
             .field("extensions", self.extensions)
             .build()
     }
