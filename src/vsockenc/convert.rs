@@ -8,6 +8,7 @@
 //! with GStreamer's own converter, rather than sent to a host that would
 //! misread them or dropped.
 
+#[derive(Default)]
 pub struct ToNv12 {
     /// The converter for the last input geometry, and its output info.
     cached: Option<(
@@ -15,12 +16,6 @@ pub struct ToNv12 {
         gst_video::VideoConverter,
         gst_video::VideoInfo,
     )>,
-}
-
-impl Default for ToNv12 {
-    fn default() -> Self {
-        ToNv12 { cached: None }
-    }
 }
 
 impl ToNv12 {
