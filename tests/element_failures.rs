@@ -384,7 +384,28 @@ fn wait_for_host_drops_frames_until_the_host_appears() {
         0,
         "first connection is not a reconnect"
     );
+    let infos: Vec<String> = collect_bus(&p.bus().unwrap(), Duration::from_millis(200), |_| false)
+        .iter()
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Info(i) => Some(format!(
+                "{} {}",
+                i.error(),
+                i.debug().map(|d| d.to_string()).unwrap_or_default()
+            )),
+            _ => None,
+        })
+        .collect();
     p.set_state(gst::State::Null).unwrap();
+    assert!(
+        infos
+            .iter()
+            .any(|i| i.contains("connected to vsockenc host")),
+        "{infos:?}"
+    );
+    assert!(
+        !infos.iter().any(|i| i.contains("again")),
+        "the first connection is not announced as encoding again: {infos:?}"
+    );
 }
 
 #[test]

@@ -36,6 +36,8 @@ pub struct Connection {
     writer: Mutex<Stream>,
     /// Closed on purpose by the element (stop, replaced): no report.
     closing: AtomicBool,
+    /// The host refused to serve this guest (and closes the connection).
+    refused: AtomicBool,
     /// Why the connection was found broken (the first reason wins).
     broken: OnceLock<String>,
     /// A handle used only to shut the socket down from any thread.
@@ -73,6 +75,7 @@ impl Connection {
             generation,
             writer: Mutex::new(stream),
             closing: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
             broken: OnceLock::new(),
             control,
             reader: Mutex::new(None),
@@ -98,6 +101,15 @@ impl Connection {
     /// Whether the element closed it on purpose.
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
+    }
+
+    pub fn mark_refused(&self) {
+        self.refused.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the host refused to serve this guest on this connection.
+    pub fn was_refused(&self) -> bool {
+        self.refused.load(Ordering::SeqCst)
     }
 
     /// Why it broke, if it did.

@@ -575,6 +575,42 @@ impl ReaderEvents for Link {
         );
     }
 
+    fn refused(&self, conn: &Connection, why: &str) {
+        // The host closes the connection after this; the loss that follows
+        // says nothing new.
+        conn.mark_refused();
+        let Some(el) = self.element.upgrade() else {
+            return;
+        };
+        gst::warning!(
+            crate::vsockenc::CAT,
+            obj = el,
+            "host {} refused this guest: {why}",
+            conn.addr
+        );
+        let Some(held) = self.admit(Kind::Refused) else {
+            return;
+        };
+        let next = if self.settings.reconnect {
+            format!(
+                "frames are dropped; the element asks again every {} ms (reconnect-interval)",
+                self.settings.reconnect_interval_ms
+            )
+        } else {
+            "set reconnect=true to keep asking".to_string()
+        };
+        gst::element_warning!(
+            el,
+            gst::ResourceError::OpenReadWrite,
+            (
+                "vsockenc host at {} does not serve this guest: {}",
+                conn.addr,
+                why
+            ),
+            ["{next}{held}"]
+        );
+    }
+
     fn answering_again(&self, conn: &Connection) {
         if let Some(el) = self.element.upgrade() {
             gst::element_info!(
@@ -621,6 +657,9 @@ impl ReaderEvents for Link {
                 "lost connection to {}: {why} ({dropped})",
                 conn.addr
             );
+            if conn.was_refused() {
+                return;
+            }
             let Some(held) = self.admit(Kind::Lost) else {
                 return;
             };

@@ -46,6 +46,8 @@ pub trait ReaderEvents: Send + Sync {
     fn lost(&self, conn: &Connection, why: &str, dropped: &[i64]);
     /// The host answers again after frames had timed out.
     fn answering_again(&self, conn: &Connection);
+    /// The host refused to serve this guest (ERROR `REFUSED`).
+    fn refused(&self, conn: &Connection, why: &str);
 }
 
 /// Counts malformed answers in a row.
@@ -157,6 +159,13 @@ enum Answer {
 fn handle(conn: &Connection, msg: Message, cx: &ReaderContext) -> Answer {
     match msg {
         Message::FrameResponse(r) => return handle_response(conn, r, cx),
+        Message::Error(e) if e.code == hxfr::error_code::REFUSED => {
+            // Not about a frame: the host does not serve this guest (its
+            // client limit, its access rules) and closes the connection.
+            cx.shared.lock().table.stats.host_errors += 1;
+            cx.events.refused(conn, &e.message);
+            return Answer::Good;
+        }
         Message::Error(e) => {
             // The host's copy of our last frame may be gone: next frame full.
             conn.ext.lock().invalidate();

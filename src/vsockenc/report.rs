@@ -20,6 +20,8 @@ pub enum Kind {
     BadMessage,
     /// The connection was lost.
     Lost,
+    /// The host refused to serve this guest.
+    Refused,
 }
 
 #[derive(Debug, Default)]
