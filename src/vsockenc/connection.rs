@@ -169,7 +169,16 @@ impl Connection {
             }
             Err(e) => {
                 drop(w);
-                self.break_with(format!("write failed: {}", transport::describe(&e)));
+                let why = format!("write failed: {}", transport::describe(&e));
+                if transport::is_host_absent(&e) {
+                    // The host closed its end: what it sent before (an
+                    // ERROR saying why) is still to be read, and the reader
+                    // then sees the end of the stream on its own.
+                    let _ = self.broken.set(why);
+                    self.control.shutdown_write();
+                } else {
+                    self.break_with(why);
+                }
                 Err(e)
             }
         }
@@ -216,6 +225,13 @@ impl Connection {
 
     pub fn send_config(&self, cfg: &ConfigRequest) -> io::Result<usize> {
         self.send_message(&Message::ConfigRequest(*cfg))
+    }
+
+    /// A PING that only asks what kind of host this is (sent right after
+    /// the HELLO): a host that does not answer it is not dropped for that;
+    /// the keepalive has its own PINGs.
+    pub fn send_probe_ping(&self) -> io::Result<usize> {
+        self.send_message(&Message::Ping)
     }
 
     pub fn send_ping(&self) -> io::Result<usize> {

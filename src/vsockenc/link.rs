@@ -101,7 +101,7 @@ impl Link {
             // Answered after the HELLO_ACK by vsockenc-host, and without
             // one by a legacy host: within one round trip the element knows
             // which (GuestExt::on_pong), without waiting for a timeout.
-            if let Ok(n) = conn.send_ping() {
+            if let Ok(n) = conn.send_probe_ping() {
                 sent += n as u64;
                 pinged = true;
             }

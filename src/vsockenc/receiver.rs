@@ -101,7 +101,10 @@ fn read_loop(conn: &Connection, stream: &mut Stream, cx: &ReaderContext) -> Stri
     let mut counted = 0u64;
     let mut malformed = Malformed::default();
     loop {
-        if conn.is_closed() {
+        // Not `is_closed`: after a failed write to a host that went away,
+        // what it sent before (an ERROR saying why) is still read; the read
+        // then ends the loop with the end of the stream.
+        if conn.is_closing() {
             return "closed".into();
         }
         let res = decoder.read_from_ext(stream);

@@ -136,6 +136,15 @@ impl Stream {
         }
     }
 
+    /// Makes further writes fail; a reader still gets what the peer sent.
+    pub fn shutdown_write(&self) {
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(Shutdown::Write),
+            Stream::Tcp(s) => s.shutdown(Shutdown::Write),
+            Stream::Vsock(s) => s.shutdown(Shutdown::Write),
+        };
+    }
+
     /// Wakes a reader blocked on this socket (any clone) and makes further
     /// writes fail.
     pub fn shutdown(&self) {
