@@ -26,11 +26,12 @@ set -euo pipefail
 # GStreamer element whose package is not here (nor pulled in by these).
 declare -A PACKAGE_GROUPS=(
     # gstreamer1.0-x: timeoverlay (tests/system_extensions.rs);
-    # gstreamer1.0-pipewire: pipewiresrc (examples/desktop_capture.rs on a desktop).
+    # gstreamer1.0-pipewire: pipewiresrc (examples/desktop_capture.rs on a desktop);
+    # gstreamer1.0-nice: nicesrc, webrtcbin's ICE (tests/system_webrtc.rs).
     [base]="pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
             gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
             gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
-            gstreamer1.0-x gstreamer1.0-pipewire"
+            gstreamer1.0-x gstreamer1.0-pipewire gstreamer1.0-nice"
     # Booting a real guest under QEMU (scripts/vm/, the real-guest tests).
     [vm]="qemu-system-x86 linux-image-amd64 busybox-static cpio"
     # An arm64 guest (scripts/vm/prepare.sh --arch arm64): the emulator, and

@@ -223,6 +223,8 @@ pub struct GuestExt {
     drains_done: VecDeque<u64>,
     next_token: u64,
     profile_answers: VecDeque<ProfileResponse>,
+    /// A PONG came before any HELLO_ACK: the host skipped the HELLO.
+    legacy: bool,
 }
 
 /// Most checksums remembered while waiting for the host's.
@@ -254,6 +256,7 @@ impl GuestExt {
             drains_done: VecDeque::new(),
             next_token: 1,
             profile_answers: VecDeque::new(),
+            legacy: false,
         }
     }
 
@@ -291,6 +294,31 @@ impl GuestExt {
     /// Whether HELLO_ACK has arrived.
     pub fn acknowledged(&self) -> bool {
         self.accepted.is_some()
+    }
+
+    /// A PONG arrived. A guest that sends a PING right after its HELLO
+    /// learns from the order of the answers what kind of host it talks to:
+    /// hosts answer in order, so `vsockenc-host` sends HELLO_ACK before
+    /// that PONG, and a PONG without a HELLO_ACK before it comes from a
+    /// legacy host, which skipped the HELLO. Returns true when this settled
+    /// it.
+    pub fn on_pong(&mut self) -> bool {
+        if self.accepted.is_some() || self.legacy {
+            return false;
+        }
+        self.legacy = true;
+        true
+    }
+
+    /// What the guest knows about its host: `Some(true)` when it accepted
+    /// the HELLO, `Some(false)` for a legacy host (see
+    /// [`GuestExt::on_pong`]), `None` while neither answer has arrived.
+    pub fn extended(&self) -> Option<bool> {
+        match (self.accepted, self.legacy) {
+            (Some(_), _) => Some(true),
+            (None, true) => Some(false),
+            (None, false) => None,
+        }
     }
 
     /// Whether extension `bit` is or may still become usable: asked for,
@@ -435,6 +463,22 @@ mod tests {
     use crate::layout::WireFormat;
     use crate::message::FrameRequest;
     use crate::{Decoded, Decoder, Limits};
+
+    #[test]
+    fn a_pong_before_the_ack_means_a_legacy_host() {
+        let mut g = GuestExt::new(ext_bits::KNOWN);
+        assert_eq!(g.extended(), None);
+        assert!(g.on_pong());
+        assert_eq!(g.extended(), Some(false));
+        assert!(!g.on_pong(), "settled once");
+        let mut g = GuestExt::new(ext_bits::KNOWN);
+        g.on_ack(&HelloAck {
+            extensions: ext_bits::KNOWN,
+            ..HelloAck::default()
+        });
+        assert!(!g.on_pong(), "the PONG after the ack settles nothing");
+        assert_eq!(g.extended(), Some(true));
+    }
 
     fn hello(ext: u32) -> Hello {
         Hello {
