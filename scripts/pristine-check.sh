@@ -11,7 +11,8 @@
 #    machine's CA certificates (registries are reached through them), its
 #    apt sources and apt settings, resolv.conf; /proc, /sys and /dev; the
 #    machine's rustup toolchains, read-only (cargo installs into the root's
-#    own ~/.cargo, so nothing is written back to the machine);
+#    own ~/.cargo, so nothing is written back to the machine); the root is
+#    made a mount point, as / is on a machine;
 # 3. clone COMMIT of this repository into the root, and in a chroot run
 #    `./scripts/demo.sh` and then `./scripts/test.sh`, as root, timing each;
 # 4. print each command's duration, exit status and the tail of its output,
@@ -119,6 +120,11 @@ for conf in /etc/apt/apt.conf.d/99*; do
     [ -e "$conf" ] && cp "$conf" "$root/etc/apt/apt.conf.d/"
 done
 
+# A machine's / is a mount point; a plain directory is not, and tests that
+# set up mount namespaces (unshare --propagation) fail on that alone.
+mount --bind "$root" "$root"
+mount --make-private "$root"
+mounted+=("$root")
 mount -t proc proc "$root/proc"
 mounted+=("$root/proc")
 bind /sys "$root/sys"
