@@ -29,6 +29,7 @@
 #   PRISTINE_TIMEOUT seconds each of the two commands may take (default 5400,
 #                    CI's limit)
 #   PRISTINE_TAIL    lines of each command's output to print (default 25)
+#   PRISTINE_MIN_FREE_GB  refuse to start with less free space (default 25)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$PWD
@@ -57,6 +58,11 @@ out=${PRISTINE_DIR:-$(mktemp -d /var/tmp/vsockenc-pristine.XXXXXX)}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 root=$out/root
+# The root, its debug, release and cross builds and the guests' files take
+# about 20 GB; a full disk shows up as compile errors far into the run.
+free_gb=$(df -P -B1G "$out" | awk 'NR == 2 { print $4 }')
+[ "${free_gb:-0}" -ge "${PRISTINE_MIN_FREE_GB:-25}" ] ||
+    die "only ${free_gb:-?} GB free under $out: the check needs about 20 GB (PRISTINE_MIN_FREE_GB, default 25)"
 [ ! -e "$root" ] || die "$root exists already: give an empty PRISTINE_DIR"
 
 mounted=()
