@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use hxfr::ext::{
     ext_bits, ext_type, CompactFrame, ErrorPts, ExtMessage, HostExt, ProfileRequest, PTS_UNKNOWN,
 };
-use hxfr::shm::{RegionKind, ShmFrame, ShmOffer, ShmRelease};
 use hxfr::message::FRAME_REQUEST_FIXED;
+use hxfr::shm::{RegionKind, ShmFrame, ShmOffer, ShmRelease};
 use hxfr::{
     error_code, msg_type, ConfigRequest, Decoded, Decoder, ErrorMessage, FrameRequest, Header,
     Limits, Message, ProtocolError, HEADER_LEN,
@@ -133,7 +133,8 @@ pub fn serve(
 
     let shm = HostShm::new(shm_access);
     let release_writer = {
-        let (conn, peer, dead, timeout) = (conn.clone(), peer.clone(), dead.clone(), cfg.write_timeout);
+        let (conn, peer, dead, timeout) =
+            (conn.clone(), peer.clone(), dead.clone(), cfg.write_timeout);
         Box::new(move || spawn_release_writer(conn, peer, dead, timeout))
     };
     let mut reader = Reader {
@@ -362,7 +363,9 @@ impl Reader<'_> {
             },
             ExtMessage::CompactFrame(cf) => self.compact_frame(sid, header, cf),
             ExtMessage::ShmOffer(o) if self.ext.has(ext_bits::SHM) => self.shm_offer(sid, &o),
-            ExtMessage::ShmFrame(f) if self.ext.has(ext_bits::SHM) => self.shm_frame(sid, header, f),
+            ExtMessage::ShmFrame(f) if self.ext.has(ext_bits::SHM) => {
+                self.shm_frame(sid, header, f)
+            }
             ExtMessage::Drain { token } => {
                 // Flush the encoder so that every frame received so far is
                 // answered; DRAIN_DONE is queued behind all those answers.
@@ -552,12 +555,18 @@ impl Reader<'_> {
         self.ext.forget_reference();
         ClientStats::add(&self.stats.frames_in, 1);
         let req = f.request;
-        let slot = match self.shm.take_frame(&f, index, self.ext.has(ext_bits::FORMATS)) {
+        let slot = match self
+            .shm
+            .take_frame(&f, index, self.ext.has(ext_bits::FORMATS))
+        {
             Ok(s) => s,
             Err(why) => {
                 let e = ErrorMessage::new(
                     error_code::INVALID_MESSAGE,
-                    format!("frame pts={} (shared-memory slot {}): {why}", req.pts, f.slot),
+                    format!(
+                        "frame pts={} (shared-memory slot {}): {why}",
+                        req.pts, f.slot
+                    ),
                 );
                 return self.reject(sid, req.pts, index, e);
             }
@@ -568,7 +577,9 @@ impl Reader<'_> {
             HEADER_LEN as u64 + header.payload_size as u64,
         );
         let l = slot.layout;
-        let raw = l.format.frame_bytes(l.height, l.format.min_stride(l.width) as u32);
+        let raw = l
+            .format
+            .frame_bytes(l.height, l.format.min_stride(l.width) as u32);
         ClientStats::add(
             &self.stats.frame_raw_bytes,
             (HEADER_LEN + FRAME_REQUEST_FIXED) as u64 + raw,
@@ -604,7 +615,10 @@ impl Reader<'_> {
                 match self.release_writer.take().and_then(|start| start()) {
                     Some(tx) => self.shm.set_release_writer(tx),
                     None => {
-                        error!("{}: cannot start the shared-memory release writer; closing", self.peer);
+                        error!(
+                            "{}: cannot start the shared-memory release writer; closing",
+                            self.peer
+                        );
                         return false;
                     }
                 }
@@ -793,7 +807,11 @@ fn spawn_release_writer(
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => return,
                 };
-                trace!("{peer}: slot {} of frame {} released", r.slot, r.frame_index);
+                trace!(
+                    "{peer}: slot {} of frame {} released",
+                    r.slot,
+                    r.frame_index
+                );
                 let bytes = ExtMessage::ShmRelease(r).encode(hxfr::LEGACY_SESSION_ID);
                 let _w = conn.write_lock();
                 if let Err(e) = write_bounded(&conn, &bytes, timeout, &dead) {

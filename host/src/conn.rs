@@ -71,7 +71,11 @@ impl Conn {
         self.writing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn recv_with_fds(&self, buf: &mut [u8], passed: &Mutex<VecDeque<OwnedFd>>) -> io::Result<usize> {
+    fn recv_with_fds(
+        &self,
+        buf: &mut [u8],
+        passed: &Mutex<VecDeque<OwnedFd>>,
+    ) -> io::Result<usize> {
         let mut space = nix::cmsg_space!([RawFd; MAX_PASSED_FDS]);
         let mut iov = [IoSliceMut::new(buf)];
         let msg = socket::recvmsg::<()>(
@@ -197,7 +201,9 @@ mod tests {
         use nix::sys::socket::{sendmsg, ControlMessage};
         let (c, peer) = pair();
         assert!(c.passes_fds());
-        let files: Vec<std::fs::File> = (0..2).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+        let files: Vec<std::fs::File> = (0..2)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
         for f in &files {
             let fds = [f.as_raw_fd()];
             sendmsg::<()>(

@@ -129,7 +129,9 @@ fn run(cli: Cli, signals: Signals) -> anyhow::Result<()> {
     }
 
     let active = Arc::new((Mutex::new(0u32), Condvar::new()));
-    accept_loop(&listeners, &signals, &cli, &cfg, &registry, &active, &bindings);
+    accept_loop(
+        &listeners, &signals, &cli, &cfg, &registry, &active, &bindings,
+    );
 
     // Stop accepting: close the listeners and remove their socket files.
     drop(listeners);

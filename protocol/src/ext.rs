@@ -529,9 +529,11 @@ impl ExtMessage {
                 payload.extend_from_slice(text.as_bytes());
             }
             ExtMessage::ShmOffer(o) => shm::encode_offer(o, &mut payload),
-            ExtMessage::ShmAck(a) => {
-                shm::encode_ack(a, &mut payload, cut_at_char_boundary(&a.reason, shm::SHM_ACK_MAX_TEXT))
-            }
+            ExtMessage::ShmAck(a) => shm::encode_ack(
+                a,
+                &mut payload,
+                cut_at_char_boundary(&a.reason, shm::SHM_ACK_MAX_TEXT),
+            ),
             ExtMessage::ShmFrame(f) => return f.encode(session_id).to_vec(),
             ExtMessage::ShmRelease(r) => shm::encode_release(r, &mut payload),
         }

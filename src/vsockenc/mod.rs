@@ -33,7 +33,8 @@
 //! frames in flight: matching, ordering, timeouts, drops); `profile`
 //! (profile and level: downstream, host, stream); `packing`
 //! (pixels to the wire), `convert` (NV12 for a host that does not take a
-//! format), `delta` (compact frames), `dmabuf` (virtio-gpu
+//! format), `delta` (compact frames), `shm` (shared-memory frames: region,
+//! pool, slots), `dmabuf` (virtio-gpu
 //! resource ids), `transport` (addresses, sockets), `stream_lock`,
 //! `settings`, `stats`.
 
@@ -85,6 +86,7 @@ mod receiver;
 mod report;
 mod send;
 mod settings;
+mod shm;
 mod state;
 mod stats;
 mod stream_lock;

@@ -46,7 +46,10 @@ impl FromStr for Binding {
             return Err(format!("{s:?}: the path must be absolute ({form})"));
         }
         let scope = match scope.strip_prefix("cid=") {
-            Some(n) => Scope::Cid(n.parse().map_err(|e| format!("{s:?}: bad CID {n:?}: {e}"))?),
+            Some(n) => Scope::Cid(
+                n.parse()
+                    .map_err(|e| format!("{s:?}: bad CID {n:?}: {e}"))?,
+            ),
             None => Scope::Listener(scope.parse().map_err(|e| format!("{e} ({form})"))?),
         };
         Ok(Binding {
@@ -139,7 +142,10 @@ mod tests {
             b.for_connection(&unix, &Peer::Unix(None)),
             Some(Path::new("/dev/shm/vm1"))
         );
-        assert_eq!(b.for_connection(&tcp, &local), Some(Path::new("/dev/shm/vm2")));
+        assert_eq!(
+            b.for_connection(&tcp, &local),
+            Some(Path::new("/dev/shm/vm2"))
+        );
         assert_eq!(b.for_connection(&other, &local), None);
         assert!(b.check(&[vsock.clone(), unix, tcp]).is_ok());
         assert!(b.check(&[vsock]).unwrap_err().contains("no --listen"));
@@ -147,7 +153,12 @@ mod tests {
 
     #[test]
     fn bad_bindings_are_usage_errors() {
-        for bad in ["/dev/shm/x", "cid=x=/dev/shm/x", "vsock:5000=rel/path", "udp:1=/x"] {
+        for bad in [
+            "/dev/shm/x",
+            "cid=x=/dev/shm/x",
+            "vsock:5000=rel/path",
+            "udp:1=/x",
+        ] {
             assert!(bad.parse::<Binding>().is_err(), "{bad}");
         }
     }

@@ -174,9 +174,7 @@ mod tests {
 
     #[test]
     fn an_unsealed_memfd_is_refused() {
-        let e = Region::from_memfd(memfd(8192, false), 8192)
-            .err()
-            .unwrap();
+        let e = Region::from_memfd(memfd(8192, false), 8192).err().unwrap();
         assert!(e.contains("F_SEAL_SHRINK"), "{e}");
         let e = Region::from_memfd(memfd(8192, true), 9000).err().unwrap();
         assert!(e.contains("8192 bytes, the offer says 9000"), "{e}");
@@ -202,6 +200,9 @@ mod tests {
             nonce: [8; 16],
             ..offer
         };
-        assert!(r.verify(&wrong).unwrap_err().contains("another region header"));
+        assert!(r
+            .verify(&wrong)
+            .unwrap_err()
+            .contains("another region header"));
     }
 }

@@ -105,6 +105,9 @@ mod tests {
             s.take(i, 0, (i as usize * 10, i as usize * 10 + 10), i)
                 .unwrap();
         }
-        assert!(s.take(999, 1, (0, 1), 0).unwrap_err().contains("held already"));
+        assert!(s
+            .take(999, 1, (0, 1), 0)
+            .unwrap_err()
+            .contains("held already"));
     }
 }
