@@ -705,6 +705,7 @@ impl VideoEncoderImpl for VsockEnc {
                 );
                 gst::loggable_error!(CAT, "{why}")
             })?;
+        link.settle_shm(NEGOTIATION_WAIT);
         let mut caps = gst::Caps::builder("video/x-h264")
             .field("stream-format", "byte-stream")
             .field("alignment", "au")

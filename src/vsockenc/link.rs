@@ -32,7 +32,7 @@ use super::delta::TILE;
 use super::receiver::{self, ReaderContext, ReaderEvents};
 use super::report::{self, Kind, Limiter};
 use super::settings::Settings;
-use super::shm::{GuestShm, Region};
+use super::shm::{GuestShm, Offer, Region};
 use super::state::Shared;
 use super::transport::{self, Address};
 use super::VsockEnc;
@@ -280,6 +280,36 @@ impl Link {
                     self.addr,
                     timeout.as_millis()
                 ));
+            }
+            self.shared.wait_streaming(&mut st, Some(give_up));
+        }
+    }
+
+    /// Waits up to `timeout` until the host has answered the offer of the
+    /// shared-memory region (when it accepted SHM), so that the frames of
+    /// new caps go by slot from the first one.
+    pub fn settle_shm(&self, timeout: Duration) {
+        if self.shm.region.is_none() {
+            return;
+        }
+        let give_up = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        loop {
+            let Some(conn) = st.usable_link() else {
+                return;
+            };
+            let answered = {
+                let ext = conn.ext.lock();
+                match ext.extended() {
+                    Some(true) if ext.has(ext_bits::SHM) => {
+                        matches!(conn.shm.lock().offer, Offer::Accepted | Offer::Refused)
+                    }
+                    Some(_) => true,
+                    None => false,
+                }
+            };
+            if answered || st.stop || Instant::now() >= give_up {
+                return;
             }
             self.shared.wait_streaming(&mut st, Some(give_up));
         }

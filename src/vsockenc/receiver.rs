@@ -303,6 +303,8 @@ fn shm_offer(conn: &Connection, accepted: u32, cx: &ReaderContext) {
     conn.shm.lock().offer = Offer::Sent(token);
     if let Err(e) = conn.send_shm_offer(&region.offer(token), region.memfd_fd()) {
         conn.shm.lock().offer = Offer::Refused;
+        let _st = cx.shared.lock();
+        cx.shared.wake_streaming();
         log_weak!(
             warning,
             cx.element,
@@ -396,6 +398,11 @@ fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) -> Answer 
                 Offer::Refused
             };
             drop(shm);
+            {
+                // `set_format` waits for it under the state mutex.
+                let _st = cx.shared.lock();
+                cx.shared.wake_streaming();
+            }
             if a.accepted {
                 log_weak!(
                     info,
