@@ -137,6 +137,22 @@ fn upstream_writing_into_the_pool_takes_zero_copies() {
         assert_eq!(s.u64("shm-copied-frames"), 0, "zero copies: {desc}: {s}");
         assert_eq!(s.u64("frames-returned"), 30, "{desc}: {s}");
     }
+    // One picture sent over and over (imagefreeze pushes the same buffer):
+    // a slot may be in flight several times at once.
+    let desc = format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=NV12,width=320,height=240,framerate=30/1 ! \
+         imagefreeze num-buffers=30 ! vsockenc name=enc {props} max-in-flight=8 ! fakesink"
+    );
+    let p = pipeline::launch(&desc);
+    let enc = pipeline::element(&p, "enc");
+    pipeline::play(&p);
+    let r = pipeline::wait_eos(&p, Duration::from_secs(60));
+    let s = Stats::of(&enc);
+    pipeline::shutdown(&p);
+    r.unwrap_or_else(|e| panic!("{desc}: {e}: {s}"));
+    assert_eq!(s.u64("shm-frames"), 30, "{desc}: {s}");
+    assert_eq!(s.u64("frames-returned"), 30, "{desc}: {s}");
+    assert_eq!(s.u64("host-errors"), 0, "{desc}: {s}");
     // An appsrc with buffers of its own: each is copied into a slot once.
     let p = pipeline::launch(&format!(
         "appsrc name=src format=time caps=video/x-raw,format=NV12,width=64,height=48,framerate=30/1 ! \

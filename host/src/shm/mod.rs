@@ -40,10 +40,8 @@ pub struct Access {
 /// The shared-memory state of one connection.
 pub struct HostShm {
     access: Access,
-    /// The region in use (its number on this connection) once an offer was
-    /// accepted.
-    region: Option<(u32, Arc<Region>)>,
-    regions_offered: u32,
+    /// The region in use, once an offer was accepted.
+    region: Option<Arc<Region>>,
     held: Arc<Mutex<HeldSlots>>,
     /// Where the SHM_RELEASE of a freed slot goes (the connection's
     /// release writer), once a region was accepted.
@@ -55,7 +53,6 @@ impl HostShm {
         HostShm {
             access,
             region: None,
-            regions_offered: 0,
             held: Arc::default(),
             releases: None,
         }
@@ -89,8 +86,7 @@ impl HostShm {
         });
         match result {
             Ok(r) => {
-                self.regions_offered += 1;
-                self.region = Some((self.regions_offered, Arc::new(r)));
+                self.region = Some(Arc::new(r));
                 ShmAck {
                     token: offer.token,
                     accepted: true,
@@ -127,7 +123,7 @@ impl HostShm {
     pub fn describe(&self) -> Option<String> {
         self.region
             .as_ref()
-            .map(|(_, r)| format!("{} of {} MiB", r.name, r.len() >> 20))
+            .map(|r| format!("{} of {} MiB", r.name, r.len() >> 20))
     }
 
     /// Checks frame `index` and takes its slot. `Err` says what is wrong;
@@ -138,17 +134,13 @@ impl HostShm {
         index: u32,
         formats: bool,
     ) -> Result<SlotFrame, String> {
-        let Some((number, region)) = &self.region else {
+        let Some(region) = &self.region else {
             return Err("no shared-memory region was accepted on this connection".into());
         };
         let layout = f
             .validate(region.len() as u64, formats)
             .map_err(|e| e.to_string())?;
-        let range = (layout.slot_offset, layout.slot_offset + layout.slot_len);
-        self.held
-            .lock()
-            .unwrap()
-            .take(f.slot, *number, range, index)?;
+        self.held.lock().unwrap().take(f.slot, index)?;
         let release = frame::Release {
             slot: f.slot,
             held: self.held.clone(),

@@ -1,7 +1,9 @@
 //! The slots a connection's guest has handed to the daemon and not got
 //! back yet. A slot is held from the SHM_FRAME that names it until the
 //! buffer that wrapped it is freed; while held, its id cannot be named
-//! again and no other slot of the same region may overlap it.
+//! again. Slots may overlap: the daemon only reads them, and a guest that
+//! sends one picture twice (a frozen image, a repeated frame) need not
+//! copy it.
 
 use std::collections::HashMap;
 
@@ -11,10 +13,6 @@ pub const MAX_HELD: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Held {
-    /// Which region of the connection (a new offer starts a new one).
-    region: u32,
-    start: usize,
-    end: usize,
     frame_index: u32,
 }
 
@@ -24,15 +22,9 @@ pub struct HeldSlots {
 }
 
 impl HeldSlots {
-    /// Takes slot `slot` (`start..end` of region `region`) for frame
-    /// `frame_index`; `Err` says why it cannot be taken, and nothing changes.
-    pub fn take(
-        &mut self,
-        slot: u32,
-        region: u32,
-        (start, end): (usize, usize),
-        frame_index: u32,
-    ) -> Result<(), String> {
+    /// Takes slot `slot` for frame `frame_index`; `Err` says why it cannot
+    /// be taken, and nothing changes.
+    pub fn take(&mut self, slot: u32, frame_index: u32) -> Result<(), String> {
         if let Some(h) = self.held.get(&slot) {
             return Err(format!(
                 "slot {slot} is still held by frame {} (wait for its SHM_RELEASE)",
@@ -44,25 +36,7 @@ impl HeldSlots {
                 "{MAX_HELD} slots are held already (wait for their SHM_RELEASE)"
             ));
         }
-        if let Some((other, h)) = self
-            .held
-            .iter()
-            .find(|(_, h)| h.region == region && h.start < end && start < h.end)
-        {
-            return Err(format!(
-                "slot {slot} (bytes {start}..{end}) overlaps slot {other} (bytes {}..{}), still held by frame {}",
-                h.start, h.end, h.frame_index
-            ));
-        }
-        self.held.insert(
-            slot,
-            Held {
-                region,
-                start,
-                end,
-                frame_index,
-            },
-        );
+        self.held.insert(slot, Held { frame_index });
         Ok(())
     }
 
@@ -82,32 +56,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn held_slots_cannot_be_named_again_or_overlapped() {
+    fn held_slots_cannot_be_named_again() {
         let mut s = HeldSlots::default();
-        s.take(1, 0, (4096, 8192), 10).unwrap();
-        let e = s.take(1, 0, (20000, 30000), 11).unwrap_err();
+        s.take(1, 10).unwrap();
+        let e = s.take(1, 11).unwrap_err();
         assert!(e.contains("slot 1 is still held by frame 10"), "{e}");
-        let e = s.take(2, 0, (8000, 9000), 11).unwrap_err();
-        assert!(e.contains("overlaps slot 1"), "{e}");
-        // Another region may use the same bytes.
-        s.take(2, 1, (4096, 8192), 11).unwrap();
-        s.take(3, 0, (8192, 9000), 12).unwrap();
+        s.take(2, 11).unwrap();
         assert_eq!(s.release(1), Some(10));
         assert_eq!(s.release(1), None);
-        s.take(1, 0, (4096, 8192), 13).unwrap();
-        assert_eq!(s.len(), 3);
+        s.take(1, 13).unwrap();
+        assert_eq!(s.len(), 2);
     }
 
     #[test]
     fn held_slots_are_bounded() {
         let mut s = HeldSlots::default();
         for i in 0..MAX_HELD as u32 {
-            s.take(i, 0, (i as usize * 10, i as usize * 10 + 10), i)
-                .unwrap();
+            s.take(i, i).unwrap();
         }
-        assert!(s
-            .take(999, 1, (0, 1), 0)
-            .unwrap_err()
-            .contains("held already"));
+        assert!(s.take(999, 0).unwrap_err().contains("held already"));
     }
 }
