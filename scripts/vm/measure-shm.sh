@@ -86,7 +86,7 @@ measure() { # label source width height element-props...
   esac
   out=\$(timeout -k 10 900 gst-launch-1.0 \$s ! vsockenc response-timeout=30000 max-in-flight=4 "\$@" ! fakesink 2>&1)
   rc=\$?
-  echo "\$out" > $run/last-\$label-\$src-\${w}x\${h}.log
+  echo "\$out" > "$run/last-\$(echo "\$label" | tr -c "a-zA-Z0-9\\n" _)-\$src-\${w}x\${h}.log"
   echo "\$out" | sed -n 's/.*Execution ended after \([0-9]*\):\([0-9]*\):\([0-9.]*\).*/\1 \2 \3/p' |
     awk -v l="\$label" -v src=\$src -v n=$frames -v w=\$w -v h=\$h -v rc=\$rc \\
       '{ s = \$1 * 3600 + \$2 * 60 + \$3; printf "| %s | %s | %dx%d | %d | %.2f | %.1f |\\n", l, src, w, h, n, s, (s > 0 ? n / s : 0); ok = 1 }
