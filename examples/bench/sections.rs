@@ -216,7 +216,9 @@ fn shm_section(o: &Options, work: &Path, r: &mut Report) -> Result<()> {
         "
 == 7. shm: guest CPU per frame, 1920x1080, {n} frames per run, median of {reps} rotations          (each pipeline its own process; the host an instant peer) =="
     ));
-    say("  format  variant                                     CPU ms/frame  element ms/frame  fps");
+    say(
+        "  format  variant                                     CPU ms/frame  element ms/frame  fps",
+    );
     let mut rows = Vec::new();
     let mut element_ms: HashMap<(String, Variant), f64> = HashMap::new();
     for format in ["BGRx", "NV12"] {
@@ -290,7 +292,10 @@ fn shm_section(o: &Options, work: &Path, r: &mut Report) -> Result<()> {
     }
     let pick = |v: Variant| {
         median_by(
-            k4.iter().filter(|(w, _)| *w == v).map(|(_, s)| *s).collect(),
+            k4.iter()
+                .filter(|(w, _)| *w == v)
+                .map(|(_, s)| *s)
+                .collect(),
             |s| s.fps(),
         )
     };

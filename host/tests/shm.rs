@@ -300,3 +300,80 @@ fn no_shared_memory_over_tcp_without_a_bound_region() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A guest that keeps rewriting its slots while they are encoded spoils
+/// only its own pictures: its frames are still answered, the daemon stays
+/// up, and another guest's frames are encoded from exactly its pixels.
+#[test]
+fn rewriting_slots_mid_encode_spoils_only_that_guests_pictures() {
+    init();
+    let (mut daemon, path) = unix_daemon("shm-rewrite");
+    let (mut a, _) = Guest::connect(&path, ext_bits::SHM | ext_bits::ERROR_PTS);
+    let fd = memfd(true);
+    assert!(a.offer(Some(&fd)).accepted);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let fd = fd.try_clone().unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut v = 0u8;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                v = v.wrapping_add(37);
+                let junk = vec![v; 16 * 4608];
+                nix::sys::uio::pwrite(&fd, &junk, DATA_OFFSET as i64).unwrap();
+            }
+        })
+    };
+    let (mut b, _) = Guest::connect(&path, ext_bits::FRAME_CHECKSUM | ext_bits::ERROR_PTS);
+    let n = 20;
+    for i in 0..n {
+        // Guest A: slots over the 16 places of the region being rewritten
+        // (fresh ids: a slot id comes back only with its release).
+        let f = nv12_frame(i, DATA_OFFSET + (i % 16) as u64 * 4608, i as i64);
+        a.send(&ExtMessage::ShmFrame(f).encode(1));
+        // Guest B: ordinary frames, checked by checksum.
+        let t = test_frame(Fmt::Nv12, 64, 48, 64, i, 3);
+        hxfr::write::write_frame_request(&mut b.s, 1, &t.request(i as i64, false), &[&t.pixels])
+            .unwrap();
+        let frame = Frame::new(
+            WireFormat::Nv12,
+            64,
+            48,
+            &[&t.pixels[..64 * 48], &t.pixels[64 * 48..]],
+            &[64, 64],
+        )
+        .unwrap();
+        let mut got = (false, false);
+        while !(got.0 && got.1) {
+            match b.recv() {
+                Decoded::Ext(_, ExtMessage::FrameChecksum(c)) => {
+                    assert_eq!(
+                        c.checksum,
+                        compact::checksum(&frame),
+                        "frame {i} of guest B"
+                    );
+                    got.0 = true;
+                }
+                Decoded::Legacy(_, Message::FrameResponse(r)) => {
+                    assert_eq!(r.pts, i as i64);
+                    got.1 = true;
+                }
+                other => panic!("guest B: unexpected {other:?}"),
+            }
+        }
+    }
+    // Guest A's frames were all answered (pictures of whatever was there).
+    let mut answered = 0;
+    let mut released = 0;
+    while answered < n || released < n {
+        match a.recv() {
+            Decoded::Legacy(_, Message::FrameResponse(_)) => answered += 1,
+            Decoded::Ext(_, ExtMessage::ShmRelease(_)) => released += 1,
+            Decoded::Ext(_, ExtMessage::ErrorPts(e)) => panic!("guest A: {}", e.message),
+            other => panic!("guest A: unexpected {other:?}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    daemon.assert_alive();
+}

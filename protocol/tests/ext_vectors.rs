@@ -12,8 +12,8 @@ use hxfr::ext::{
     Hello, HelloAck, ProfileRequest, ProfileResponse, TileEncoding,
 };
 use hxfr::layout::{FrameLayout, WireFormat};
-use hxfr::{Decoded, Decoder, FrameRequest, Header, Limits, Message, ProtocolError};
 use hxfr::shm::{RegionKind, ShmAck, ShmFrame, ShmOffer, ShmRelease, SlotPlane};
+use hxfr::{Decoded, Decoder, FrameRequest, Header, Limits, Message, ProtocolError};
 use hxfr::{Level, Profile};
 
 /// HELLO, guest → host: version 1, COMPACT|LZ4|ERROR_PTS|DRAIN, 64x64 tiles,
@@ -342,7 +342,11 @@ fn vectors() -> Vec<(&'static str, &'static str, ExtMessage)> {
                 reason: "no region is bound".into(),
             }),
         ),
-        ("SHM_FRAME", SHM_FRAME_HEX, ExtMessage::ShmFrame(shm_frame())),
+        (
+            "SHM_FRAME",
+            SHM_FRAME_HEX,
+            ExtMessage::ShmFrame(shm_frame()),
+        ),
         (
             "SHM_RELEASE",
             SHM_RELEASE_HEX,
