@@ -767,14 +767,13 @@ impl VideoEncoderImpl for VsockEnc {
         // copy (shm/pool.rs).
         let region = self.link().and_then(|l| l.shm_region());
         if let (Some(region), (Some(caps), _)) = (region, query.get_owned()) {
-            if let Some((pool, size, allocator)) = super::shm::pool(&region, &caps) {
+            if let Some((pool, size)) = super::shm::pool(&region, &caps) {
                 gst::debug!(
                     CAT,
                     imp = self,
                     "offering a pool of shared-memory slots for {caps}"
                 );
                 query.add_allocation_pool(Some(&pool), size, 0, 0);
-                query.add_allocation_param(Some(&allocator), gst::AllocationParams::default());
             }
         }
         // The send path takes any stride and plane offset (packing.rs):
