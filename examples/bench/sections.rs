@@ -213,9 +213,9 @@ fn shm_section(o: &Options, work: &Path, r: &mut Report) -> Result<()> {
     let reps = o.reps.max(1);
     let n = o.shm_frames;
     say(&format!(
-        "
-== 7. shm: guest CPU per frame, 1920x1080, {n} frames per run, median of {reps} rotations          (each pipeline its own process; the host an instant peer) =="
+        "\n== 7. shm: guest CPU per frame, 1920x1080, {n} frames per run, median of {reps} rotations =="
     ));
+    say("  (each pipeline its own process, long run minus short run; the host an instant peer)");
     say(
         "  format  variant                                     CPU ms/frame  element ms/frame  fps",
     );
@@ -301,7 +301,7 @@ fn shm_section(o: &Options, work: &Path, r: &mut Report) -> Result<()> {
     };
     let (src, shm) = (pick(Variant::Source), pick(Variant::Shm));
     say(&format!(
-        "  4K NV12 through shared memory, {frames_4k} frames: {:.0} fps, {:.2} ms CPU per frame          (the source alone: {:.0} fps, {:.2} ms)",
+        "  4K NV12 through shared memory, {frames_4k} frames: {:.0} fps, {:.2} ms CPU per frame (the source alone: {:.0} fps, {:.2} ms)",
         shm.fps(),
         shm.cpu_ms_per_frame(),
         src.fps(),

@@ -18,6 +18,12 @@
 //! frame, and EOS ends with a drain handshake instead of timeouts. `stats`
 //! shows `wire-bytes` against `raw-bytes`. See `docs/protocol.md`.
 //!
+//! Where the host can map the guest's memory (`shared-memory`, on by
+//! default: a memfd over a Unix socket, an ivshmem-plain device otherwise)
+//! pixels do not cross the socket at all: upstream writes into the buffer
+//! pool the element offers, whose buffers are slots of that memory, and
+//! each frame goes out as a slot description (`shm`).
+//!
 //! ```text
 //! gst-launch-1.0 videotestsrc is-live=true ! video/x-raw,format=NV12 ! \
 //!     vsockenc tcp-host=10.0.2.2 bitrate=6000 ! h264parse ! fakesink
