@@ -25,6 +25,12 @@ const SEND_FLAGS: MsgFlags = MsgFlags::MSG_NOSIGNAL;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 const SEND_FLAGS: MsgFlags = MsgFlags::empty();
 
+/// Descriptors the guest passes are close-on-exec from the start.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const RECV_FLAGS: MsgFlags = MsgFlags::MSG_CMSG_CLOEXEC;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const RECV_FLAGS: MsgFlags = MsgFlags::empty();
+
 /// More buffers than this in one `sendmsg` fail with EMSGSIZE (IOV_MAX).
 const MAX_IOVECS: usize = 1024;
 
@@ -82,7 +88,7 @@ impl Conn {
             self.fd.as_raw_fd(),
             &mut iov,
             Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
+            RECV_FLAGS,
         )?;
         let n = msg.bytes;
         let mut fds = Vec::new();
