@@ -84,12 +84,8 @@ impl Conn {
     ) -> io::Result<usize> {
         let mut space = nix::cmsg_space!([RawFd; MAX_PASSED_FDS]);
         let mut iov = [IoSliceMut::new(buf)];
-        let msg = socket::recvmsg::<()>(
-            self.fd.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            RECV_FLAGS,
-        )?;
+        let msg =
+            socket::recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(&mut space), RECV_FLAGS)?;
         let n = msg.bytes;
         let mut fds = Vec::new();
         if let Ok(cmsgs) = msg.cmsgs() {
