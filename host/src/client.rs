@@ -135,7 +135,17 @@ pub fn serve(
     let release_writer = {
         let (conn, peer, dead, timeout) =
             (conn.clone(), peer.clone(), dead.clone(), cfg.write_timeout);
-        Box::new(move || spawn_release_writer(conn, peer, dead, timeout))
+        Box::new(move || {
+            let (c, d) = (conn.clone(), dead.clone());
+            shm::release::spawn(peer, dead, move |bytes| {
+                let _w = c.write_lock();
+                let r = write_bounded(&c, bytes, timeout, &d);
+                if r.is_err() {
+                    c.shutdown();
+                }
+                r
+            })
+        })
     };
     let mut reader = Reader {
         conn: &conn,
@@ -784,45 +794,6 @@ enum Input {
     Owned(hxfr::FrameLayout, Vec<u8>),
     /// In a shared-memory slot.
     Slot(SlotFrame),
-}
-
-/// The thread that sends SHM_RELEASE for the slots whose buffers the
-/// encoder freed, as soon as they are: not queued behind the answers to
-/// later frames. Writes whole messages under the connection's write lock.
-fn spawn_release_writer(
-    conn: Arc<Conn>,
-    peer: Arc<str>,
-    dead: Arc<AtomicBool>,
-    timeout: Duration,
-) -> Option<std::sync::mpsc::Sender<ShmRelease>> {
-    let (tx, rx) = mpsc::channel::<ShmRelease>();
-    let span = Span::current();
-    let spawned = std::thread::Builder::new()
-        .name("client-shm".into())
-        .spawn(move || {
-            let _entered = span.enter();
-            while !dead.load(Ordering::SeqCst) {
-                let r = match rx.recv_timeout(POLL) {
-                    Ok(r) => r,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                };
-                trace!(
-                    "{peer}: slot {} of frame {} released",
-                    r.slot,
-                    r.frame_index
-                );
-                let bytes = ExtMessage::ShmRelease(r).encode(hxfr::LEGACY_SESSION_ID);
-                let _w = conn.write_lock();
-                if let Err(e) = write_bounded(&conn, &bytes, timeout, &dead) {
-                    debug!("{peer}: SHM_RELEASE not sent: {e}");
-                    dead.store(true, Ordering::SeqCst);
-                    conn.shutdown();
-                    return;
-                }
-            }
-        });
-    spawned.ok().map(|_| tx)
 }
 
 /// Whether a decoding error is about a frame message (it then takes a

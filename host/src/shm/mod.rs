@@ -9,10 +9,12 @@
 //! * `slots.rs`: the slots a connection holds.
 //! * `frame.rs`: a checked slot as a buffer for the encoder, and its
 //!   release.
+//! * `release.rs`: the thread that sends SHM_RELEASE.
 
 mod binding;
 mod frame;
 mod region;
+pub mod release;
 mod slots;
 
 use std::os::fd::OwnedFd;

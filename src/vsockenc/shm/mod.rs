@@ -78,3 +78,56 @@ impl GuestShm {
         !self.reported.swap(true, Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hxfr::ext::ext_bits;
+
+    #[test]
+    fn the_region_follows_the_settings_and_the_transport() {
+        let unix = Address::Unix("/run/x.sock".into());
+        let on = GuestShm::open(&Settings::default(), &unix);
+        let r = on.region.as_ref().expect("a memfd over a Unix socket");
+        assert_eq!(r.name, "memfd");
+        assert_eq!(on.requested(), ext_bits::SHM);
+        for s in [
+            Settings {
+                shared_memory: false,
+                ..Settings::default()
+            },
+            Settings {
+                extensions: false,
+                ..Settings::default()
+            },
+        ] {
+            let off = GuestShm::open(&s, &unix);
+            assert!(off.region.is_none());
+            assert_eq!(off.requested(), 0);
+        }
+        // Over TCP it needs a device: a file that is not there is named.
+        let tcp = Address::Tcp {
+            host: "10.0.2.2".into(),
+            port: 15937,
+        };
+        let missing = GuestShm::open(
+            &Settings {
+                shm_device: Some("/nonexistent/resource2".into()),
+                ..Settings::default()
+            },
+            &tcp,
+        );
+        assert!(missing.region.is_none());
+        assert!(
+            missing
+                .unavailable
+                .as_deref()
+                .unwrap()
+                .contains("/nonexistent/resource2"),
+            "{:?}",
+            missing.unavailable
+        );
+        assert!(missing.first_fallback());
+        assert!(!missing.first_fallback(), "logged once");
+    }
+}
