@@ -92,6 +92,9 @@ fn memfd_frames_through_the_daemon_decode_and_match_checksums() {
         ("BGRx", (320, 240)),
         ("NV12", (320, 240)),
         ("I420", (321, 241)),
+        ("YV12", (160, 120)),
+        ("YUY2", (160, 120)),
+        ("RGBx", (161, 121)),
     ] {
         let (s, psnr) = round_trip(&daemon.addr.element_props(), &pattern(format, size), "");
         let ctx = format!("{format} {size:?}");
