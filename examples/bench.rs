@@ -17,7 +17,13 @@
 //! 6. `memory`: peak RSS of the guest and the daemon over a 5,000-frame run,
 //!    first against last thousand frames;
 //!
-//! then prints each target of issue 6 as met or not, with the figures.
+//! 7. `shm`: guest CPU per 1080p BGRx and NV12 frame with shared-memory
+//!    frames, with the socket path and with the C element
+//!    (`../shared/baseline`), each as its own `gst-launch-1.0` process
+//!    against an instant peer, rotated within each repetition; and 4K NV12
+//!    frames per second through shared memory;
+//!
+//! then prints each target of issues 6 and 16 as met or not, with the figures.
 //!
 //! ```sh
 //! scripts/bench.sh              # release build + full run + docs/bench-results.json + plot
@@ -43,6 +49,8 @@ mod peer;
 mod pipeline;
 #[path = "bench/sections.rs"]
 mod sections;
+#[path = "bench/shm.rs"]
+mod shm;
 #[path = "bench/sys.rs"]
 mod sys;
 #[path = "bench/transport.rs"]

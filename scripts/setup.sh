@@ -32,8 +32,10 @@ declare -A PACKAGE_GROUPS=(
             gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
             gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
             gstreamer1.0-x gstreamer1.0-pipewire gstreamer1.0-nice"
-    # Booting a real guest under QEMU (scripts/vm/, the real-guest tests).
-    [vm]="qemu-system-x86 linux-image-amd64 busybox-static cpio"
+    # Booting a real guest under QEMU (scripts/vm/, the real-guest tests;
+    # the ivshmem tests bring up the guest's user networking with modprobe
+    # and ip from the machine's root).
+    [vm]="qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2"
     # An arm64 guest (scripts/vm/prepare.sh --arch arm64): the emulator, and
     # debootstrap for the guest's own arm64 root (kernel, busybox, GStreamer).
     [vm-arm64]="qemu-system-arm debootstrap cpio"
