@@ -18,7 +18,7 @@ use hxfr::{nal, Decoded, Decoder, FrameResponse, Message};
 use super::connection::Connection;
 use super::pending::{DropReason, Encoded, Match};
 use super::state::Shared;
-use super::transport::{self, Stream};
+use super::transport::{self, ReadHalf};
 use super::VsockEnc;
 
 /// What the reader needs besides its connection.
@@ -73,7 +73,7 @@ impl Malformed {
     }
 }
 
-pub fn run(conn: Arc<Connection>, mut stream: Stream, cx: ReaderContext) {
+pub fn run(conn: Arc<Connection>, mut stream: ReadHalf, cx: ReaderContext) {
     let result = catch_unwind(AssertUnwindSafe(|| read_loop(&conn, &mut stream, &cx)));
     let why = match result {
         Ok(why) => why,
@@ -94,7 +94,7 @@ pub fn run(conn: Arc<Connection>, mut stream: Stream, cx: ReaderContext) {
 }
 
 /// Returns why the loop ended.
-fn read_loop(conn: &Connection, stream: &mut Stream, cx: &ReaderContext) -> String {
+fn read_loop(conn: &Connection, stream: &mut ReadHalf, cx: &ReaderContext) -> String {
     // Extension messages are decoded from the start; only a host that
     // accepted our HELLO sends them.
     let mut decoder = Decoder::with_extensions(hxfr::Limits::default());

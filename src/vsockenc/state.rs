@@ -41,9 +41,11 @@
 //! * `output`: the output task. Notified when a frame's fate is known, on
 //!   stop and flush.
 //! * `streaming`: `handle_frame`, `set_format` and `finish`. Notified when
-//!   a frame stops being in flight (capacity), when the output task has
-//!   finished frames (the table empties), on DRAIN_DONE, stop, flush and
-//!   flow errors.
+//!   the output task has finished frames (room under `max-in-flight`, an
+//!   emptier table), on DRAIN_DONE, answers to the HELLO and to profile
+//!   requests, stop, flush and flow errors. Not when a response completes
+//!   a frame: that changes nothing a streaming waiter decides on until the
+//!   frame is finished.
 //! * `link`: the link thread. Notified when a reconnect is scheduled and
 //!   on stop.
 //!
@@ -182,11 +184,13 @@ impl Shared {
         self.wake_link();
     }
 
-    /// A frame's fate became known: the output task can pop it and it no
-    /// longer takes room under `max-in-flight`.
+    /// A frame's fate became known: the output task can pop it. Nothing
+    /// the streaming thread waits for changes until the task has finished
+    /// it (room under `max-in-flight` and an empty table both count frames
+    /// until they are pushed), and the task wakes the streaming thread then:
+    /// waking it here too would only make it sleep again, once per frame.
     pub fn wake_completed(&self) {
         self.wake_output();
-        self.wake_streaming();
     }
 
     /// Sleeps on `cv` until notified or `until` (None: no deadline).
