@@ -28,6 +28,8 @@ declare -A PACKAGE_GROUPS=(
     [vm]="qemu-system-x86 linux-image-amd64 busybox-static cpio"
     # The meson build and install check (meson.build, scripts/check-install.sh).
     [meson]="meson ninja-build"
+    # The benchmark's plots (scripts/bench.sh, scripts/plot_bench.py).
+    [bench]="python3-matplotlib"
 )
 # Oldest Rust the workspace builds with (Cargo.toml rust-version).
 MIN_RUST="1.92"
