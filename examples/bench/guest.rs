@@ -308,7 +308,15 @@ enum Sock {
 impl Sock {
     fn connect(addr: &str) -> Result<Sock> {
         if let Some(p) = addr.strip_prefix("unix:") {
-            Ok(Sock::Unix(std::os::unix::net::UnixStream::connect(p)?))
+            let s = std::os::unix::net::UnixStream::connect(p)?;
+            // The same send buffer the element asks for (transport.rs): the
+            // limit is the copy, not the kernel's default buffer size.
+            let _ = nix::sys::socket::setsockopt(
+                &s,
+                nix::sys::socket::sockopt::SndBuf,
+                &(8usize << 20),
+            );
+            Ok(Sock::Unix(s))
         } else if let Some(hp) = addr.strip_prefix("tcp:") {
             let s = std::net::TcpStream::connect(hp)?;
             s.set_nodelay(true)?;
