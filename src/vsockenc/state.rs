@@ -91,6 +91,10 @@ pub struct State {
     /// Frames the output task has popped and not finished yet: the table
     /// is only really empty when this is 0 too.
     pub finishing: usize,
+    /// While the output task sleeps: until when (`Some(None)`: until
+    /// notified). A frame sent with an earlier deadline must wake it, or its
+    /// timeout would not be seen.
+    pub output_sleep: Option<Option<Instant>>,
     /// Latency reported to the pipeline: (min, max).
     pub latency: Option<(gst::ClockTime, gst::ClockTime)>,
     /// Whether the host answers (for the one warning when it stops).
@@ -110,6 +114,7 @@ impl Default for State {
             link: None,
             connected_at: None,
             finishing: 0,
+            output_sleep: None,
             latency: None,
             health: Health::default(),
             label: Label::default(),
@@ -142,6 +147,16 @@ impl State {
     /// The connection if frames can be sent on it.
     pub fn usable_link(&self) -> Option<Arc<Connection>> {
         self.link.clone().filter(|c| !c.is_closed())
+    }
+
+    /// Whether the output task sleeps past `deadline` (a frame just sent
+    /// with that deadline must then wake it).
+    pub fn output_sleeps_past(&self, deadline: Instant) -> bool {
+        match self.output_sleep {
+            Some(None) => true,
+            Some(Some(t)) => deadline < t,
+            None => false,
+        }
     }
 
     /// Nothing left in the element: no frame in the table, none being
@@ -204,7 +219,9 @@ impl Shared {
     }
 
     pub fn wait_output(&self, guard: &mut MutexGuard<'_, State>, until: Option<Instant>) {
+        guard.output_sleep = Some(until);
         Self::wait(&self.output, guard, until);
+        guard.output_sleep = None;
     }
 
     pub fn wait_streaming(&self, guard: &mut MutexGuard<'_, State>, until: Option<Instant>) {
