@@ -21,8 +21,14 @@
 //!    each frame into the socket), 720p and 1080p, BGRx and NV12, Unix socket
 //!    and TCP, each run a process of its own, interleaved, medians; frames/s
 //!    against a 30 ms host; the answer time an instant host sees;
+//! 8. `shm`: guest CPU per 1080p BGRx and NV12 frame with shared-memory
+//!    frames, with the socket path and with the C element
+//!    (`../shared/baseline`), each as its own `gst-launch-1.0` process
+//!    against an instant peer, rotated within each repetition; and 4K NV12
+//!    frames per second through shared memory;
 //!
-//! then prints each target of issue 6 as met or not, with the figures.
+//! then prints each target of issues 6, 15 and 16 as met or not, with the
+//! figures.
 //!
 //! ```sh
 //! scripts/bench.sh              # release build + full run + docs/bench-results.json + plot
@@ -50,6 +56,8 @@ mod peer;
 mod pipeline;
 #[path = "bench/sections.rs"]
 mod sections;
+#[path = "bench/shm.rs"]
+mod shm;
 #[path = "bench/side.rs"]
 mod side;
 #[path = "bench/sys.rs"]

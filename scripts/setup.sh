@@ -24,8 +24,10 @@ declare -A PACKAGE_GROUPS=(
             gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
             gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
             gstreamer1.0-nice"
-    # Booting a real guest under QEMU (scripts/vm/, the real-guest tests).
-    [vm]="qemu-system-x86 linux-image-amd64 busybox-static cpio"
+    # Booting a real guest under QEMU (scripts/vm/, the real-guest tests;
+    # the ivshmem tests bring up the guest's user networking with modprobe
+    # and ip from the machine's root).
+    [vm]="qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2"
     # The meson build and install check (meson.build, scripts/check-install.sh).
     [meson]="meson ninja-build"
     # The benchmark's plots (scripts/bench.sh, scripts/plot_bench.py).

@@ -12,8 +12,8 @@ writes JSON.
 
 options:
   --quick                few frames per run: a smoke test in well under a minute
-  --sections LIST        comma-separated subset of: transport,element,cpu,daemon,memory,side
-                         (or 1..7; 3, the in-flight ratio, comes with element)
+  --sections LIST        comma-separated subset of: transport,element,cpu,daemon,memory,side,shm
+                         (or 1..8; 3, the in-flight ratio, comes with element)
                          default: all
   --duration SECS        seconds per throughput run (default 1.5, quick 0.5)
   --reps N               repetitions of each throughput run; the median counts
@@ -28,6 +28,9 @@ options:
   --memory-size WxH      frame size of the memory run (default 1280x720)
   --daemon-frames N      frames of the daemon throughput run (default 300, quick 40)
   --work-dir DIR         where sockets and temporary files go (default: a fresh dir in /tmp)
+  --baseline DIR         the C element's directory for section shm (default ../shared/baseline
+                         beside the repository)
+  --shm-frames N         frames per run of section shm (default 300, quick 60)
   -h, --help             this text
 ";
 
@@ -41,6 +44,11 @@ pub struct Options {
     pub memory: bool,
     /// Section 7: side by side with the C element and the minimal writer.
     pub side: bool,
+    /// Section 8: shared-memory frames against the socket path and the C
+    /// element.
+    pub shm: bool,
+    pub baseline: PathBuf,
+    pub shm_frames: u64,
     pub duration: Duration,
     pub reps: usize,
     pub formats: Vec<String>,
@@ -78,6 +86,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
         daemon: true,
         memory: true,
         side: true,
+        shm: true,
+        baseline: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/baseline")),
+        shm_frames: 300,
         duration: Duration::from_millis(1500),
         reps: 3,
         formats: vec!["BGRx".into(), "NV12".into()],
@@ -111,6 +122,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
                 o.daemon = false;
                 o.memory = false;
                 o.side = false;
+                o.shm = false;
                 for s in list.split(',').map(str::trim) {
                     match s {
                         "1" | "transport" => o.transport = true,
@@ -119,6 +131,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
                         "5" | "daemon" => o.daemon = true,
                         "6" | "memory" => o.memory = true,
                         "7" | "side" => o.side = true,
+                        "8" | "shm" => o.shm = true,
                         "all" => {
                             o.transport = true;
                             o.element = true;
@@ -126,6 +139,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
                             o.daemon = true;
                             o.memory = true;
                             o.side = true;
+                            o.shm = true;
                         }
                         other => return Err(format!("unknown section {other:?}")),
                     }
@@ -194,6 +208,13 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
                 );
             }
             "--work-dir" => o.work_dir = Some(value("--work-dir")?.into()),
+            "--baseline" => o.baseline = value("--baseline")?.into(),
+            "--shm-frames" => {
+                o.shm_frames = value("--shm-frames")?
+                    .parse::<u64>()
+                    .map_err(|e| format!("--shm-frames: {e}"))?
+                    .max(10)
+            }
             "--peer" => is_peer = true,
             // Internal: a guest run (guest.rs); the parent passes all of these.
             "--guest" => {
@@ -263,6 +284,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
         o.reps = 1;
         o.memory_frames = 300;
         o.daemon_frames = 40;
+        o.shm_frames = o.shm_frames.min(60);
     }
     if let Some(d) = duration {
         o.duration = d;

@@ -18,6 +18,7 @@ use hxfr::ext::{
     ext_bits, ext_type, CompactFrame, ErrorPts, ExtMessage, HostExt, ProfileRequest, PTS_UNKNOWN,
 };
 use hxfr::message::FRAME_REQUEST_FIXED;
+use hxfr::shm::{RegionKind, ShmFrame, ShmOffer, ShmRelease};
 use hxfr::{
     error_code, msg_type, ConfigRequest, Decoded, Decoder, ErrorMessage, FrameRequest, Header,
     Limits, Message, ProtocolError, HEADER_LEN,
@@ -29,6 +30,7 @@ use crate::conn::Conn;
 use crate::encoder::{encode_failed, EncoderChoice, Job, Params, Reply, Session, SessionKey};
 use crate::log::ratelimit::RateLimit;
 use crate::profile::{Negotiator, Outcome, Target};
+use crate::shm::{self, HostShm, SlotFrame};
 use crate::stats::ClientStats;
 
 /// Warnings logged per connection about its input before they go to debug.
@@ -72,8 +74,9 @@ enum Outgoing {
 /// What this daemon offers a guest that says HELLO: everything it knows
 /// (FRAME_CHECKSUM only to a guest that asks for it; PROFILE and FORMATS
 /// work with any encoder: the answer to a profile request comes from the
-/// encoder itself).
-const SUPPORTED_EXTENSIONS: u32 = ext_bits::KNOWN;
+/// encoder itself), shared memory only where the connection can have it
+/// ([`HostShm::supported`]).
+const SUPPORTED_EXTENSIONS: u32 = ext_bits::KNOWN & !ext_bits::SHM;
 
 /// Why the reader stopped.
 enum End {
@@ -92,6 +95,7 @@ pub fn serve(
     cfg: Arc<ClientConfig>,
     stats: Arc<ClientStats>,
     shutdown: &AtomicBool,
+    shm_access: shm::Access,
 ) {
     let conn = Arc::new(conn);
     if let Err(e) = conn
@@ -127,6 +131,22 @@ pub fn serve(
         }
     };
 
+    let shm = HostShm::new(shm_access);
+    let release_writer = {
+        let (conn, peer, dead, timeout) =
+            (conn.clone(), peer.clone(), dead.clone(), cfg.write_timeout);
+        Box::new(move || {
+            let (c, d) = (conn.clone(), dead.clone());
+            shm::release::spawn(peer, dead, move |bytes| {
+                let _w = c.write_lock();
+                let r = write_bounded(&c, bytes, timeout, &d);
+                if r.is_err() {
+                    c.shutdown();
+                }
+                r
+            })
+        })
+    };
     let mut reader = Reader {
         conn: &conn,
         peer: &peer,
@@ -136,7 +156,7 @@ pub fn serve(
         dead: &dead,
         session: None,
         ext: HostExt::new(
-            SUPPORTED_EXTENSIONS,
+            SUPPORTED_EXTENSIONS | shm.supported(),
             cfg.limits.max_pixel_bytes,
             concat!("vsockenc-host/", env!("CARGO_PKG_VERSION")),
         ),
@@ -148,6 +168,8 @@ pub fn serve(
         force_keyframe: false,
         target: None,
         complaints: Default::default(),
+        shm,
+        release_writer: Some(release_writer),
     };
     let end = reader.run(shutdown);
     let session = reader.session.take();
@@ -166,6 +188,8 @@ pub fn serve(
     }
     drop(reader);
     let _ = writer.join();
+    // Ends the release writer too.
+    dead.store(true, Ordering::SeqCst);
     conn.shutdown();
     info!("{peer}: disconnected; {}", stats.summary());
 }
@@ -186,6 +210,10 @@ struct Reader<'a> {
     /// The profile and level the guest negotiated (PROFILE), if any.
     target: Option<Target>,
     complaints: std::cell::Cell<u32>,
+    /// Shared-memory frames (inert unless the guest offers a region).
+    shm: HostShm,
+    /// Starts the thread that sends SHM_RELEASE, at the first region.
+    release_writer: Option<Box<dyn FnOnce() -> Option<std::sync::mpsc::Sender<ShmRelease>>>>,
 }
 
 impl Reader<'_> {
@@ -344,6 +372,10 @@ impl Reader<'_> {
                 }
             },
             ExtMessage::CompactFrame(cf) => self.compact_frame(sid, header, cf),
+            ExtMessage::ShmOffer(o) if self.ext.has(ext_bits::SHM) => self.shm_offer(sid, &o),
+            ExtMessage::ShmFrame(f) if self.ext.has(ext_bits::SHM) => {
+                self.shm_frame(sid, header, f)
+            }
             ExtMessage::Drain { token } => {
                 // Flush the encoder so that every frame received so far is
                 // answered; DRAIN_DONE is queued behind all those answers.
@@ -521,6 +553,111 @@ impl Reader<'_> {
             }
         }
         let key = SessionKey::of(&layout);
+        self.encode(sid, &req, key, index, Input::Owned(layout, pixels))
+    }
+
+    /// Takes the slot of an SHM_FRAME after checking its description
+    /// against the region, then encodes it like a full frame, without a
+    /// copy. A bad description is refused (ERROR_PTS) and changes nothing.
+    fn shm_frame(&mut self, sid: u16, header: Header, f: ShmFrame) -> bool {
+        let index = self.ext.next_frame();
+        // A slot is no reference for compact frames: the guest owns it.
+        self.ext.forget_reference();
+        ClientStats::add(&self.stats.frames_in, 1);
+        let req = f.request;
+        let slot = match self
+            .shm
+            .take_frame(&f, index, self.ext.has(ext_bits::FORMATS))
+        {
+            Ok(s) => s,
+            Err(why) => {
+                let e = ErrorMessage::new(
+                    error_code::INVALID_MESSAGE,
+                    format!(
+                        "frame pts={} (shared-memory slot {}): {why}",
+                        req.pts, f.slot
+                    ),
+                );
+                return self.reject(sid, req.pts, index, e);
+            }
+        };
+        ClientStats::add(&self.stats.shm_frames, 1);
+        ClientStats::add(
+            &self.stats.frame_wire_bytes,
+            HEADER_LEN as u64 + header.payload_size as u64,
+        );
+        let l = slot.layout;
+        let raw = l
+            .format
+            .frame_bytes(l.height, l.format.min_stride(l.width) as u32);
+        ClientStats::add(
+            &self.stats.frame_raw_bytes,
+            (HEADER_LEN + FRAME_REQUEST_FIXED) as u64 + raw,
+        );
+        if self.ext.has(ext_bits::FRAME_CHECKSUM) {
+            if let Some(m) = slot
+                .frame()
+                .map(|fr| self.ext.checksum_of(sid, req.pts, index, false, &fr))
+            {
+                if !self.queue(Outgoing::Now(m)) {
+                    return false;
+                }
+            }
+        }
+        let key = SessionKey {
+            format: l.format,
+            width: l.width,
+            height: l.height,
+        };
+        self.encode(sid, &req, key, index, Input::Slot(slot))
+    }
+
+    /// Answers an SHM_OFFER: the region is mapped and its header compared
+    /// with the offer's before any frame may use it.
+    fn shm_offer(&mut self, sid: u16, offer: &ShmOffer) -> bool {
+        let fd = match offer.kind {
+            RegionKind::Memfd => self.conn.take_passed_fd(),
+            RegionKind::Bound => None,
+        };
+        let ack = self.shm.on_offer(offer, fd);
+        if ack.accepted {
+            if self.shm.needs_release_writer() {
+                match self.release_writer.take().and_then(|start| start()) {
+                    Some(tx) => self.shm.set_release_writer(tx),
+                    None => {
+                        error!(
+                            "{}: cannot start the shared-memory release writer; closing",
+                            self.peer
+                        );
+                        return false;
+                    }
+                }
+            }
+            info!(
+                "{}: shared memory in use: {} (offer {}); frames arrive as slot descriptions",
+                self.peer,
+                self.shm.describe().unwrap_or_default(),
+                offer.token
+            );
+        } else {
+            self.complain(format_args!(
+                "shared-memory offer {} ({}) refused: {}; the guest sends pixels over the socket",
+                offer.token, offer.kind, ack.reason
+            ));
+        }
+        self.queue(Outgoing::Now(ExtMessage::ShmAck(ack).encode(sid)))
+    }
+
+    /// Starts (or continues) the encoding session for `key` and queues the
+    /// frame's answer, then hands the frame to the encoder.
+    fn encode(
+        &mut self,
+        sid: u16,
+        req: &FrameRequest,
+        key: SessionKey,
+        index: u32,
+        input: Input,
+    ) -> bool {
         self.retire_outdated_session(&key);
         if self.session.is_none() {
             match Session::new(
@@ -568,7 +705,13 @@ impl Reader<'_> {
         };
         let force = std::mem::take(&mut self.force_keyframe) || req.force_keyframe;
         let session = self.session.as_mut().unwrap();
-        let mut failure = session.encode(&layout, pixels, job, force).err();
+        let mut failure = match input {
+            Input::Owned(layout, pixels) => session.encode(&layout, pixels, job, force),
+            Input::Slot(slot) => {
+                session.encode_buffer(job, force, |pts, d| slot.into_buffer(pts, d))
+            }
+        }
+        .err();
         if let Some(why) = session.take_error() {
             error!(
                 "{}: encoder error: {why}; the next frame starts a new session",
@@ -645,6 +788,14 @@ impl Reader<'_> {
     }
 }
 
+/// The pixels of a frame to encode.
+enum Input {
+    /// Read from the socket (or rebuilt from a compact frame).
+    Owned(hxfr::FrameLayout, Vec<u8>),
+    /// In a shared-memory slot.
+    Slot(SlotFrame),
+}
+
 /// Whether a decoding error is about a frame message (it then takes a
 /// frame index).
 fn is_frame_message(e: &ProtocolError) -> bool {
@@ -718,7 +869,11 @@ fn write_responses(
         if dead.load(Ordering::SeqCst) {
             return;
         }
-        match write_bounded(conn, &bytes, cfg.write_timeout, dead) {
+        let written = {
+            let _w = conn.write_lock();
+            write_bounded(conn, &bytes, cfg.write_timeout, dead)
+        };
+        match written {
             Ok(()) => ClientStats::add(&stats.bytes_out, bytes.len() as u64),
             Err(e) => {
                 if e.kind() == io::ErrorKind::TimedOut {

@@ -13,6 +13,8 @@
 //!   trial frame that proves the encoder honours them.
 //! * `peer.rs`: who is connected (address, credentials, CID) and the
 //!   per-connection log span.
+//! * `shm/`: shared-memory frames: bound regions (`--ivshmem`), the
+//!   handshake, slot checks, slots wrapped as buffers and released.
 //! * `stats.rs`: per-client statistics.
 //! * `shutdown.rs`: SIGINT/SIGTERM.
 //! * `log/`: log output (human, JSON, journald), filters, rate limits.
@@ -26,6 +28,7 @@ mod log;
 mod peer;
 mod pixels;
 mod profile;
+mod shm;
 mod shutdown;
 mod stats;
 
@@ -82,6 +85,19 @@ fn run(cli: Cli, signals: Signals) -> anyhow::Result<()> {
     let choice = encoder::choose(&cli.encoder)?;
     info!("encoder: {} ({})", choice.factory, choice.reason);
 
+    let bindings = shm::Bindings(cli.ivshmem.clone());
+    bindings
+        .check(&cli.listen)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for b in &bindings.0 {
+        if !b.path.exists() {
+            warn!(
+                "--ivshmem {}: {} does not exist yet (QEMU creates it when the VM starts)",
+                b.path.display(),
+                b.path.display()
+            );
+        }
+    }
     let listeners = bind_all(&cli)?;
     for l in &listeners {
         info!("listening on {}", l.addr);
@@ -113,7 +129,9 @@ fn run(cli: Cli, signals: Signals) -> anyhow::Result<()> {
     }
 
     let active = Arc::new((Mutex::new(0u32), Condvar::new()));
-    accept_loop(&listeners, &signals, &cli, &cfg, &registry, &active);
+    accept_loop(
+        &listeners, &signals, &cli, &cfg, &registry, &active, &bindings,
+    );
 
     // Stop accepting: close the listeners and remove their socket files.
     drop(listeners);
@@ -166,6 +184,7 @@ fn accept_loop(
     cfg: &Arc<ClientConfig>,
     registry: &Arc<Registry>,
     active: &Arc<(Mutex<u32>, Condvar)>,
+    bindings: &shm::Bindings,
 ) {
     let mut next_id = 1u64;
     while !SHUTDOWN.load(Ordering::SeqCst) {
@@ -189,7 +208,14 @@ fn accept_loop(
             loop {
                 match l.accept() {
                     Ok(Some((conn, peer))) => {
+                        let shm = shm::Access {
+                            fd_passing: conn.passes_fds(),
+                            bound: bindings
+                                .for_connection(&l.addr, &peer)
+                                .map(|p| p.to_path_buf()),
+                        };
                         let client = NewClient {
+                            shm,
                             conn,
                             name: peer.client_name(&l.addr, next_id).into(),
                             span: peer.span(&l.addr, next_id),
@@ -214,6 +240,8 @@ fn accept_loop(
 /// An accepted connection, its name in log lines and its span.
 struct NewClient {
     conn: Conn,
+    /// What shared memory the connection may use.
+    shm: shm::Access,
     name: Arc<str>,
     span: Span,
 }
@@ -229,6 +257,7 @@ fn start_client(
         conn,
         name: peer,
         span,
+        shm,
     } = client;
     let entered = span.enter();
     {
@@ -254,7 +283,7 @@ fn start_client(
         .spawn(move || {
             let _entered = span.enter();
             let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                client::serve(conn, peer.clone(), cfg, stats, &SHUTDOWN)
+                client::serve(conn, peer.clone(), cfg, stats, &SHUTDOWN, shm)
             }));
             if res.is_err() {
                 error!("{peer}: the client thread panicked; connection closed, daemon continues");

@@ -17,6 +17,7 @@ use hxfr::{nal, Decoded, Decoder, FrameResponse, Message};
 
 use super::connection::Connection;
 use super::pending::{DropReason, Encoded, Match};
+use super::shm::{GuestShm, Offer};
 use super::state::Shared;
 use super::transport::{self, ReadHalf};
 use super::VsockEnc;
@@ -27,6 +28,14 @@ pub struct ReaderContext {
     pub events: Arc<dyn ReaderEvents>,
     /// For log lines only.
     pub element: glib::WeakRef<VsockEnc>,
+    /// The run's shared memory (for its one fallback log line).
+    pub shm: Arc<GuestShm>,
+}
+
+impl ReaderContext {
+    fn shm_fallback_once(&self) -> bool {
+        self.shm.first_fallback()
+    }
 }
 
 /// Malformed answers in a row (no valid answer between them) after which
@@ -82,6 +91,10 @@ pub fn run(conn: Arc<Connection>, mut stream: ReadHalf, cx: ReaderContext) {
     let closed_by_us = conn.is_closing();
     let why = conn.broken_reason().unwrap_or(why);
     conn.break_with(why.clone());
+    // The host reads no slot of a connection that is gone: back to the
+    // pool and the region (dropped outside the lock).
+    let slots = conn.shm.lock().clear();
+    drop(slots);
     let dropped = cx
         .shared
         .lock()
@@ -269,6 +282,38 @@ fn handle_response(conn: &Connection, r: FrameResponse, cx: &ReaderContext) -> A
     Answer::Good
 }
 
+/// Offers the region once the host accepted SHM; says once why frames go
+/// over the socket when it did not.
+fn shm_offer(conn: &Connection, accepted: u32, cx: &ReaderContext) {
+    let Some(region) = conn.shm.lock().region.clone() else {
+        return;
+    };
+    if accepted & ext_bits::SHM == 0 {
+        if cx.shm_fallback_once() {
+            log_weak!(
+                info,
+                cx.element,
+                "host {} does not take shared memory on this connection (no region bound to this guest, or an older host): frames go over the socket (logged once)",
+                conn.addr
+            );
+        }
+        return;
+    }
+    let token = conn.generation;
+    conn.shm.lock().offer = Offer::Sent(token);
+    if let Err(e) = conn.send_shm_offer(&region.offer(token), region.memfd_fd()) {
+        conn.shm.lock().offer = Offer::Refused;
+        let _st = cx.shared.lock();
+        cx.shared.wake_streaming();
+        log_weak!(
+            warning,
+            cx.element,
+            "cannot offer the shared-memory region to {}: {e}",
+            conn.addr
+        );
+    }
+}
+
 /// Extension messages: only a host that accepted our HELLO sends them.
 fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) -> Answer {
     match msg {
@@ -276,6 +321,7 @@ fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) -> Answer 
             let accepted = conn.ext.lock().on_ack(&ack);
             cx.shared.lock().table.stats.extensions = accepted;
             cx.shared.wake_streaming();
+            shm_offer(conn, accepted, cx);
             log_weak!(
                 info,
                 cx.element,
@@ -342,6 +388,54 @@ fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) -> Answer 
                 }
                 ChecksumCheck::Unknown => {}
             }
+        }
+        ExtMessage::ShmAck(a) => {
+            let mut shm = conn.shm.lock();
+            let region = shm.region.as_ref().map(|r| (r.name.clone(), r.len() >> 20));
+            shm.offer = if a.accepted {
+                Offer::Accepted
+            } else {
+                Offer::Refused
+            };
+            drop(shm);
+            {
+                // `set_format` waits for it under the state mutex.
+                let _st = cx.shared.lock();
+                cx.shared.wake_streaming();
+            }
+            if a.accepted {
+                log_weak!(
+                    info,
+                    cx.element,
+                    "host {} maps the shared-memory region ({:?}): frames go as slot descriptions, their pixels stay in shared memory",
+                    conn.addr,
+                    region
+                );
+            } else if cx.shm_fallback_once() {
+                log_weak!(
+                    warning,
+                    cx.element,
+                    "host {} refused the shared-memory region {:?}: {}; frames go over the socket (logged once)",
+                    conn.addr,
+                    region,
+                    a.reason
+                );
+            }
+        }
+        ExtMessage::ShmRelease(r) => {
+            let held = conn.shm.lock().release(r.slot);
+            if held.is_none() {
+                log_weak!(
+                    debug,
+                    cx.element,
+                    "host {} released slot {} (frame {}), which it did not hold",
+                    conn.addr,
+                    r.slot,
+                    r.frame_index
+                );
+            }
+            // The buffer goes back to its pool here, outside the lock.
+            drop(held);
         }
         other => log_weak!(
             debug,

@@ -59,6 +59,14 @@ const FIELDS: &[(&str, &str)] = &[
         "frames converted to NV12 in the guest for a host that does not take their format",
     ),
     ("extensions", "protocol extension bits the host accepted"),
+    (
+        "shm-frames",
+        "frames whose pixels the host read from shared memory",
+    ),
+    (
+        "shm-copied-frames",
+        "of those, frames copied into shared memory because upstream's buffer was elsewhere (the rest took zero copies)",
+    ),
 ];
 
 /// The `stats` property's blurb: every field with what it counts.
@@ -101,6 +109,10 @@ pub struct Stats {
     pub frames_converted: u64,
     /// Extensions the host accepted on the current connection.
     pub extensions: u32,
+    /// Frames sent as slot descriptions (SHM), and of those, the ones
+    /// copied into a slot.
+    pub shm_frames: u64,
+    pub shm_copied_frames: u64,
     latency_sum_us: u64,
     latency_count: u64,
     pub latency_max_us: u64,
@@ -178,6 +190,8 @@ impl Stats {
             .field("checksum-mismatches", self.checksum_mismatches)
             .field("frames-converted", self.frames_converted)
             .field("extensions", self.extensions)
+            .field("shm-frames", self.shm_frames)
+            .field("shm-copied-frames", self.shm_copied_frames)
             .build()
     }
 }

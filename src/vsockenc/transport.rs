@@ -137,6 +137,26 @@ impl Stream {
         }
     }
 
+    /// Writes `bytes` with `fd` attached (`SCM_RIGHTS`, Unix sockets only).
+    pub fn write_all_with_fd(&mut self, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+        let Stream::Unix(s) = self else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "descriptors can only be passed over a Unix socket",
+            ));
+        };
+        let fds = [fd.as_raw_fd()];
+        let n = socket::sendmsg::<()>(
+            s.as_raw_fd(),
+            &[io::IoSlice::new(bytes)],
+            &[socket::ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        // The descriptor went with the first byte; the rest may follow.
+        s.write_all(&bytes[n..])
+    }
+
     /// Makes further writes fail; a reader still gets what the peer sent.
     pub fn shutdown_write(&self) {
         let _ = match self {
