@@ -49,6 +49,8 @@ declare -A PACKAGE_GROUPS=(
     [pristine]="debootstrap"
     # The test suite (scripts/test.sh): no Debian package, but cargo-nextest.
     [test]=""
+    # The benchmark's plots (scripts/bench.sh, scripts/plot_bench.py).
+    [bench]="python3-matplotlib"
 )
 # Oldest Rust the workspace builds with (Cargo.toml rust-version).
 MIN_RUST="1.92"
