@@ -832,7 +832,7 @@ fn check_shm_used(run: &RunDir, frames: u32, region: &IvshmemFile) {
 #[test]
 fn real_guest_ivshmem_over_vhost_vsock() {
     let art = artifacts();
-    prepare();
+    prepare(Arch::X86_64);
     let run = RunDir::new("ivs-vsock");
     setup_run_dir(&run, &art);
     let region = IvshmemFile::new("vsock");
@@ -853,11 +853,17 @@ fn real_guest_ivshmem_over_vhost_vsock() {
         pipeline_lines(
             &run,
             FRAMES_A,
-            &format!("cid=2 port=5000 verify-frames=true {GUEST_ELEMENT_TIMEOUTS}")
+            &format!("cid=2 port=5000 verify-frames=true {GUEST_ELEMENT_TIMEOUTS}"),
+            Arch::X86_64,
         )
     );
     let ivs = region.0.display().to_string();
-    let gr = run_guest_with(&run, &script, Arch::X86_64, &[("VSOCKENC_VM_IVSHMEM", &ivs)]);
+    let gr = run_guest_with(
+        &run,
+        &script,
+        Arch::X86_64,
+        &[("VSOCKENC_VM_IVSHMEM", &ivs)],
+    );
     drop(daemon);
     assert_guest_ok(&run, &gr);
     report_timing(&run, "ivshmem, cid2->host daemon", FRAMES_A, &gr);
@@ -868,7 +874,7 @@ fn real_guest_ivshmem_over_vhost_vsock() {
 #[test]
 fn real_guest_ivshmem_over_user_networking_tcp() {
     let art = artifacts();
-    prepare();
+    prepare(Arch::X86_64);
     let run = RunDir::new("ivs-tcp");
     setup_run_dir(&run, &art);
     let region = IvshmemFile::new("tcp");
@@ -896,7 +902,8 @@ fn real_guest_ivshmem_over_user_networking_tcp() {
             FRAMES_A,
             &format!(
                 "tcp-host=10.0.2.2 tcp-port={port} verify-frames=true {GUEST_ELEMENT_TIMEOUTS}"
-            )
+            ),
+            Arch::X86_64,
         )
     );
     let ivs = region.0.display().to_string();
