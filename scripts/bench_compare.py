@@ -9,7 +9,10 @@ wake-ups per frame and frames per second.
 
 usage: bench_compare.py [--reps N] [--frames N] [--sizes 1920x1080,…]
                         [--formats NV12,BGRx] [--transports unix,tcp]
-                        LABEL=BENCH_BINARY ...
+                        LABEL=BENCH_BINARY[@IN_FLIGHT] ...
+
+`@IN_FLIGHT` sets that row's max-in-flight (default 4; the C element always
+has one frame in flight, the writer uses 4).
 
 The first binary also runs the peer, the C element (from ../shared/baseline or
 VSOCKENC_BASELINE) and the writer. Build a binary of another commit with
@@ -36,13 +39,13 @@ def baseline_dir():
     return None
 
 
-def run_guest(binary, kind, addr, fmt, size, frames, env_extra):
+def run_guest(binary, kind, addr, fmt, size, frames, env_extra, in_flight=4):
     env = dict(os.environ)
     env.pop("GST_PLUGIN_PATH", None)
     env.update(env_extra)
     out = subprocess.run(
         [binary, "--guest", kind, "--connect", addr, "--format", fmt, "--size", size,
-         "--frames", str(frames), "--in-flight", "4", "--pace", "0"],
+         "--frames", str(frames), "--in-flight", str(in_flight), "--pace", "0"],
         capture_output=True, text=True, env=env, timeout=600)
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("result "):
@@ -77,17 +80,21 @@ def main():
     ap.add_argument("--transports", default="unix")
     ap.add_argument("builds", nargs="+", metavar="LABEL=BINARY")
     a = ap.parse_args()
-    builds = [b.split("=", 1) for b in a.builds]
+    builds = []
+    for b in a.builds:
+        label, binary = b.split("=", 1)
+        binary, _, in_flight = binary.partition("@")
+        builds.append((label, binary, int(in_flight or 4)))
     first = builds[0][1]
     base = baseline_dir()
-    variants = [(label, binary, "vsockenc", {}) for label, binary in builds]
+    variants = [(label, binary, "vsockenc", {}, n) for label, binary, n in builds]
     if base:
         reg = os.path.join(tempfile.gettempdir(), f"bench-compare-c-{os.getpid()}.bin")
         variants.append(("C element", first, "c-element",
-                         {"GST_PLUGIN_PATH": base, "GST_REGISTRY": reg}))
+                         {"GST_PLUGIN_PATH": base, "GST_REGISTRY": reg}, 1))
     else:
         print("bench_compare.py: no ../shared/baseline: no C element row", file=sys.stderr)
-    variants.append(("writer", first, "writer", {}))
+    variants.append(("writer", first, "writer", {}, 4))
     work = tempfile.mkdtemp(prefix="bench-compare-")
     with open("/proc/loadavg") as f:
         print(f"load average at start: {' '.join(f.read().split()[:3])}")
@@ -100,8 +107,8 @@ def main():
                     res = {v[0]: [] for v in variants}
                     for rep in range(a.reps):
                         k = rep % len(variants)
-                        for label, binary, kind, env in variants[k:] + variants[:k]:
-                            r = run_guest(binary, kind, addr, fmt, size, a.frames, env)
+                        for label, binary, kind, env, n in variants[k:] + variants[:k]:
+                            r = run_guest(binary, kind, addr, fmt, size, a.frames, env, n)
                             if r:
                                 res[label].append(r)
                     print(f"\n{size} {fmt} {transport} (median of {a.reps} interleaved runs)")

@@ -26,6 +26,7 @@ use parking_lot::Mutex;
 
 use super::shm::{Region, ShmLink};
 use super::transport::{self, Address, ReadHalf, Stream};
+use super::write_gate::WriteGate;
 
 /// How long the reader sleeps at most before it looks at its flags again (a
 /// shutdown wakes it at once; this only bounds the wait if a platform does
@@ -36,6 +37,8 @@ pub struct Connection {
     pub addr: Address,
     pub generation: u64,
     writer: Mutex<Stream>,
+    /// Told when a write begins and ends, for the reader (TCP and AF_VSOCK).
+    gate: Option<Arc<WriteGate>>,
     /// Closed on purpose by the element (stop, replaced): no report.
     closing: AtomicBool,
     /// The host refused to serve this guest (and closes the connection).
@@ -73,12 +76,16 @@ impl Connection {
         region: Option<Arc<Region>>,
     ) -> io::Result<(Arc<Connection>, ReadHalf)> {
         stream.set_write_timeout(Some(write_timeout))?;
-        let read_half = ReadHalf::new(stream.try_clone()?, READ_IDLE);
+        let gate = stream
+            .send_and_receive_share_a_lock()
+            .then(|| Arc::new(WriteGate::default()));
+        let read_half = ReadHalf::new(stream.try_clone()?, READ_IDLE, gate.clone());
         let control = stream.try_clone()?;
         let conn = Arc::new(Connection {
             addr,
             generation,
             writer: Mutex::new(stream),
+            gate,
             closing: AtomicBool::new(false),
             refused: AtomicBool::new(false),
             broken: OnceLock::new(),
@@ -168,7 +175,14 @@ impl Connection {
             ));
         }
         let mut w = self.writer.lock();
-        match f(&mut w) {
+        if let Some(g) = &self.gate {
+            g.begin();
+        }
+        let written = f(&mut w);
+        if let Some(g) = &self.gate {
+            g.end();
+        }
+        match written {
             Ok(n) => {
                 self.times.lock().last_write = Instant::now();
                 Ok(n)

@@ -97,6 +97,7 @@ mod state;
 mod stats;
 mod stream_lock;
 mod transport;
+mod write_gate;
 
 glib::wrapper! {
     pub struct VsockEnc(ObjectSubclass<imp::VsockEnc>)

@@ -17,6 +17,7 @@ use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -28,6 +29,8 @@ use nix::sys::time::{TimeVal, TimeValLike};
 // `sockopt_impl!` expands to calls of these by their bare names.
 use nix::{setsockopt_impl, sockopt_impl};
 use vsock::VsockStream;
+
+use super::write_gate::WriteGate;
 
 /// Send buffer asked for on Unix sockets. A writer of a frame larger than
 /// its send buffer sleeps until the host has read a piece and is woken for
@@ -121,6 +124,12 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// Whether sending and receiving on it take the same socket lock (TCP,
+    /// AF_VSOCK), so that its reader should wait for a write to end.
+    pub fn send_and_receive_share_a_lock(&self) -> bool {
+        !matches!(self, Stream::Unix(_))
+    }
+
     pub fn try_clone(&self) -> io::Result<Stream> {
         Ok(match self {
             Stream::Unix(s) => Stream::Unix(s.try_clone()?),
@@ -201,14 +210,17 @@ impl std::os::fd::AsFd for Stream {
 /// writer shares it).
 pub struct ReadHalf {
     stream: Stream,
+    /// Where it waits for a write in progress to end, on sockets whose
+    /// sending and receiving share a lock (see `write_gate`).
+    gate: Option<Arc<WriteGate>>,
     /// How long one wait may last before `read` reports `TimedOut` (the
     /// caller then looks at its flags and waits again).
     idle: Duration,
 }
 
 impl ReadHalf {
-    pub fn new(stream: Stream, idle: Duration) -> ReadHalf {
-        ReadHalf { stream, idle }
+    pub fn new(stream: Stream, idle: Duration, gate: Option<Arc<WriteGate>>) -> ReadHalf {
+        ReadHalf { stream, gate, idle }
     }
 
     /// Whether data (or the end of the stream, or an error) is there to
@@ -235,6 +247,9 @@ impl Read for ReadHalf {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         use std::os::fd::AsFd;
         loop {
+            if let Some(gate) = &self.gate {
+                gate.wait_for_writer();
+            }
             match socket::recv(self.stream.as_fd().as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(n) => return Ok(n),
                 Err(Errno::EAGAIN) => {}
