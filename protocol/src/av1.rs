@@ -171,7 +171,7 @@ impl SequenceHeader {
             }
         }
         r.bits(3)?; // enable_superres, enable_cdef, enable_restoration
-        // color_config()
+                    // color_config()
         let high_bitdepth = r.bit()? == 1;
         let bit_depth = match (profile, high_bitdepth) {
             (2, true) => {

@@ -279,7 +279,10 @@ mod tests {
         assert!(Codec::H265.satisfies(Profile::new(1, 0), Profile::ANY));
         assert!(!Codec::H265.satisfies(Profile::new(1, 0), main10));
         assert_eq!(Codec::H265.describe_level(Level(93)), "level 3.1");
-        assert_eq!(Codec::H265.describe_profile(Profile::new(4, 0)), "general_profile_idc 4");
+        assert_eq!(
+            Codec::H265.describe_profile(Profile::new(4, 0)),
+            "general_profile_idc 4"
+        );
     }
 
     #[test]

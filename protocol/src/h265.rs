@@ -122,7 +122,7 @@ impl Sps {
         r.bits(4)?; // sps_video_parameter_set_id
         let max_sub_layers_minus1 = r.bits(3)?;
         r.bit()?; // sps_temporal_id_nesting_flag
-        // profile_tier_level(1, max_sub_layers_minus1)
+                  // profile_tier_level(1, max_sub_layers_minus1)
         r.bits(2)?; // general_profile_space
         let high_tier = r.bit()? == 1;
         let profile_idc = r.bits(5)? as u8;
