@@ -11,12 +11,12 @@ use crate::log::{Format, Level};
 pub const DEFAULT_VSOCK_PORT: u32 = 5000;
 pub const DEFAULT_TCP: &str = "tcp:127.0.0.1:15937";
 
-const ABOUT: &str = "Host-side H.264 encoder daemon for vsockenc guests.
+const ABOUT: &str = "Host-side H.264, H.265 and AV1 encoder daemon for vsockenc guests.
 
 Guests (the vsockenc GStreamer element, or the legacy gstvsockenc) send raw
 frames over AF_VSOCK, TCP or a Unix socket using the HXFR protocol; the daemon
 encodes each connection's frames with its own GStreamer encoding session and
-sends the H.264 access units back, in request order, on the same connection.";
+sends the encoded access units back, in request order, on the same connection.";
 
 const AFTER_HELP: &str = "\
 Listen addresses (--listen, repeatable):
@@ -50,9 +50,14 @@ Log lines: 'shared memory in use: ...' per connection, and the statistics
 count 'shared-memory frames'.
 
 Encoders (--encoder auto): the first usable of vtenc_h264_hw, nvh264enc,
-vah264enc, vaapih264enc, qsvh264enc, x264enc, openh264enc. Each known encoder
-is set up for low latency (no B-frames, zero-latency tuning, bitrate from the
-guest's CONFIG_REQ or --bitrate, keyframes on request).
+vah264enc, vaapih264enc, qsvh264enc, x264enc, openh264enc. Guests that ask for
+H.265 (vsockh265enc) get --h265-encoder: the first usable of vtenc_h265_hw,
+nvh265enc, vah265enc, vaapih265enc, qsvh265enc, x265enc; guests that ask for
+AV1 (vsockav1enc) get --av1-encoder: nvav1enc, vaav1enc, qsvav1enc, svtav1enc,
+av1enc, rav1enc. Without one (or with 'none') those guests are refused with
+the reason, and the startup log says so. Each known encoder is set up for low
+latency (no B-frames, zero-latency tuning, bitrate from the guest's CONFIG_REQ
+or --bitrate, keyframes on request as IDR / key frames).
 
 Frames: BGRA/BGRx, RGBA/RGBx and NV12 pixels (resource_id 0). Frames naming a
 virtio-gpu resource get an ERROR: this daemon cannot read guest GPU memory.
@@ -107,6 +112,16 @@ pub struct Cli {
     /// `auto` or a GStreamer H.264 encoder element factory (e.g. x264enc).
     #[arg(long, value_name = "auto|FACTORY", default_value = "auto")]
     pub encoder: String,
+
+    /// H.265 for guests that ask for it: `auto` (the first usable, or none),
+    /// `none`, or a GStreamer H.265 encoder factory (e.g. x265enc).
+    #[arg(long, value_name = "auto|none|FACTORY", default_value = "auto")]
+    pub h265_encoder: String,
+
+    /// AV1 for guests that ask for it: `auto` (the first usable, or none),
+    /// `none`, or a GStreamer AV1 encoder factory (e.g. av1enc).
+    #[arg(long, value_name = "auto|none|FACTORY", default_value = "auto")]
+    pub av1_encoder: String,
 
     /// Bitrate in kbit/s for sessions whose guest sent no CONFIG_REQ.
     #[arg(long, value_name = "KBPS", default_value_t = 4000, value_parser = clap::value_parser!(u32).range(1..=2_000_000))]

@@ -26,8 +26,9 @@ use hxfr::{
 
 use tracing::{debug, error, info, trace, warn, Span};
 
+use crate::codecs::{EncoderChoice, Encoders};
 use crate::conn::Conn;
-use crate::encoder::{encode_failed, EncoderChoice, Job, Params, Reply, Session, SessionKey};
+use crate::encoder::{encode_failed, Job, Params, Reply, Session, SessionKey};
 use crate::log::ratelimit::RateLimit;
 use crate::profile::{Negotiator, Outcome, Target};
 use crate::shm::{self, HostShm, SlotFrame};
@@ -45,7 +46,9 @@ const POLL: Duration = Duration::from_millis(200);
 
 /// What every client of this daemon is configured with.
 pub struct ClientConfig {
-    pub encoder: EncoderChoice,
+    /// The encoder of each codec; a guest gets H.264 unless it asks for
+    /// another (CODEC).
+    pub encoders: Encoders,
     pub default_bitrate_kbps: u32,
     pub max_in_flight: usize,
     pub limits: Limits,
@@ -216,7 +219,7 @@ struct Reader<'a> {
     release_writer: Option<Box<dyn FnOnce() -> Option<std::sync::mpsc::Sender<ShmRelease>>>>,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn run(&mut self, shutdown: &AtomicBool) -> End {
         // Extension messages are decoded from the start: a legacy guest
         // never sends one, and a HELLO must be recognised to be answered.
@@ -354,16 +357,30 @@ impl Reader<'_> {
     fn handle_ext(&mut self, header: Header, msg: ExtMessage) -> bool {
         let sid = header.session_id;
         match msg {
-            ExtMessage::Hello(h) => match self.ext.on_hello(&h) {
+            ExtMessage::Hello(h) => match self.ext.on_hello_with(&h, |c| {
+                self.cfg
+                    .encoders
+                    .for_codec(c)
+                    .map(|_| ())
+                    .map_err(str::to_string)
+            }) {
                 Some(ack) => {
                     info!(
-                        "{}: HELLO from {:?} (version {}, offers {}); accepted {}",
+                        "{}: HELLO from {:?} (version {}, offers {}); accepted {}; encoding {} with {}",
                         self.peer,
                         h.agent,
                         h.version,
                         ext_bits::describe(h.extensions),
-                        ext_bits::describe(ack.extensions)
+                        ext_bits::describe(ack.extensions),
+                        ack.codec,
+                        self.encoder().factory
                     );
+                    if let Some(why) = self.ext.codec_refusal() {
+                        self.complain(format_args!(
+                            "the guest asked for codec {}, refused: {why}; its frames are refused",
+                            h.codec
+                        ));
+                    }
                     self.queue(Outgoing::Now(ExtMessage::HelloAck(ack).encode(sid)))
                 }
                 None => {
@@ -432,7 +449,7 @@ impl Reader<'_> {
     /// frame, and in force from the next frame on.
     fn profile_request(&mut self, sid: u16, req: &ProfileRequest) -> bool {
         let negotiator = Negotiator {
-            encoder: &self.cfg.encoder,
+            encoder: self.encoder(),
             params: self.params,
             timeout: self.cfg.encode_timeout,
             max_frame_bytes: self.cfg.limits.max_pixel_bytes,
@@ -466,7 +483,8 @@ impl Reader<'_> {
                 if !s.set_bitrate(self.params.bitrate_kbps) {
                     info!(
                         "{}: {} cannot change its bitrate while encoding: a new encoding session (starting with a keyframe) takes it at the next frame",
-                        self.peer, self.cfg.encoder.factory
+                        self.peer,
+                        self.encoder().factory
                     );
                 }
             }
@@ -658,10 +676,17 @@ impl Reader<'_> {
         index: u32,
         input: Input,
     ) -> bool {
+        if let Some(why) = self.ext.codec_refusal() {
+            let e = encode_failed(
+                req.pts,
+                &format!("this connection asked for a codec this host does not encode: {why}"),
+            );
+            return self.reject(sid, req.pts, index, e);
+        }
         self.retire_outdated_session(&key);
         if self.session.is_none() {
             match Session::new(
-                &self.cfg.encoder,
+                self.encoder(),
                 key,
                 self.params,
                 self.target,
@@ -675,7 +700,7 @@ impl Reader<'_> {
                         key.width,
                         key.height,
                         key.format,
-                        self.cfg.encoder.factory,
+                        self.encoder().factory,
                         self.params.bitrate_kbps
                     );
                     self.session = Some(s);
@@ -759,6 +784,15 @@ impl Reader<'_> {
             old.finish(self.cfg.drain_timeout);
         }
         self.force_keyframe = false;
+    }
+
+    /// The encoder of this connection's codec (H.264's until a HELLO asked
+    /// for another; a refused codec's frames never reach it).
+    fn encoder(&self) -> &'a EncoderChoice {
+        self.cfg
+            .encoders
+            .for_codec(self.ext.codec())
+            .unwrap_or(&self.cfg.encoders.h264)
     }
 
     /// Logs a problem with the guest's input: the first few as warnings,

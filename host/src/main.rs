@@ -6,7 +6,9 @@
 //! * `conn.rs`: an accepted connection of any transport.
 //! * `client.rs`: one guest: request decoding and validation, the in-flight
 //!   limit, responses in request order.
-//! * `encoder.rs`: encoder choice and the GStreamer encoding session.
+//! * `codecs.rs`: per codec (H.264, H.265, AV1) the encoders known, the
+//!   one chosen, their low-latency settings and parsers.
+//! * `encoder.rs`: the GStreamer encoding session.
 //! * `pixels.rs`: the guest's pixels as GStreamer buffers (strides, odd
 //!   sizes).
 //! * `profile.rs`: profile negotiation: the caps after the encoder, and a
@@ -21,6 +23,7 @@
 
 mod cli;
 mod client;
+mod codecs;
 mod conn;
 mod encoder;
 mod listen;
@@ -82,8 +85,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, signals: Signals) -> anyhow::Result<()> {
     gst::init().context("cannot initialise GStreamer")?;
-    let choice = encoder::choose(&cli.encoder)?;
-    info!("encoder: {} ({})", choice.factory, choice.reason);
+    let encoders = codecs::Encoders::choose(&cli.encoder, &cli.h265_encoder, &cli.av1_encoder)?;
+    for (codec, choice) in [
+        (hxfr::Codec::H264, Ok(&encoders.h264)),
+        (hxfr::Codec::H265, encoders.h265.as_ref()),
+        (hxfr::Codec::Av1, encoders.av1.as_ref()),
+    ] {
+        match choice {
+            Ok(c) => info!("{codec} encoder: {} ({})", c.factory, c.reason),
+            Err(why) => info!("no {codec} encoding: {why}; guests asking for {codec} are refused"),
+        }
+    }
 
     let bindings = shm::Bindings(cli.ivshmem.clone());
     bindings
@@ -108,7 +120,7 @@ fn run(cli: Cli, signals: Signals) -> anyhow::Result<()> {
         ..hxfr::Limits::default()
     };
     let cfg = Arc::new(ClientConfig {
-        encoder: choice,
+        encoders,
         default_bitrate_kbps: cli.bitrate,
         max_in_flight: cli.max_in_flight as usize,
         limits,
