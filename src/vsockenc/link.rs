@@ -35,7 +35,7 @@ use super::settings::Settings;
 use super::shm::{GuestShm, Offer, Region};
 use super::state::Shared;
 use super::transport::{self, Address};
-use super::VsockEnc;
+use super::VsockBaseEnc;
 
 /// How long `join` waits for the link thread before leaving it to finish a
 /// connection attempt on its own.
@@ -47,7 +47,7 @@ pub struct Link {
     settings: Settings,
     pub addr: Address,
     shared: Arc<Shared>,
-    element: glib::WeakRef<VsockEnc>,
+    element: glib::WeakRef<VsockBaseEnc>,
     generation: AtomicU64,
     /// The connection whose host did not answer the HELLO in time.
     unanswered: AtomicU64,
@@ -66,7 +66,7 @@ enum Due {
 }
 
 impl Link {
-    pub fn new(settings: Settings, shared: Arc<Shared>, element: &VsockEnc) -> Arc<Link> {
+    pub fn new(settings: Settings, shared: Arc<Shared>, element: &VsockBaseEnc) -> Arc<Link> {
         let addr = settings.address();
         let shm = Arc::new(GuestShm::open(&settings, &addr));
         match (&shm.region, &shm.unavailable) {

@@ -20,14 +20,14 @@ use super::pending::{DropReason, Encoded, Match};
 use super::shm::{GuestShm, Offer};
 use super::state::Shared;
 use super::transport::{self, Stream};
-use super::VsockEnc;
+use super::VsockBaseEnc;
 
 /// What the reader needs besides its connection.
 pub struct ReaderContext {
     pub shared: Arc<Shared>,
     pub events: Arc<dyn ReaderEvents>,
     /// For log lines only.
-    pub element: glib::WeakRef<VsockEnc>,
+    pub element: glib::WeakRef<VsockBaseEnc>,
     /// The run's shared memory (for its one fallback log line).
     pub shm: Arc<GuestShm>,
 }

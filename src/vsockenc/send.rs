@@ -26,7 +26,7 @@ use super::pending::DropReason;
 use super::settings::{Live, Settings};
 use super::shm;
 use super::state::Shared;
-use super::{VsockEnc, CAT};
+use super::{VsockBaseEnc, CAT};
 
 /// A frame to send, as `handle_frame` sees it.
 pub struct FrameToSend<'a> {
@@ -72,7 +72,7 @@ impl Sender {
     /// at all once the element stops (the socket is shut down).
     pub fn send(
         &mut self,
-        el: &VsockEnc,
+        el: &VsockBaseEnc,
         shared: &Shared,
         f: FrameToSend<'_>,
     ) -> Result<(), gst::FlowError> {
@@ -343,7 +343,7 @@ impl Sender {
         due
     }
 
-    fn dmabuf_resource_id(&mut self, el: &VsockEnc, input: &gst::BufferRef) -> Option<u32> {
+    fn dmabuf_resource_id(&mut self, el: &VsockBaseEnc, input: &gst::BufferRef) -> Option<u32> {
         if input.n_memory() != 1 {
             return None;
         }
