@@ -26,6 +26,7 @@ use super::stats;
 use super::stream_lock;
 use super::transport;
 use super::CAT;
+use hxfr::ext::CodecState;
 use hxfr::profile::Level;
 use hxfr::Codec;
 
@@ -190,7 +191,7 @@ enum Until {
 impl VsockBaseEnc {
     /// The codec of this element (its class's).
     fn codec(&self) -> Codec {
-        self.obj().class().as_ref().codec
+        self.obj().codec()
     }
 
     fn shared(&self) -> Option<Arc<Shared>> {
@@ -300,10 +301,11 @@ impl VsockBaseEnc {
         fps: (u32, u32),
         settings: &Settings,
     ) -> Result<Label, String> {
+        let codec = self.codec();
         let allowed = self.obj().src_pad().allowed_caps();
         let wanted = allowed
             .as_ref()
-            .map(|c| Wanted::from_caps(c))
+            .map(|c| Wanted::from_caps(c, codec))
             .unwrap_or(Wanted {
                 profiles: Vec::new(),
                 max_level: Level::ANY,
@@ -317,7 +319,7 @@ impl VsockBaseEnc {
             return Ok(Label::default());
         }
         let mut refusals = Vec::new();
-        for (name, profile) in wanted.requests() {
+        for (name, profile) in wanted.requests(codec) {
             let answer = link.ask_profile(
                 profile,
                 wanted.max_level,
@@ -332,12 +334,12 @@ impl VsockBaseEnc {
                 refusals.push(r.reason.clone());
                 continue;
             }
-            let mut label = Label::of_stream(r.profile, r.level);
+            let mut label = Label::of_stream(codec, r.profile, r.level);
             // A downstream that asked for `baseline` may not list the more
             // specific `constrained-baseline` the host makes: the name it
             // asked for is true of the stream too.
             if let (Some(asked), Some(allowed)) = (name, &allowed) {
-                let mut probe = gst::Caps::builder("video/x-h264").build();
+                let mut probe = gst::Caps::builder(codec.media_type()).build();
                 label.apply(&mut probe);
                 if !probe.can_intersect(allowed) {
                     label.profile = Some(asked.to_string());
@@ -352,14 +354,14 @@ impl VsockBaseEnc {
                 label.level,
                 r.encoder,
                 wanted.profiles,
-                wanted.max_level.name()
+                codec.level_name(wanted.max_level)
             );
             return Ok(label);
         }
         Err(format!(
             "downstream accepts profile {} up to level {}; the host at {} refused: {}",
             wanted.profiles.join(", "),
-            wanted.max_level.name().unwrap_or("any"),
+            codec.level_name(wanted.max_level).unwrap_or("any"),
             link.addr,
             refusals.join("; ")
         ))
@@ -632,7 +634,17 @@ impl ElementImpl for VsockBaseEnc {
 
 impl VideoEncoderImpl for VsockBaseEnc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let settings = self.settings.lock().clone();
+        let mut settings = self.settings.lock().clone();
+        settings.codec = self.codec();
+        if settings.codec != Codec::H264 && !settings.extensions {
+            return Err(gst::error_msg!(
+                gst::LibraryError::Settings,
+                [
+                    "{} needs extensions=true: the codec is asked for with a protocol extension, and a pure legacy HXFR connection is H.264",
+                    settings.codec
+                ]
+            ));
+        }
         let obj = self.obj();
         let shared = Arc::new(Shared::default());
         let link = Link::new(settings.clone(), shared.clone(), &obj);
@@ -731,22 +743,35 @@ impl VideoEncoderImpl for VsockBaseEnc {
             realtime: true,
         });
 
+        let codec = self.codec();
+        // Before anything is asked of the host: one that does not encode
+        // this codec is an error now, not a stream mislabelled later.
+        if let Some(CodecState::Refused(why)) = link.codec_state(NEGOTIATION_WAIT) {
+            if let Some(conn) = shared.lock().usable_link() {
+                link.codec_refused(&conn, &why);
+            }
+            return Err(gst::loggable_error!(
+                CAT,
+                "the host at {} does not encode {codec}: {why}",
+                link.addr
+            ));
+        }
         let label = self
             .choose_label(&link, (info.width(), info.height()), (num, den), &settings)
             .map_err(|why| {
                 gst::element_imp_error!(
                     self,
                     gst::CoreError::Negotiation,
-                    ("no H.264 profile that downstream accepts can be produced"),
+                    (
+                        "no {} profile that downstream accepts can be produced",
+                        codec
+                    ),
                     ["{why}"]
                 );
                 gst::loggable_error!(CAT, "{why}")
             })?;
         link.settle_shm(NEGOTIATION_WAIT);
-        let mut caps = gst::Caps::builder("video/x-h264")
-            .field("stream-format", "byte-stream")
-            .field("alignment", "au")
-            .build();
+        let mut caps = output_caps(codec);
         label.apply(&mut caps);
         let output_state = obj
             .set_output_state(caps.clone(), Some(state))

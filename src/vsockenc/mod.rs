@@ -128,6 +128,13 @@ glib::wrapper! {
         @extends gst_video::VideoEncoder, gst::Element, gst::Object;
 }
 
+impl VsockBaseEnc {
+    /// The codec of this element (its class's).
+    pub(crate) fn codec(&self) -> hxfr::Codec {
+        self.class().as_ref().codec
+    }
+}
+
 /// What a subclass of [`VsockBaseEnc`] provides: its codec.
 pub trait VsockBaseEncImpl: gst_video::subclass::prelude::VideoEncoderImpl {
     const CODEC: hxfr::Codec;

@@ -130,23 +130,21 @@ fn check_label(el: &VsockBaseEnc, shared: &Shared, r: &Ready) -> Result<(), gst:
     if !enc.keyframe {
         return Ok(());
     }
-    let Some(sps) = hxfr::nal::first_sps(&enc.data) else {
+    let codec = el.codec();
+    let Some(info) = codec.stream_info(&enc.data) else {
         return Ok(());
     };
-    let (profile, level) = (sps.profile, sps.level());
-    if shared.lock().label.matches(profile, level) {
+    let (profile, level) = (info.profile, info.level);
+    if shared.lock().label.matches(codec, profile, level) {
         return Ok(());
     }
-    let label = Label::of_stream(profile, level);
+    let label = Label::of_stream(codec, profile, level);
     let Some(old) = el.output_state() else {
         return Ok(());
     };
-    let mut caps = old.caps_owned().unwrap_or_else(|| {
-        gst::Caps::builder("video/x-h264")
-            .field("stream-format", "byte-stream")
-            .field("alignment", "au")
-            .build()
-    });
+    let mut caps = old
+        .caps_owned()
+        .unwrap_or_else(|| super::imp::output_caps(codec));
     label.apply(&mut caps);
     let accepted = el
         .src_pad()
@@ -157,7 +155,8 @@ fn check_label(el: &VsockBaseEnc, shared: &Shared, r: &Ready) -> Result<(), gst:
             el,
             gst::StreamError::Format,
             (
-                "the host produces H.264 profile {} level {}, which downstream does not accept",
+                "the host produces {} profile {} level {}, which downstream does not accept",
+                codec,
                 label.profile.as_deref().unwrap_or("(unknown)"),
                 label.level.as_deref().unwrap_or("(unknown)")
             ),

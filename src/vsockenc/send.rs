@@ -80,7 +80,12 @@ impl Sender {
         let duration = f.duration.map(|d| d.nseconds());
         let conn = {
             let mut st = shared.lock();
-            match st.usable_link() {
+            // A host that has not said it encodes this element's codec
+            // (H.265, AV1) may encode the frame as H.264: it is not sent.
+            let link = st
+                .usable_link()
+                .filter(|c| matches!(c.ext.lock().codec_state(), hxfr::ext::CodecState::Confirmed));
+            match link {
                 Some(c) => c,
                 None => {
                     let reason = if st.connected_at.is_some() {
@@ -95,7 +100,8 @@ impl Sender {
                     gst::debug!(
                         CAT,
                         obj = el,
-                        "no connection to the host: dropping frame {} (wire pts {wire})",
+                        "no connection to a host that encodes {}: dropping frame {} (wire pts {wire})",
+                        self.settings.codec,
                         f.frame_id
                     );
                     return Ok(());
