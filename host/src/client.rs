@@ -456,15 +456,25 @@ impl<'a> Reader<'a> {
             peer: self.peer.into(),
         };
         let (resp, outcome) = negotiator.answer(req);
+        let codec = self.ext.codec();
         let asked = format!(
             "{} up to {} for {}x{} at {}/{} fps",
-            req.profile, req.max_level, req.width, req.height, req.framerate_num, req.framerate_den
+            codec.describe_profile(req.profile),
+            codec.describe_level(req.max_level),
+            req.width,
+            req.height,
+            req.framerate_num,
+            req.framerate_den
         );
         match outcome {
             Outcome::Accepted(target) => {
                 info!(
                     "{}: PROFILE_REQ {} ({asked}): accepted, {} produces {} {}",
-                    self.peer, req.token, resp.encoder, resp.profile, resp.level
+                    self.peer,
+                    req.token,
+                    resp.encoder,
+                    codec.describe_profile(resp.profile),
+                    codec.describe_level(resp.level)
                 );
                 self.target = target;
             }

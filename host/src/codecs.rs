@@ -144,9 +144,14 @@ pub fn choose(spec: &str, codec: Codec) -> anyhow::Result<EncoderChoice> {
         }
     }
     bail!(
-        "no usable {codec} encoder: {}. {}, or name one on the command line",
+        "no usable {codec} encoder ({}). {}, or name one with --{}",
         skipped.join("; "),
-        install_hint(codec)
+        install_hint(codec),
+        match codec {
+            Codec::H264 => "encoder",
+            Codec::H265 => "h265-encoder",
+            Codec::Av1 => "av1-encoder",
+        }
     )
 }
 
@@ -329,12 +334,17 @@ pub fn configure(element: &gst::Element, factory: &str, params: Params) {
         }
         // libaom's realtime mode at its fastest usable speed, no lagged
         // frames, constant bitrate, a keyframe at most every 250 frames
-        // (libaom's default is 30) besides those asked for.
+        // (libaom's default is 30) besides those asked for. The quantizer
+        // range must be set with CBR: av1enc passes its default (0..0) on,
+        // and libaom 3.6 aborts the process on it (an assertion in its rate
+        // control).
         "av1enc" => {
             set("usage-profile", "realtime");
             set("cpu-used", "8");
             set("lag-in-frames", "0");
             set("end-usage", "cbr");
+            set("min-quantizer", "0");
+            set("max-quantizer", "63");
             set("keyframe-max-dist", "250");
             set("row-mt", "true");
         }
@@ -419,5 +429,10 @@ mod tests {
         );
         assert_eq!(aom.property::<u32>("target-bitrate"), 500);
         assert_eq!(aom.property::<u32>("lag-in-frames"), 0);
+        assert_eq!(
+            aom.property::<u32>("max-quantizer"),
+            63,
+            "libaom aborts on CBR without a range"
+        );
     }
 }

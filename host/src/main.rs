@@ -87,15 +87,19 @@ fn run(cli: Cli, signals: Signals) -> anyhow::Result<()> {
     gst::init().context("cannot initialise GStreamer")?;
     let encoders = codecs::Encoders::choose(&cli.encoder, &cli.h265_encoder, &cli.av1_encoder)?;
     for (codec, choice) in [
-        (hxfr::Codec::H264, Ok(&encoders.h264)),
         (hxfr::Codec::H265, encoders.h265.as_ref()),
         (hxfr::Codec::Av1, encoders.av1.as_ref()),
     ] {
         match choice {
-            Ok(c) => info!("{codec} encoder: {} ({})", c.factory, c.reason),
-            Err(why) => info!("no {codec} encoding: {why}; guests asking for {codec} are refused"),
+            Ok(c) => info!("{codec} guests: {} ({})", c.factory, c.reason),
+            Err(why) => info!("{codec} guests are refused: {why}"),
         }
     }
+    // Last, and as it always was: scripts and tests read it.
+    info!(
+        "encoder: {} ({})",
+        encoders.h264.factory, encoders.h264.reason
+    );
 
     let bindings = shm::Bindings(cli.ivshmem.clone());
     bindings

@@ -303,7 +303,7 @@ impl Negotiator<'_> {
             Err(_) => return Err("no output for the trial frame".into()),
         };
         let au = match Decoder::default().decode(&mut &bytes[..]) {
-            Ok(Some((_, Message::FrameResponse(r)))) => r.annexb(),
+            Ok(Some((_, Message::FrameResponse(r)))) => r.unit(self.encoder.codec),
             _ => return Err("unreadable output for the trial frame".into()),
         };
         self.encoder

@@ -12,7 +12,6 @@ macro_rules! codec_element {
         mod $module {
             use gst::glib;
             use gst::subclass::prelude::*;
-            use gst_video::subclass::prelude::*;
             use hxfr::Codec;
 
             use crate::vsockenc::{imp, VsockBaseEncImpl};
@@ -44,7 +43,9 @@ macro_rules! codec_element {
                 }
             }
 
-            impl VideoEncoderImpl for $imp {}
+            // Required of every subclass of an encoder; its vfuncs are never
+            // installed (see `VsockBaseEnc`'s class init in mod.rs).
+            impl gst_video::subclass::prelude::VideoEncoderImpl for $imp {}
 
             impl VsockBaseEncImpl for $imp {
                 const CODEC: Codec = $codec;

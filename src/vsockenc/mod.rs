@@ -135,14 +135,24 @@ impl VsockBaseEnc {
     }
 }
 
-/// What a subclass of [`VsockBaseEnc`] provides: its codec.
+/// What a subclass of [`VsockBaseEnc`] provides: its codec (and, as an
+/// element, its pad templates and metadata).
 pub trait VsockBaseEncImpl: gst_video::subclass::prelude::VideoEncoderImpl {
     const CODEC: hxfr::Codec;
 }
 
 unsafe impl<T: VsockBaseEncImpl> glib::subclass::types::IsSubclassable<T> for VsockBaseEnc {
+    /// Only the element's class init runs for a subclass (its metadata and
+    /// pad templates), not `GstVideoEncoder`'s: that would point every
+    /// encoder vfunc at the subclass's trampolines, which wrap each frame
+    /// in a second `VideoCodecFrame` around the base's, and so hold the
+    /// stream lock twice where the base releases it once to wait
+    /// (stream_lock.rs). The encoder vfuncs stay the base's, copied from
+    /// its class.
     fn class_init(class: &mut glib::Class<Self>) {
-        <Self as glib::subclass::types::IsSubclassableDefault<T>>::default_class_init(class);
+        <gst::Element as glib::subclass::types::IsSubclassable<T>>::class_init(
+            class.upcast_ref_mut(),
+        );
         class.as_mut().codec = T::CODEC;
     }
 }

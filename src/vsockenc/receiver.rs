@@ -234,7 +234,7 @@ fn handle(conn: &Connection, msg: Message, cx: &ReaderContext) -> Answer {
 
 fn handle_response(conn: &Connection, r: FrameResponse, cx: &ReaderContext) -> Answer {
     let now = Instant::now();
-    let data = r.annexb();
+    let data = r.unit(cx.codec);
     if data.is_empty() {
         {
             let mut st = cx.shared.lock();
