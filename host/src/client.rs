@@ -693,6 +693,18 @@ impl<'a> Reader<'a> {
             );
             return self.reject(sid, req.pts, index, e);
         }
+        let force = std::mem::take(&mut self.force_keyframe) || req.force_keyframe;
+        if force && !self.encoder().forces_keyframes {
+            if let Some(old) = self.session.take() {
+                debug!(
+                    "{}: keyframe asked for at pts={}: {} makes none when asked, so a new session (which starts with one)",
+                    self.peer,
+                    req.pts,
+                    self.encoder().factory
+                );
+                old.finish(self.cfg.drain_timeout);
+            }
+        }
         self.retire_outdated_session(&key);
         if self.session.is_none() {
             match Session::new(
@@ -738,7 +750,6 @@ impl<'a> Reader<'a> {
             reply: reply_tx,
             arrived: Instant::now(),
         };
-        let force = std::mem::take(&mut self.force_keyframe) || req.force_keyframe;
         let session = self.session.as_mut().unwrap();
         let mut failure = match input {
             Input::Owned(layout, pixels) => session.encode(&layout, pixels, job, force),

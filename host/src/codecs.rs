@@ -105,6 +105,8 @@ pub fn output_caps(codec: Codec) -> gst::Caps {
 pub struct EncoderChoice {
     pub factory: String,
     pub codec: Codec,
+    /// It makes a keyframe when asked (see `crate::keyframes`).
+    pub forces_keyframes: bool,
     /// Why this encoder, for the startup log.
     pub reason: String,
 }
@@ -122,6 +124,7 @@ pub fn choose(spec: &str, codec: Codec) -> anyhow::Result<EncoderChoice> {
         return Ok(EncoderChoice {
             factory: spec.to_string(),
             codec,
+            forces_keyframes: true,
             reason: "chosen on the command line".into(),
         });
     }
@@ -137,6 +140,7 @@ pub fn choose(spec: &str, codec: Codec) -> anyhow::Result<EncoderChoice> {
                 return Ok(EncoderChoice {
                     factory: name.to_string(),
                     codec,
+                    forces_keyframes: true,
                     reason,
                 });
             }

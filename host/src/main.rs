@@ -26,6 +26,7 @@ mod client;
 mod codecs;
 mod conn;
 mod encoder;
+mod keyframes;
 mod listen;
 mod log;
 mod peer;
@@ -85,7 +86,27 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, signals: Signals) -> anyhow::Result<()> {
     gst::init().context("cannot initialise GStreamer")?;
-    let encoders = codecs::Encoders::choose(&cli.encoder, &cli.h265_encoder, &cli.av1_encoder)?;
+    let mut encoders = codecs::Encoders::choose(&cli.encoder, &cli.h265_encoder, &cli.av1_encoder)?;
+    // The H.264 encoders are known to; the others are asked.
+    for choice in [encoders.h265.as_mut(), encoders.av1.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        match keyframes::honoured(choice, cli.encode_timeout()) {
+            Ok(true) => {}
+            Ok(false) => {
+                choice.forces_keyframes = false;
+                info!(
+                    "{}: makes no keyframe when asked: every keyframe a guest asks for starts a new session",
+                    choice.factory
+                );
+            }
+            Err(e) => warn!(
+                "{}: the keyframe trial failed ({e}); keyframes are asked of it as of any encoder",
+                choice.factory
+            ),
+        }
+    }
     for (codec, choice) in [
         (hxfr::Codec::H265, encoders.h265.as_ref()),
         (hxfr::Codec::Av1, encoders.av1.as_ref()),

@@ -247,7 +247,10 @@ mod tests {
             vec![(Some("main"), Profile::new(1, 0))]
         );
         let l = Label::of_stream(Codec::Av1, Profile::new(1, 0), Level::ANY);
-        assert_eq!((l.profile.as_deref(), l.level), (Some("main"), None));
+        assert_eq!(
+            (l.profile.as_deref(), l.level.as_deref()),
+            (Some("main"), None)
+        );
         assert!(l.matches(Codec::Av1, Profile::new(1, 0), Level::ANY));
     }
 
