@@ -376,9 +376,10 @@ impl<'a> Reader<'a> {
                         self.encoder().factory
                     );
                     if let Some(why) = self.ext.codec_refusal() {
+                        let asked = hxfr::Codec::from_u8(h.codec)
+                            .map_or(format!("codec {}", h.codec), |c| c.to_string());
                         self.complain(format_args!(
-                            "the guest asked for codec {}, refused: {why}; its frames are refused",
-                            h.codec
+                            "the guest asked for {asked}, refused: {why}; its frames are refused"
                         ));
                     }
                     self.queue(Outgoing::Now(ExtMessage::HelloAck(ack).encode(sid)))
