@@ -30,13 +30,13 @@ struct Target {
 }
 
 #[derive(Default)]
-struct Report {
-    json: Vec<(String, J)>,
+pub struct Report {
+    pub json: Vec<(String, J)>,
     targets: Vec<Target>,
 }
 
 impl Report {
-    fn target(&mut self, name: &str, goal: String, measured: String, met: Option<bool>) {
+    pub fn target(&mut self, name: &str, goal: String, measured: String, met: Option<bool>) {
         self.targets.push(Target {
             name: name.into(),
             goal,
@@ -47,11 +47,11 @@ impl Report {
 }
 
 /// Prints as it goes (stdout), so a long run shows progress.
-fn say(s: &str) {
+pub fn say(s: &str) {
     println!("{s}");
 }
 
-fn note(s: &str) {
+pub fn note(s: &str) {
     eprintln!("[bench] {s}");
 }
 
@@ -115,6 +115,9 @@ pub fn run_all(o: Options) -> Result<()> {
         section_or_error(&mut r, "daemon", |r| {
             daemon_section(&o, &work, &frames[Format::Nv12.name()], r)
         });
+    }
+    if o.side {
+        section_or_error(&mut r, "side", |r| crate::side::section(&o, &work, r));
     }
     if o.shm {
         section_or_error(&mut r, "shm", |r| shm_section(&o, &work, r));

@@ -201,8 +201,9 @@ fn bind_all(cli: &Cli) -> anyhow::Result<Vec<Listener>> {
                 cli.socket_mode,
             )?),
             Err(e) => info!(
-                "not listening on vsock:{}: {e} (load vhost_vsock for VM guests over AF_VSOCK)",
-                cli::DEFAULT_VSOCK_PORT
+                "not listening on vsock:{}: {e} ({})",
+                cli::DEFAULT_VSOCK_PORT,
+                listen::VSOCK_REMEDY
             ),
         }
         let tcp: ListenAddr = cli::DEFAULT_TCP.parse().expect("valid default");

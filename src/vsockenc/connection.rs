@@ -25,11 +25,12 @@ use hxfr::{ConfigRequest, FrameRequest, Message, LEGACY_SESSION_ID};
 use parking_lot::Mutex;
 
 use super::shm::{Region, ShmLink};
-use super::transport::{self, Address, Stream};
+use super::transport::{self, Address, ReadHalf, Stream};
 
-/// How often a blocked read wakes up on its own (a shutdown wakes it at
-/// once; this only bounds the wait if a platform does not).
-const READ_POLL: Duration = Duration::from_millis(500);
+/// How long the reader sleeps at most before it looks at its flags again (a
+/// shutdown wakes it at once; this only bounds the wait if a platform does
+/// not).
+const READ_IDLE: Duration = Duration::from_millis(500);
 
 pub struct Connection {
     pub addr: Address,
@@ -70,10 +71,9 @@ impl Connection {
         stream: Stream,
         write_timeout: Duration,
         region: Option<Arc<Region>>,
-    ) -> io::Result<(Arc<Connection>, Stream)> {
+    ) -> io::Result<(Arc<Connection>, ReadHalf)> {
         stream.set_write_timeout(Some(write_timeout))?;
-        let read_half = stream.try_clone()?;
-        read_half.set_read_timeout(Some(READ_POLL))?;
+        let read_half = ReadHalf::new(stream.try_clone()?, READ_IDLE);
         let control = stream.try_clone()?;
         let conn = Arc::new(Connection {
             addr,

@@ -885,18 +885,25 @@ impl VideoEncoderImpl for VsockBaseEnc {
         // output (backpressure, e.g. a paused sink), or until a flush or
         // stop.
         self.wait(&shared, Until::Room(max_in_flight), None, None)?;
-        sender.lock().send(
-            &self.obj(),
-            &shared,
-            FrameToSend {
-                frame_id,
-                input: &input,
-                info: &info,
-                pts,
-                duration,
-                force_requested,
-            },
-        )?;
+        // Writing a frame takes as long as the host needs to read it (a
+        // millisecond or more for 1080p): the output task must be able to
+        // push the answers of earlier frames meanwhile, so the stream lock
+        // is released around the write too, not only around waits.
+        let obj = self.obj();
+        stream_lock::released(&*obj, || {
+            sender.lock().send(
+                &obj,
+                &shared,
+                FrameToSend {
+                    frame_id,
+                    input: &input,
+                    info: &info,
+                    pts,
+                    duration,
+                    force_requested,
+                },
+            )
+        })?;
         let st = shared.lock();
         st.check()
     }

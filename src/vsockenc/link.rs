@@ -736,6 +736,10 @@ impl ReaderEvents for Link {
         }
     }
 
+    fn loss_is_fatal(&self) -> bool {
+        !self.settings.reconnect
+    }
+
     fn lost(&self, conn: &Connection, why: &str, lost: &[i64]) {
         let dropped = describe_lost(lost);
         let retry_at = {

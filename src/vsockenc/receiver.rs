@@ -19,7 +19,7 @@ use super::connection::Connection;
 use super::pending::{DropReason, Encoded, Match};
 use super::shm::{GuestShm, Offer};
 use super::state::Shared;
-use super::transport::{self, Stream};
+use super::transport::{self, ReadHalf};
 use super::VsockBaseEnc;
 
 /// What the reader needs besides its connection.
@@ -55,6 +55,9 @@ pub trait ReaderEvents: Send + Sync {
     /// The connection is gone; the frames in flight with these wire PTS
     /// were lost. Not called when the element closed the connection itself.
     fn lost(&self, conn: &Connection, why: &str, dropped: &[i64]);
+    /// Whether losing the connection ends the stream (no `reconnect`): the
+    /// reader then stores the flow error together with the drops.
+    fn loss_is_fatal(&self) -> bool;
     /// The host answers again after frames had timed out.
     fn answering_again(&self, conn: &Connection);
     /// The host refused to serve this guest (ERROR `REFUSED`).
@@ -87,7 +90,7 @@ impl Malformed {
     }
 }
 
-pub fn run(conn: Arc<Connection>, mut stream: Stream, cx: ReaderContext) {
+pub fn run(conn: Arc<Connection>, mut stream: ReadHalf, cx: ReaderContext) {
     let result = catch_unwind(AssertUnwindSafe(|| read_loop(&conn, &mut stream, &cx)));
     let why = match result {
         Ok(why) => why,
@@ -100,19 +103,31 @@ pub fn run(conn: Arc<Connection>, mut stream: Stream, cx: ReaderContext) {
     // pool and the region (dropped outside the lock).
     let slots = conn.shm.lock().clear();
     drop(slots);
-    let dropped = cx
-        .shared
-        .lock()
-        .table
-        .fail_generation(conn.generation, DropReason::Disconnect);
-    cx.shared.wake_completed();
+    let fatal = !closed_by_us && cx.events.loss_is_fatal();
+    let dropped = {
+        let mut st = cx.shared.lock();
+        let dropped = st
+            .table
+            .fail_generation(conn.generation, DropReason::Disconnect);
+        // In the same critical section: a streaming thread that sees these
+        // frames dropped must also see that the stream has failed.
+        if fatal && !st.stop {
+            st.set_flow(Err(gst::FlowError::Error));
+        }
+        dropped
+    };
+    if fatal {
+        cx.shared.wake_all();
+    } else {
+        cx.shared.wake_completed();
+    }
     if !closed_by_us {
         cx.events.lost(&conn, &why, &dropped);
     }
 }
 
 /// Returns why the loop ended.
-fn read_loop(conn: &Connection, stream: &mut Stream, cx: &ReaderContext) -> String {
+fn read_loop(conn: &Connection, stream: &mut ReadHalf, cx: &ReaderContext) -> String {
     // Extension messages are decoded from the start; only a host that
     // accepted our HELLO sends them.
     let mut decoder = Decoder::with_extensions(hxfr::Limits::default());

@@ -189,21 +189,23 @@ impl Sender {
             None => (dmabuf_stride(f.input, f.info), Vec::new(), 0),
         };
 
-        let (wire_pts, force) = {
+        let (wire_pts, force, wake_output) = {
             let mut st = shared.lock();
             let wire = st.table.wire_pts(pts, duration);
             let after_drop = st.table.take_force_keyframe();
             let force = self.keyframe_due(f.force_requested || after_drop);
-            st.table.insert_sent(
-                f.frame_id,
-                wire,
-                Instant::now(),
-                self.settings.response_timeout(),
-                conn.generation,
-            );
+            let now = Instant::now();
+            let timeout = self.settings.response_timeout();
+            st.table
+                .insert_sent(f.frame_id, wire, now, timeout, conn.generation);
             st.table.stats.frames_sent += 1;
-            (wire, force)
+            (wire, force, st.output_sleeps_past(now + timeout))
         };
+        if wake_output {
+            // The task sleeps without a deadline (nothing was in flight) or
+            // past this frame's: it must wake in time to drop it.
+            shared.wake_output();
+        }
 
         let req = FrameRequest {
             resource_id: resource_id.unwrap_or(0),

@@ -150,11 +150,18 @@ impl Stats {
         self.recent_latency_us.push_back(us);
     }
 
-    /// Mean of the most recent answer times, once there are at least
-    /// `min_samples` of them.
-    pub fn recent_latency_mean_us(&self, min_samples: usize) -> Option<u64> {
+    /// Median of the most recent answer times (the upper one of the middle
+    /// two), once there are at least `min_samples` of them. The median, not
+    /// the mean: one answer delayed by a busy host CPU must not move the
+    /// pipeline latency, which never shrinks again.
+    pub fn recent_latency_median_us(&self, min_samples: usize) -> Option<u64> {
         let n = self.recent_latency_us.len();
-        (n >= min_samples.max(1)).then(|| self.recent_latency_us.iter().sum::<u64>() / n as u64)
+        if n < min_samples.max(1) {
+            return None;
+        }
+        let mut v: Vec<u64> = self.recent_latency_us.iter().copied().collect();
+        let (_, median, _) = v.select_nth_unstable(n / 2);
+        Some(*median)
     }
 
     pub fn latency_mean_us(&self) -> u64 {
@@ -222,7 +229,13 @@ mod tests {
         for ms in [30, 5, 5, 5] {
             s.record_latency(Duration::from_millis(ms));
         }
-        assert_eq!(s.recent_latency_mean_us(8), None);
-        assert_eq!(s.recent_latency_mean_us(4), Some(11_250));
+        assert_eq!(s.recent_latency_median_us(8), None);
+        // One slow answer among fast ones does not move the estimate.
+        assert_eq!(s.recent_latency_median_us(4), Some(5_000));
+        for ms in [40, 40, 40] {
+            s.record_latency(Duration::from_millis(ms));
+        }
+        // A host that became slow does.
+        assert_eq!(s.recent_latency_median_us(4), Some(30_000));
     }
 }
