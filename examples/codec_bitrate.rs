@@ -17,8 +17,9 @@
 //! * `desktop`: windows of text-like glyphs on flat backgrounds, a
 //!   terminal that scrolls a line every 10 frames, a line being typed, a
 //!   moving mouse pointer: sharp edges, little motion;
-//! * `motion`: a multi-octave noise landscape panned 4 px right and 2 px
-//!   down per frame: every pixel moves, every frame.
+//! * `motion`: a multi-octave noise landscape (down to 2-pixel detail)
+//!   panned 6 px right and 2 px down per frame: every pixel moves, every
+//!   frame.
 //!
 //! ```sh
 //! scripts/bench-codecs.sh                      # release build, full run, docs/codec-bitrate.json
@@ -73,8 +74,8 @@ impl Content {
     /// efficient codecs' curves reach down to H.264's lowest PSNR.
     fn ladder(self) -> [u32; 5] {
         match self {
-            Content::Desktop => [50, 100, 200, 400, 800],
-            Content::Motion => [150, 300, 600, 1200, 2400],
+            Content::Desktop => [100, 150, 225, 350, 550],
+            Content::Motion => [250, 500, 1000, 2000, 4000],
         }
     }
 }
@@ -86,7 +87,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options> {
     let mut o = Options {
         width: 640,
         height: 360,
-        frames: 150,
+        frames: 300,
         contents: vec![Content::Desktop, Content::Motion],
         json: None,
         host_bin: None,
@@ -119,7 +120,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options> {
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
-    if o.width % 2 != 0 || o.height % 2 != 0 || o.width < 64 || o.height < 64 || o.frames < 10 {
+    if !o.width.is_multiple_of(2)
+        || !o.height.is_multiple_of(2)
+        || o.width < 64
+        || o.height < 64
+        || o.frames < 10
+    {
         bail!("--width/--height must be even and at least 64, --frames at least 10");
     }
     Ok(o)
@@ -200,7 +206,7 @@ fn glyph(f: &mut Frame, w: usize, h: usize, x: usize, y: usize, seed: u64, ink: 
 fn text_line(f: &mut Frame, w: usize, h: usize, x: usize, y: usize, line: u64, n: usize, ink: u8) {
     for i in 0..n {
         // Spaces between words.
-        if (line.wrapping_mul(31) + i as u64 * 7) % 9 == 0 {
+        if (line.wrapping_mul(31) + i as u64 * 7).is_multiple_of(9) {
             continue;
         }
         glyph(f, w, h, x + i * 6, y, line * 1000 + i as u64, ink);
@@ -296,7 +302,7 @@ fn landscape(w: usize, h: usize) -> Frame {
             top * (1.0 - sy) + bottom * sy
         }
     };
-    let octaves: Vec<_> = [(96, 0.5), (32, 0.25), (12, 0.15), (4, 0.1)]
+    let octaves: Vec<_> = [(96, 0.45), (32, 0.2), (12, 0.15), (4, 0.12), (2, 0.08)]
         .iter()
         .enumerate()
         .map(|(i, &(cell, amp))| (lattice(11 + i as u64, cell), amp))
@@ -320,11 +326,11 @@ fn landscape(w: usize, h: usize) -> Frame {
 }
 
 fn motion(w: usize, h: usize, frames: usize) -> Vec<Frame> {
-    let (bw, bh) = (w + 4 * frames + 2, h + 2 * frames + 2);
+    let (bw, bh) = (w + 6 * frames + 2, h + 2 * frames + 2);
     let big = landscape(bw, bh);
     (0..frames)
         .map(|i| {
-            let (ox, oy) = (4 * i, 2 * i);
+            let (ox, oy) = (6 * i, 2 * i);
             let mut f = Frame::new(w, h, 0, 128, 128);
             for y in 0..h {
                 f.y[y * w..(y + 1) * w]
