@@ -7,36 +7,63 @@
 //! full) and a `dead` flag. Once the guest is gone the flag is set and the
 //! writer never writes again; the encoding session is dropped with the
 //! connection, so nothing of it can reach a later connection.
+//!
+//! * `intake.rs`: reading messages header first, with deadlines.
+//! * `writer.rs`: the writer thread.
+//!
+//! The reader also keeps the connection within what the accept side
+//! granted it ([`Place`]): its first frame takes a client slot, its frames
+//! and copies are paid from the memory budget, its pixels from its peer's
+//! pixel-rate quota.
 
-use std::io::{self, Write};
+mod intake;
+mod writer;
+
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::Arc;
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hxfr::ext::{ext_bits, ext_type, CompactFrame, ErrorPts, ExtMessage, HostExt, PTS_UNKNOWN};
+use hxfr::ext::{ext_bits, ext_type, CompactFrame, ExtMessage, HostExt, PTS_UNKNOWN};
 use hxfr::message::FRAME_REQUEST_FIXED;
 use hxfr::{
     error_code, msg_type, ConfigRequest, Decoded, Decoder, ErrorMessage, FrameLayout, FrameRequest,
-    Header, Limits, Message, ProtocolError, HEADER_LEN,
+    Header, Limits, Message, ProtocolError, FLAG_PIXELS, HEADER_LEN,
 };
 
 use tracing::{debug, error, info, trace, warn, Span};
 
+use crate::admission::{Admission, Refusal};
+use crate::budget::{Account, Budget, Charged, Grant, Short};
 use crate::conn::Conn;
-use crate::encoder::{encode_failed, EncoderChoice, Job, Params, Reply, Session, SessionKey};
-use crate::log::ratelimit::RateLimit;
+use crate::encoder::{encode_failed, EncoderChoice, Job, Params, Session, SessionKey};
+use crate::fds::{self, Descriptors};
+use crate::log::ratelimit::{ConnLimits, RateLimit};
+use crate::metrics::Metrics;
+use crate::quota::Bucket;
 use crate::stats::ClientStats;
+pub use intake::Pace;
+use intake::Intake;
+use writer::{write_responses, Outgoing};
 
-/// Warnings logged per connection about its input before they go to debug.
-const MAX_WARNINGS: u32 = 20;
+/// Warnings about guests, all guests together: many connections sending
+/// garbage at once (or one reconnecting) cannot flood the log.
+pub static GUEST_WARNINGS: RateLimit = RateLimit::new(50, Duration::from_secs(10));
 
-/// Warnings about guests' input, all guests together: many connections
-/// sending garbage at once (or one reconnecting) cannot flood the log.
-static GUEST_INPUT_WARNINGS: RateLimit = RateLimit::new(50, Duration::from_secs(10));
+/// Lines about connections coming and going, all together: a guest that
+/// connects thousands of times a second does not flood the log either.
+pub static CONNECTION_LINES: RateLimit = RateLimit::new(50, Duration::from_secs(10));
 
 /// How often blocked reads and waits look at the shutdown flag.
 const POLL: Duration = Duration::from_millis(200);
+
+/// How long a frame waits for the memory budget before it is refused
+/// (the guest's own frames being encoded free memory meanwhile).
+const BUDGET_WAIT: Duration = Duration::from_secs(2);
+
+/// A COMPACT_FRAME refused before its body is read is handed to the
+/// decoder as this (unknown) extension type, which it skips unbuffered.
+const SKIPPED_FRAME: u8 = ext_type::LAST;
 
 /// What every client of this daemon is configured with.
 pub struct ClientConfig {
@@ -49,21 +76,32 @@ pub struct ClientConfig {
     pub drain_timeout: Duration,
     /// Disconnect a guest that sends nothing for this long.
     pub idle_timeout: Option<Duration>,
+    /// A connection must complete a valid message within this time.
+    pub handshake_timeout: Duration,
+    /// How long a message may take to arrive.
+    pub pace: Pace,
+    pub budget: Arc<Budget>,
+    pub metrics: Arc<Metrics>,
 }
 
-/// One response to send, in request order.
-enum Outgoing {
-    /// A complete message (PONG, ERROR).
-    Now(Vec<u8>),
-    /// A frame whose response the encoder will deliver.
-    Frame {
-        pts: i64,
-        session_id: u16,
-        reply: Receiver<Reply>,
-        /// The frame's index when its failure goes out as ERROR_PTS
-        /// (negotiated); `None`: as a legacy ERROR.
-        error_pts_index: Option<u32>,
-    },
+/// What the accept side decided about one connection, and the state it
+/// shares with the others.
+pub struct Place {
+    /// The connection's number.
+    pub id: u64,
+    /// The listener, as metrics name it.
+    pub listener: Arc<str>,
+    pub admission: Arc<Admission<Arc<Conn>>>,
+    /// The peer's pixel-rate bucket, when its listener has a quota.
+    pub quota: Option<Arc<Mutex<Bucket>>>,
+    pub fds: Arc<Descriptors>,
+}
+
+/// Why a frame is refused before its body is read.
+enum Refused {
+    /// No client slot: the connection closes after the answer.
+    Slot(Refusal),
+    Budget(Short),
 }
 
 /// What this daemon offers a guest that says HELLO: everything it knows
@@ -82,13 +120,13 @@ enum End {
 
 /// Serves one connection until it ends. `peer` names it in every log line.
 pub fn serve(
-    conn: Conn,
+    conn: Arc<Conn>,
     peer: Arc<str>,
     cfg: Arc<ClientConfig>,
     stats: Arc<ClientStats>,
+    place: Place,
     shutdown: &AtomicBool,
 ) {
-    let conn = Arc::new(conn);
     if let Err(e) = conn
         .set_read_timeout(POLL)
         .and_then(|_| conn.set_write_timeout(POLL))
@@ -98,20 +136,22 @@ pub fn serve(
     }
     let (tx, rx) = mpsc::sync_channel::<Outgoing>(cfg.max_in_flight);
     let dead = Arc::new(AtomicBool::new(false));
+    let warnings = Arc::new(ConnLimits::new(&GUEST_WARNINGS));
     let writer = {
-        let (conn, peer, cfg, stats, dead) = (
+        let (conn, peer, cfg, stats, dead, warnings) = (
             conn.clone(),
             peer.clone(),
             cfg.clone(),
             stats.clone(),
             dead.clone(),
+            warnings.clone(),
         );
         let span = Span::current();
         std::thread::Builder::new()
             .name("client-writer".into())
             .spawn(move || {
                 let _entered = span.enter();
-                write_responses(&conn, &peer, &cfg, &stats, rx, &dead)
+                write_responses(&conn, &peer, &cfg, &stats, rx, &dead, &warnings)
             })
     };
     let writer = match writer {
@@ -141,7 +181,15 @@ pub fn serve(
             fps_d: 1,
         },
         force_keyframe: false,
-        complaints: Default::default(),
+        warnings,
+        place: &place,
+        client: false,
+        progressed: false,
+        account: None,
+        refused: None,
+        body_grant: None,
+        reference_grant: None,
+        session_grant: None,
     };
     let end = reader.run(shutdown);
     let session = reader.session.take();
@@ -158,10 +206,23 @@ pub fn serve(
         // The writer gave up on this guest: nothing more can be sent.
         End::Shutdown | End::Broken => drop(session),
     }
+    let was_client = reader.client;
     drop(reader);
     let _ = writer.join();
     conn.shutdown();
-    info!("{peer}: disconnected; {}", stats.summary());
+    place.admission.leave(place.id);
+    if was_client {
+        info!("{peer}: disconnected; {}", stats.summary());
+        // Its frames and session are gone: give their memory back.
+        crate::budget::return_freed_memory();
+    } else {
+        crate::log_limited!(
+            CONNECTION_LINES,
+            tracing::Level::INFO,
+            "{peer}: disconnected; {}",
+            stats.summary()
+        );
+    }
 }
 
 struct Reader<'a> {
@@ -177,16 +238,33 @@ struct Reader<'a> {
     ext: HostExt,
     params: Params,
     force_keyframe: bool,
-    complaints: std::cell::Cell<u32>,
+    warnings: Arc<ConnLimits>,
+    place: &'a Place,
+    /// Holds a client slot (sent a frame).
+    client: bool,
+    /// Completed a valid message.
+    progressed: bool,
+    /// The client's standing with the memory budget.
+    account: Option<Account>,
+    /// The frame whose header came last is refused: answer it so.
+    refused: Option<Refused>,
+    /// Pays for the body of the frame message being read.
+    body_grant: Option<Grant>,
+    /// Pays for the reference frame of compact frames.
+    reference_grant: Option<Grant>,
+    /// Pays for the encoding session's own memory.
+    session_grant: Option<Grant>,
 }
 
 impl Reader<'_> {
     fn run(&mut self, shutdown: &AtomicBool) -> End {
         // Extension messages are decoded from the start: a legacy guest
         // never sends one, and a HELLO must be recognised to be answered.
-        let mut decoder = Decoder::with_extensions(self.cfg.limits);
+        let decoder = Decoder::with_extensions(self.cfg.limits);
+        let mut intake = Intake::new(decoder, self.cfg.pace);
         let mut src: &Conn = self.conn;
-        let mut last_input = Instant::now();
+        let connected = Instant::now();
+        let mut last_input = connected;
         loop {
             if shutdown.load(Ordering::SeqCst) {
                 debug!("{}: shutting down: reading no more requests", self.peer);
@@ -195,9 +273,16 @@ impl Reader<'_> {
             if self.dead.load(Ordering::SeqCst) {
                 return End::Gone;
             }
-            let before = decoder.stream_offset();
-            let res = decoder.read_from_ext(&mut src);
-            let got = decoder.stream_offset() - before;
+            if !self.place.admission.holds(self.place.id) {
+                debug!("{}: closed to make room for another connection", self.peer);
+                return End::Gone;
+            }
+            if let Some(why) = self.overdue(&intake, connected) {
+                return why;
+            }
+            let before = intake.stream_offset();
+            let res = intake.read(&mut src, |h| self.on_header(h, shutdown));
+            let got = intake.stream_offset() - before;
             ClientStats::add(&self.stats.bytes_in, got);
             if got > 0 {
                 last_input = Instant::now();
@@ -209,6 +294,10 @@ impl Reader<'_> {
                     );
                     return End::Broken;
                 }
+            }
+            if res.as_ref().is_ok_and(|m| m.is_some()) && !self.progressed {
+                self.progressed = true;
+                self.place.admission.progressed(self.place.id);
             }
             match res {
                 Ok(None) => {
@@ -238,6 +327,9 @@ impl Reader<'_> {
                     return End::Gone;
                 }
                 Err(e) => {
+                    // A frame refused at its header that did not decode.
+                    self.refused = None;
+                    self.body_grant = None;
                     self.complain(format_args!("{e}"));
                     self.count_error();
                     let error = ErrorMessage::new(error_code::INVALID_MESSAGE, e.to_string());
@@ -263,6 +355,132 @@ impl Reader<'_> {
         ClientStats::add(&self.stats.errors, 1);
     }
 
+    /// Whether the connection missed a deadline on progress: no valid
+    /// message within the handshake timeout, or a message arriving slower
+    /// than its allowance.
+    fn overdue(&self, intake: &Intake, connected: Instant) -> Option<End> {
+        let now = Instant::now();
+        if !self.progressed && now.duration_since(connected) > self.cfg.handshake_timeout {
+            self.cfg
+                .metrics
+                .refusal(&self.place.listener, "handshake_timeout");
+            crate::log_limited!(
+                CONNECTION_LINES,
+                tracing::Level::INFO,
+                "{}: no complete valid message within {:?} of connecting (--handshake-timeout); closing the connection",
+                self.peer,
+                self.cfg.handshake_timeout
+            );
+            return Some(End::Broken);
+        }
+        let late = intake.late(now)?;
+        self.cfg
+            .metrics
+            .refusal(&self.place.listener, "message_timeout");
+        let size = late
+            .size
+            .map_or("its header".into(), |s| format!("a {s}-byte message"));
+        crate::warn_conn!(
+            self.warnings,
+            "{}: {size} did not arrive within {:?} ({} bytes came; --message-timeout, --min-receive-rate); closing the connection",
+            self.peer,
+            late.allowed,
+            late.received
+        );
+        Some(End::Broken)
+    }
+
+    /// Decides about a message from its header, before its body is read:
+    /// a frame takes a client slot (its first) and memory from the budget.
+    /// Returns the header the decoder gets: a refused frame's header loses
+    /// its pixel flag (the decoder reads the pts and skips the pixels), a
+    /// refused COMPACT_FRAME becomes a type the decoder skips.
+    fn on_header(&mut self, h: &Header, shutdown: &AtomicBool) -> Header {
+        let compact = h.msg_type == ext_type::COMPACT_FRAME;
+        let pixels = h.msg_type == msg_type::FRAME_REQUEST && h.flags & FLAG_PIXELS != 0;
+        if !compact && h.msg_type != msg_type::FRAME_REQUEST {
+            return *h;
+        }
+        if let Err(r) = self.take_slot() {
+            self.refused = Some(Refused::Slot(r));
+        } else if pixels || compact {
+            let body = h.payload_size as u64;
+            if body <= self.cfg.limits.max_pixel_bytes as u64 + 128 {
+                match self.take_memory(body, shutdown) {
+                    Ok(g) => self.body_grant = Some(g),
+                    Err(short) => self.refused = Some(Refused::Budget(short)),
+                }
+            }
+        }
+        match (&self.refused, compact) {
+            (None, _) => *h,
+            (Some(_), false) => Header {
+                flags: h.flags & !FLAG_PIXELS,
+                ..*h
+            },
+            (Some(_), true) => Header {
+                msg_type: SKIPPED_FRAME,
+                ..*h
+            },
+        }
+    }
+
+    /// Makes this connection a client (a slot of --max-clients).
+    fn take_slot(&mut self) -> Result<(), Refusal> {
+        if self.client {
+            return Ok(());
+        }
+        self.place.admission.promote(self.place.id)?;
+        self.client = true;
+        self.account = Some(self.cfg.budget.open());
+        Ok(())
+    }
+
+    /// `n` bytes from the budget, waiting a little for memory to come back.
+    fn take_memory(&self, n: u64, shutdown: &AtomicBool) -> Result<Grant, Short> {
+        let account = self.account.as_ref().expect("a client has an account");
+        account.take(n, BUDGET_WAIT, || {
+            shutdown.load(Ordering::SeqCst) || self.dead.load(Ordering::SeqCst)
+        })
+    }
+
+    /// Answers the frame `refused` was about; false when the connection
+    /// closes.
+    fn answer_refused(&mut self, sid: u16, pts: i64, why: Refused) -> bool {
+        ClientStats::add(&self.stats.frames_in, 1);
+        let index = self.ext.next_frame();
+        self.ext.forget_reference();
+        match why {
+            Refused::Slot(r) => {
+                self.cfg.metrics.refusal(&self.place.listener, r.reason());
+                let text = match &r {
+                    Refusal::Full { max_clients } => format!(
+                        "vsockenc-host is serving its maximum of {max_clients} clients; try again later"
+                    ),
+                    Refusal::PerPeer { peer, limit } => format!(
+                        "vsockenc-host already serves {limit} connections of {peer} (max-per-peer); close one first"
+                    ),
+                };
+                crate::warn_limited!(
+                    crate::log::REFUSALS,
+                    "{}: refused: {text}",
+                    self.peer
+                );
+                let e = ErrorMessage::new(error_code::REFUSED, text);
+                self.stats.failed(r.reason());
+                let _ = self.queue(Outgoing::Now(self.ext.frame_error(sid, pts, index, e)));
+                false
+            }
+            Refused::Budget(short) => {
+                let e = ErrorMessage::new(
+                    error_code::REFUSED,
+                    format!("frame pts={pts}: not buffered: {short}; send smaller or fewer frames, or ask the host's operator to raise --memory-budget"),
+                );
+                self.reject_because(sid, pts, index, e, "memory_budget")
+            }
+        }
+    }
+
     /// Queues a message for the writer; false if the writer is gone.
     fn queue(&self, item: Outgoing) -> bool {
         self.tx.send(item).is_ok()
@@ -276,10 +494,22 @@ impl Reader<'_> {
     fn handle(&mut self, header: Header, msg: Message) -> bool {
         let sid = header.session_id;
         match msg {
+            Message::FrameRequest { request, .. } if self.refused.is_some() => {
+                let why = self.refused.take().expect("checked");
+                self.answer_refused(sid, request.pts, why)
+            }
             Message::FrameRequest { request, pixels } => {
                 let index = self.ext.next_frame();
                 let wire = HEADER_LEN as u64 + header.payload_size as u64;
+                let grant = self.body_grant.take();
+                let pixels = pixels.map(|p| Charged::new(p, grant));
                 self.frame(sid, request, pixels, index, wire, false)
+            }
+            Message::Skipped { msg_type, .. } if msg_type == SKIPPED_FRAME => {
+                match self.refused.take() {
+                    Some(why) => self.answer_refused(sid, PTS_UNKNOWN, why),
+                    None => true,
+                }
             }
             Message::Ping => {
                 trace!("{}: PING", self.peer);
@@ -320,7 +550,9 @@ impl Reader<'_> {
         match msg {
             ExtMessage::Hello(h) => match self.ext.on_hello(&h) {
                 Some(ack) => {
-                    info!(
+                    crate::log_limited!(
+                        CONNECTION_LINES,
+                        tracing::Level::INFO,
                         "{}: HELLO from {:?} (version {}, offers {}); accepted {}",
                         self.peer,
                         h.agent,
@@ -362,10 +594,29 @@ impl Reader<'_> {
         let index = self.ext.next_frame();
         let wire = HEADER_LEN as u64 + header.payload_size as u64;
         let req = cf.header.request;
+        // The body is decoded: its memory is given back; the rebuilt copy
+        // is what the frame holds from now on.
+        self.body_grant = None;
+        let copy = self.ext.reference().map_or(0, |(_, _, p)| p.len() as u64);
+        let grant = match self.take_memory(copy, &AtomicBool::new(false)) {
+            Ok(g) => g,
+            Err(short) => {
+                ClientStats::add(&self.stats.frames_in, 1);
+                self.ext.forget_reference();
+                let e = ErrorMessage::new(
+                    error_code::REFUSED,
+                    format!("frame pts={}: not rebuilt: {short}; send smaller or fewer frames, or ask the host's operator to raise --memory-budget", req.pts),
+                );
+                return self.reject_because(sid, req.pts, index, e, "memory_budget");
+            }
+        };
         match self.ext.rebuild(index, &cf) {
             Ok(()) => {
                 ClientStats::add(&self.stats.compact_frames, 1);
-                let pixels = self.ext.reference().map(|(_, _, p)| p.to_vec());
+                let pixels = self
+                    .ext
+                    .reference()
+                    .map(|(_, _, p)| Charged::new(p.to_vec(), Some(grant)));
                 trace!(
                     "{}: frame pts={} rebuilt from {} changed tiles",
                     self.peer,
@@ -420,18 +671,22 @@ impl Reader<'_> {
         &mut self,
         sid: u16,
         req: FrameRequest,
-        pixels: Option<Vec<u8>>,
+        pixels: Option<Charged>,
         index: u32,
         wire: u64,
         rebuilt: bool,
     ) -> bool {
         ClientStats::add(&self.stats.frames_in, 1);
+        if self.take_slot().is_err() {
+            // Only a frame that came without a header decision (none do).
+            return false;
+        }
         let invalid =
             |code, why: String| ErrorMessage::new(code, format!("frame pts={}: {why}", req.pts));
         let pixels = match pixels {
             // A guest may set the pixel flag with an empty block next to a
             // resource id: that is still a GPU-memory frame.
-            Some(p) if !(p.is_empty() && req.resource_id != 0) => p,
+            Some(p) if !(p.pixels.is_empty() && req.resource_id != 0) => p,
             _ if req.resource_id != 0 => {
                 let e = invalid(
                     error_code::RESOURCE_NOT_FOUND,
@@ -450,7 +705,7 @@ impl Reader<'_> {
                 return self.reject(sid, req.pts, index, e);
             }
         };
-        let layout = match FrameLayout::validate(&req, pixels.len()) {
+        let layout = match FrameLayout::validate(&req, pixels.pixels.len()) {
             Ok(l) => l,
             Err(e) => {
                 let e = invalid(error_code::INVALID_MESSAGE, e.to_string());
@@ -460,14 +715,14 @@ impl Reader<'_> {
         ClientStats::add(&self.stats.frame_wire_bytes, wire);
         ClientStats::add(
             &self.stats.frame_raw_bytes,
-            (HEADER_LEN + FRAME_REQUEST_FIXED + pixels.len()) as u64,
+            (HEADER_LEN + FRAME_REQUEST_FIXED + pixels.pixels.len()) as u64,
         );
         if !rebuilt {
-            self.ext.keep_full(index, &layout, &pixels);
+            self.keep_reference(index, &layout, &pixels.pixels);
         }
-        if let Some(m) = self
-            .ext
-            .checksum_message(sid, req.pts, index, rebuilt, &layout, &pixels)
+        if let Some(m) =
+            self.ext
+                .checksum_message(sid, req.pts, index, rebuilt, &layout, &pixels.pixels)
         {
             if !self.queue(Outgoing::Now(m)) {
                 return false;
@@ -503,6 +758,10 @@ impl Reader<'_> {
             self.force_keyframe = false;
         }
         if self.session.is_none() {
+            self.session_grant = None;
+            if let Err(e) = self.room_for_session(&key, req.pts) {
+                return self.reject_because(sid, req.pts, index, e.0, e.1);
+            }
             match Session::new(
                 &self.cfg.encoder,
                 key,
@@ -545,6 +804,7 @@ impl Reader<'_> {
             reply: reply_tx,
             arrived: Instant::now(),
         };
+        self.pace(&layout);
         let force = std::mem::take(&mut self.force_keyframe) || req.force_keyframe;
         let session = self.session.as_mut().unwrap();
         let mut failure = session.encode(&layout, pixels, job, force).err();
@@ -564,32 +824,132 @@ impl Reader<'_> {
         true
     }
 
-    /// Logs a problem with the guest's input: the first few as warnings,
-    /// the rest at debug level, so a hostile guest cannot flood the log;
-    /// the warnings of all guests together are rate-limited too.
-    fn complain(&self, what: std::fmt::Arguments<'_>) {
-        let n = self.complaints.get() + 1;
-        self.complaints.set(n);
-        match n.cmp(&MAX_WARNINGS) {
-            std::cmp::Ordering::Less => {
-                crate::warn_limited!(GUEST_INPUT_WARNINGS, "{}: {what}", self.peer)
-            }
-            std::cmp::Ordering::Equal => crate::warn_limited!(
-                GUEST_INPUT_WARNINGS,
-                "{}: {what} (further problems with this guest's input are logged at debug level)",
-                self.peer
-            ),
-            std::cmp::Ordering::Greater => debug!("{}: {what}", self.peer),
+    /// Keeps a full frame as the reference of compact frames, if the
+    /// budget can pay for the copy (and the decompression buffer that
+    /// goes with it); otherwise compact frames are refused until a full
+    /// frame fits, and the guest sends full frames.
+    fn keep_reference(&mut self, index: u32, layout: &FrameLayout, pixels: &[u8]) {
+        if !self.ext.has(ext_bits::COMPACT) {
+            self.ext.keep_full(index, layout, pixels);
+            return;
         }
+        let copies = if self.ext.has(ext_bits::LZ4) { 2 } else { 1 };
+        let want = copies * pixels.len() as u64;
+        if self.reference_grant.as_ref().map(Grant::bytes) != Some(want) {
+            self.reference_grant = None;
+            match self.account.as_ref().map(|a| a.try_take(want)) {
+                Some(Ok(g)) => self.reference_grant = Some(g),
+                Some(Err(short)) => {
+                    debug!(
+                        "{}: frame {index} is not kept as a reference: {short}",
+                        self.peer
+                    );
+                    self.ext.forget_reference();
+                    return;
+                }
+                None => {}
+            }
+        }
+        self.ext.keep_full(index, layout, pixels);
+    }
+
+    /// Checks that a new encoding session fits: file descriptors, and its
+    /// own memory from the budget (kept while the session lives).
+    fn room_for_session(&mut self, key: &SessionKey, pts: i64) -> Result<(), (ErrorMessage, &'static str)> {
+        if !self.place.fds.room_for(fds::PER_CLIENT) {
+            crate::error_limited!(
+                crate::log::DESCRIPTOR_ERRORS,
+                "{}: out of file descriptors (limit {}): no encoding session started; raise the limit (LimitNOFILE=, ulimit -n) or lower --max-clients",
+                self.peer,
+                self.place.fds.limit()
+            );
+            let e = ErrorMessage::new(
+                error_code::REFUSED,
+                format!("frame pts={pts}: vsockenc-host is out of file descriptors; try again later"),
+            );
+            return Err((e, "descriptors"));
+        }
+        let cost = session_memory(key);
+        match self.take_memory(cost, &AtomicBool::new(false)) {
+            Ok(g) => {
+                self.session_grant = Some(g);
+                Ok(())
+            }
+            Err(short) => {
+                let e = ErrorMessage::new(
+                    error_code::REFUSED,
+                    format!("frame pts={pts}: no encoding session started: {short}; ask the host's operator to raise --memory-budget"),
+                );
+                Err((e, "memory_budget"))
+            }
+        }
+    }
+
+    /// Holds the reader until the peer's pixel-rate quota lets this frame
+    /// through: the guest is paced, not refused.
+    fn pace(&self, layout: &FrameLayout) {
+        let Some(bucket) = &self.place.quota else {
+            return;
+        };
+        let pixels = layout.width as u64 * layout.height as u64;
+        let wait = bucket.lock().unwrap().take(pixels, Instant::now());
+        if wait.is_zero() {
+            return;
+        }
+        trace!("{}: pixel-rate quota: waiting {wait:?}", self.peer);
+        self.stats.guest.paced(wait);
+        let until = Instant::now() + wait;
+        while !self.dead.load(Ordering::SeqCst) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(POLL));
+        }
+    }
+
+    /// Logs a problem with the guest's input, rate-limited per connection
+    /// and for all guests together (lines over the limits go to debug).
+    fn complain(&self, what: std::fmt::Arguments<'_>) {
+        crate::warn_conn!(self.warnings, "{}: {what}", self.peer);
     }
 
     /// Refuses frame `index`: ERROR_PTS when negotiated, else ERROR.
     fn reject(&self, sid: u16, pts: i64, index: u32, e: ErrorMessage) -> bool {
+        let reason = match e.code {
+            error_code::RESOURCE_NOT_FOUND => "gpu_resource",
+            error_code::ENCODE_FAILED => "encode_failed",
+            error_code::REFUSED => "refused",
+            _ => "invalid",
+        };
+        self.reject_because(sid, pts, index, e, reason)
+    }
+
+    /// [`reject`](Self::reject), counted under `reason` in the metrics.
+    fn reject_because(
+        &self,
+        sid: u16,
+        pts: i64,
+        index: u32,
+        e: ErrorMessage,
+        reason: &str,
+    ) -> bool {
         self.complain(format_args!("ERROR {}: {}", e.code, e.message));
-        self.count_error();
+        self.stats.failed(reason);
         self.queue(Outgoing::Now(self.ext.frame_error(sid, pts, index, e)))
     }
 }
+
+/// What an encoding session holds of its own, as the budget counts it:
+/// the encoder's reference and work frames and the conversion's buffer
+/// pool, about 8 frames of the coded 4:2:0 size, plus a fixed part.
+pub fn session_memory(key: &SessionKey) -> u64 {
+    let (w, h) = (key.width as u64 + 1, key.height as u64 + 1);
+    SESSION_FIXED + SESSION_FRAMES * (w * h * 3 / 2)
+}
+
+const SESSION_FRAMES: u64 = 8;
+const SESSION_FIXED: u64 = 4 << 20;
 
 /// Whether a decoding error is about a frame message (it then takes a
 /// frame index).
@@ -603,142 +963,3 @@ fn is_frame_message(e: &ProtocolError) -> bool {
     t == msg_type::FRAME_REQUEST || t == ext_type::COMPACT_FRAME
 }
 
-/// The message that reports a failed frame to the guest.
-fn frame_failure(
-    session_id: u16,
-    pts: i64,
-    error_pts_index: Option<u32>,
-    e: ErrorMessage,
-) -> Vec<u8> {
-    match error_pts_index {
-        Some(frame_index) => ExtMessage::ErrorPts(ErrorPts {
-            pts,
-            frame_index,
-            code: e.code,
-            message: e.message,
-        })
-        .encode(session_id),
-        None => Message::Error(e).encode(session_id),
-    }
-}
-
-/// The writer thread: sends each item once its turn comes, never to a dead
-/// connection, and disconnects a guest that stops reading.
-fn write_responses(
-    conn: &Conn,
-    peer: &str,
-    cfg: &ClientConfig,
-    stats: &ClientStats,
-    rx: Receiver<Outgoing>,
-    dead: &AtomicBool,
-) {
-    for item in rx {
-        let bytes = match item {
-            Outgoing::Now(b) => b,
-            Outgoing::Frame {
-                pts,
-                session_id,
-                reply,
-                error_pts_index,
-            } => match wait_reply(&reply, cfg.encode_timeout, dead) {
-                Some(Ok(b)) => {
-                    ClientStats::add(&stats.frames_out, 1);
-                    b
-                }
-                Some(Err(e)) => {
-                    ClientStats::add(&stats.errors, 1);
-                    frame_failure(session_id, pts, error_pts_index, e)
-                }
-                None if dead.load(Ordering::SeqCst) => return,
-                None => {
-                    warn!(
-                        "{peer}: frame pts={pts}: no output from the encoder within {:?}",
-                        cfg.encode_timeout
-                    );
-                    ClientStats::add(&stats.errors, 1);
-                    let e = encode_failed(pts, "no output from the encoder in time");
-                    frame_failure(session_id, pts, error_pts_index, e)
-                }
-            },
-        };
-        if dead.load(Ordering::SeqCst) {
-            return;
-        }
-        match write_bounded(conn, &bytes, cfg.write_timeout, dead) {
-            Ok(()) => ClientStats::add(&stats.bytes_out, bytes.len() as u64),
-            Err(e) => {
-                if e.kind() == io::ErrorKind::TimedOut {
-                    warn!("{peer}: {e}; disconnecting it");
-                } else {
-                    debug!("{peer}: write failed: {e}");
-                }
-                dead.store(true, Ordering::SeqCst);
-                conn.shutdown();
-                return;
-            }
-        }
-    }
-}
-
-/// Waits for a frame's reply; `None` on timeout or when the connection died.
-fn wait_reply(reply: &Receiver<Reply>, timeout: Duration, dead: &AtomicBool) -> Option<Reply> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if dead.load(Ordering::SeqCst) {
-            return None;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        match reply.recv_timeout(left.min(POLL)) {
-            Ok(r) => return Some(r),
-            Err(RecvTimeoutError::Timeout) => {}
-            // The session ended without answering (the reader dropped it).
-            Err(RecvTimeoutError::Disconnected) if dead.load(Ordering::SeqCst) => return None,
-            Err(RecvTimeoutError::Disconnected) => {
-                return Some(Err(encode_failed(0, "the encoding session ended")))
-            }
-        }
-    }
-}
-
-/// Writes all of `bytes`, failing with `TimedOut` when the guest accepts
-/// nothing for `timeout`.
-fn write_bounded(
-    conn: &Conn,
-    mut bytes: &[u8],
-    timeout: Duration,
-    dead: &AtomicBool,
-) -> io::Result<()> {
-    let mut w: &Conn = conn;
-    let mut last_progress = Instant::now();
-    while !bytes.is_empty() {
-        if dead.load(Ordering::SeqCst) {
-            return Err(io::ErrorKind::BrokenPipe.into());
-        }
-        match w.write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                bytes = &bytes[n..];
-                last_progress = Instant::now();
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                if last_progress.elapsed() >= timeout {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("the guest has not read its responses for {timeout:?}"),
-                    ));
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}

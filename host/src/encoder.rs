@@ -18,7 +18,13 @@ use gst::prelude::*;
 use hxfr::{error_code, msg_type, ErrorMessage, FrameLayout, Header, WireFormat};
 use tracing::{debug, trace, warn, Span};
 
+use crate::budget::Charged;
+use crate::log::ratelimit::RateLimit;
 use crate::stats::ClientStats;
+
+/// Warnings about encoder outputs, all sessions together: a guest can make
+/// an encoder drop frames at will.
+static OUTPUT_WARNINGS: RateLimit = RateLimit::new(20, Duration::from_secs(10));
 
 /// The order in which `--encoder auto` tries encoders: hardware first.
 pub const AUTO_ORDER: [&str; 7] = [
@@ -382,7 +388,7 @@ impl Session {
     pub fn encode(
         &mut self,
         layout: &FrameLayout,
-        pixels: Vec<u8>,
+        pixels: Charged,
         job: Job,
         force_keyframe: bool,
     ) -> Result<(), (Job, String)> {
@@ -528,7 +534,8 @@ fn deliver(sample: &gst::Sample, fifo: &Fifo, stats: &ClientStats, peer: &str) {
             break;
         }
         let p = fifo.pop_front().unwrap();
-        warn!(
+        crate::warn_limited!(
+            OUTPUT_WARNINGS,
             "{peer}: the encoder dropped frame pts={} (its output at {}, next output at {:?})",
             p.job.pts, p.counter_pts, out_pts
         );
@@ -543,7 +550,10 @@ fn deliver(sample: &gst::Sample, fifo: &Fifo, stats: &ClientStats, peer: &str) {
         (None, _) => false,
     };
     if !matches {
-        warn!("{peer}: encoded output at {out_pts:?} matches no pending frame; discarded");
+        crate::warn_limited!(
+            OUTPUT_WARNINGS,
+            "{peer}: encoded output at {out_pts:?} matches no pending frame; discarded"
+        );
         return;
     }
     let p = fifo.pop_front().unwrap();
@@ -587,7 +597,7 @@ fn frame_response(session_id: u16, pts: i64, keyframe: bool, au: &[u8]) -> Vec<u
 /// encoder the wire stride and plane offsets.
 fn frame_buffer(
     layout: &FrameLayout,
-    pixels: Vec<u8>,
+    pixels: Charged,
     pts: gst::ClockTime,
     duration: gst::ClockTime,
 ) -> Result<gst::Buffer, glib::BoolError> {
@@ -596,7 +606,9 @@ fn frame_buffer(
     let (pixels, stride, offsets) = if (w, h) == (layout.width, layout.height) {
         (pixels, layout.stride as usize, layout.offsets)
     } else {
-        pad_to_even(layout, &pixels)
+        // The padded copy replaces the pixels and keeps their grant.
+        let (padded, stride, offsets) = pad_to_even(layout, &pixels.pixels);
+        (pixels.replace(padded), stride, offsets)
     };
     let n = layout.n_planes;
     let strides = [stride as i32; 2];

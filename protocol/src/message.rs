@@ -23,7 +23,8 @@ pub const ERROR_TEXT_LEN: usize = 256;
 /// Size of an ERROR payload.
 pub const ERROR_FIXED: usize = 4 + ERROR_TEXT_LEN;
 
-/// Error codes seen from legacy hosts (and used by `vsockenc-host`).
+/// Error codes seen from legacy hosts (and used by `vsockenc-host`), and
+/// [`REFUSED`](error_code::REFUSED), which only `vsockenc-host` sends.
 pub mod error_code {
     pub const INVALID_MESSAGE: i32 = -1;
     pub const RESOURCE_NOT_FOUND: i32 = -2;
@@ -31,6 +32,11 @@ pub mod error_code {
     pub const NO_IOSURFACE: i32 = -4;
     pub const ENCODE_FAILED: i32 = -5;
     pub const NOT_CONFIGURED: i32 = -6;
+    /// The host will not serve this guest (`vsockenc-host`: over its
+    /// `--max-clients`; access rules). Not a failure of the guest's frames:
+    /// the connection is closed after it. A legacy guest sees an unknown
+    /// code.
+    pub const REFUSED: i32 = -10;
     pub const INTERNAL: i32 = -99;
 }
 
