@@ -22,7 +22,10 @@ set -euo pipefail
 declare -A PACKAGE_GROUPS=(
     [base]="pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
             gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-            gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav"
+            gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+            python3 python3-prometheus-client"
+    # (python3-prometheus-client: the daemon's metrics test parses a scrape
+    # with the Prometheus project's own OpenMetrics parser.)
     # Booting a real guest under QEMU (scripts/vm/, the real-guest tests).
     [vm]="qemu-system-x86 linux-image-amd64 busybox-static cpio"
     # The meson build and install check (meson.build, scripts/check-install.sh).

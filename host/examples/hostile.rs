@@ -195,7 +195,10 @@ struct RssPeak {
 
 impl RssPeak {
     fn start(pid: u32) -> RssPeak {
-        let (peak, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let (peak, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
         let (p, s) = (peak.clone(), stop.clone());
         thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
@@ -239,7 +242,10 @@ struct GuestReport {
 
 impl GuestReport {
     fn dropped(&self) -> u64 {
-        self.dropped_error + self.dropped_timeout + self.dropped_disconnect + self.dropped_no_connection
+        self.dropped_error
+            + self.dropped_timeout
+            + self.dropped_disconnect
+            + self.dropped_no_connection
     }
     fn line(&self) -> String {
         format!(
@@ -305,7 +311,10 @@ fn healthy_guest(addr: SocketAddr, frames: u32) -> GuestReport {
             f.retain(|(_, t)| t.elapsed() < Duration::from_secs(2));
             report.lock().unwrap().dropped_timeout += (before - f.len()) as u64;
         }
-        if conn.as_ref().is_some_and(|c| !c.alive.load(Ordering::SeqCst)) {
+        if conn
+            .as_ref()
+            .is_some_and(|c| !c.alive.load(Ordering::SeqCst))
+        {
             conn = None;
             let lost = std::mem::take(&mut *inflight.lock().unwrap()).len();
             report.lock().unwrap().dropped_disconnect += lost as u64;
@@ -380,7 +389,12 @@ fn guest_connect(
     .encode(1);
     s.write_all(&hello).ok()?;
     let alive = Arc::new(AtomicBool::new(true));
-    let (mut r, a, rep, inf) = (s.try_clone().ok()?, alive.clone(), report.clone(), inflight.clone());
+    let (mut r, a, rep, inf) = (
+        s.try_clone().ok()?,
+        alive.clone(),
+        report.clone(),
+        inflight.clone(),
+    );
     thread::spawn(move || {
         let mut dec = Decoder::with_extensions(Limits::default());
         loop {
@@ -391,8 +405,12 @@ fn guest_connect(
                     match f.iter().position(|(p, _)| *p == resp.pts) {
                         Some(i) => {
                             f.remove(i);
-                            let au: usize = resp.nals.iter().map(|n| n.len()).sum();
-                            if au == 0 || !resp.nals.iter().all(|n| n.starts_with(&[0, 0, 0, 1]) || n.starts_with(&[0, 0, 1])) {
+                            let au: usize = resp.chunks.iter().map(|n| n.len()).sum();
+                            if au == 0
+                                || !resp.chunks.iter().all(|n| {
+                                    n.starts_with(&[0, 0, 0, 1]) || n.starts_with(&[0, 0, 1])
+                                })
+                            {
                                 rep.bad_answers += 1;
                             } else {
                                 rep.answered += 1;
@@ -446,7 +464,12 @@ fn hello_bytes(ext: u32) -> Vec<u8> {
 
 /// Case 1: clients that trickle one byte per second.
 fn slowloris(bin: &str, extra: &[String]) {
-    let d = Daemon::start(bin, &["--max-clients", "4", "--idle-timeout", "10"], extra, None);
+    let d = Daemon::start(
+        bin,
+        &["--max-clients", "4", "--idle-timeout", "10"],
+        extra,
+        None,
+    );
     let t0 = Instant::now();
     let closed_after: Arc<Mutex<Vec<Option<Duration>>>> = Arc::new(Mutex::new(vec![None; 4]));
     let stop = Arc::new(AtomicBool::new(false));
@@ -511,7 +534,9 @@ fn slowloris(bin: &str, extra: &[String]) {
     println!(
         "   tricklers closed by the daemon after: {}",
         c.iter()
-            .map(|c| c.map(|d| format!("{:.0} s", d.as_secs_f64())).unwrap_or("not within 45 s".into()))
+            .map(|c| c
+                .map(|d| format!("{:.0} s", d.as_secs_f64()))
+                .unwrap_or("not within 45 s".into()))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -519,7 +544,10 @@ fn slowloris(bin: &str, extra: &[String]) {
 
 /// Case 2: 4 x N connections that say HELLO and close.
 fn churn(bin: &str, extra: &[String]) {
-    let n: u32 = std::env::var("HOSTILE_CHURN").ok().and_then(|v| v.parse().ok()).unwrap_or(40_000);
+    let n: u32 = std::env::var("HOSTILE_CHURN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40_000);
     let d = Daemon::start(bin, &[], extra, None);
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -541,7 +569,11 @@ fn churn(bin: &str, extra: &[String]) {
         }));
     }
     thread::sleep(Duration::from_secs(2));
-    println!("   guest starts at {:.0} s, {} churn connections so far", t0.elapsed().as_secs_f64(), done.load(Ordering::Relaxed));
+    println!(
+        "   guest starts at {:.0} s, {} churn connections so far",
+        t0.elapsed().as_secs_f64(),
+        done.load(Ordering::Relaxed)
+    );
     let g = healthy_guest(d.addr, 150);
     println!("   {}", g.line());
     let at_guest_end = done.load(Ordering::Relaxed);
@@ -559,13 +591,18 @@ fn churn(bin: &str, extra: &[String]) {
 }
 
 fn is_alive(d: &Daemon) -> bool {
-    std::fs::metadata(format!("/proc/{}", d.child.id())).is_ok() && status_field(d.child.id(), "VmRSS:") > 0
+    std::fs::metadata(format!("/proc/{}", d.child.id())).is_ok()
+        && status_field(d.child.id(), "VmRSS:") > 0
 }
 
 /// Case 3: 4 clients each sending 30 all-tiles compact 4K frames.
 fn memory(bin: &str, extra: &[String]) {
     let d = Daemon::start(bin, &[], extra, None);
-    thread::sleep(Duration::from_secs(1));
+    // "Before they came": a daemon that has served a guest (its encoder
+    // and conversion libraries are loaded), idle again.
+    let warm = healthy_guest(d.addr, 10);
+    assert!(warm.answered > 0, "warm-up: {}", warm.line());
+    thread::sleep(Duration::from_secs(3));
     let idle_before = d.rss_kib();
     let peak = RssPeak::start(d.child.id());
     let (w, h) = (3840u32, 2160u32);
@@ -586,7 +623,10 @@ fn memory(bin: &str, extra: &[String]) {
         let (addr, a, b, sizes) = (d.addr, a.clone(), b.clone(), sizes.clone());
         hs.push(thread::spawn(move || {
             let mut s = TcpStream::connect(addr).unwrap();
-            s.write_all(&hello_bytes(ext_bits::COMPACT | ext_bits::LZ4 | ext_bits::ERROR_PTS)).unwrap();
+            s.write_all(&hello_bytes(
+                ext_bits::COMPACT | ext_bits::LZ4 | ext_bits::ERROR_PTS,
+            ))
+            .unwrap();
             let mut r = s.try_clone().unwrap();
             let answers = thread::spawn(move || {
                 let mut dec = Decoder::with_extensions(Limits::default());
@@ -622,7 +662,7 @@ fn memory(bin: &str, extra: &[String]) {
                 ..Default::default()
             };
             hxfr::write::write_frame_request(&mut s, 1, &req(0), &[&a]).unwrap();
-            let mut enc = CompactEncoder::new(64, 64, Compression::Lz4);
+            let mut enc = CompactEncoder::new(64, 64, Compression::Always);
             let fa = Frame::from_wire(&layout, &a).unwrap();
             let fb = Frame::from_wire(&layout, &b).unwrap();
             for i in 1..=30u32 {
@@ -651,6 +691,29 @@ fn memory(bin: &str, extra: &[String]) {
     thread::sleep(Duration::from_secs(8));
     let idle_after = d.rss_kib();
     println!(
+        "   idle after: RssAnon {}, RssFile {}, threads {}",
+        mib(status_field(d.child.id(), "RssAnon:")),
+        mib(status_field(d.child.id(), "RssFile:")),
+        d.threads()
+    );
+    if std::env::var_os("HOSTILE_SMAPS").is_some() {
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", d.child.id())).unwrap_or_default();
+        let mut regions: Vec<(u64, String)> = Vec::new();
+        let mut name = String::new();
+        for l in smaps.lines() {
+            if l.contains('-') && !l.starts_with(|c: char| c.is_ascii_uppercase()) {
+                name = l.split_whitespace().nth(5).unwrap_or("[anon]").to_string();
+            } else if let Some(v) = l.strip_prefix("Rss:") {
+                let kib: u64 = v.split_whitespace().next().unwrap().parse().unwrap();
+                regions.push((kib, name.clone()));
+            }
+        }
+        regions.sort();
+        for (k, n) in regions.iter().rev().take(12) {
+            println!("     {k} KiB {n}");
+        }
+    }
+    println!(
         "   compact frame on the wire: {} bytes (rebuilds {} bytes)",
         sizes.lock().unwrap().first().copied().unwrap_or(0),
         a.len()
@@ -658,7 +721,9 @@ fn memory(bin: &str, extra: &[String]) {
     for (i, (ok, err, e)) in results.iter().enumerate() {
         println!(
             "   attacker {i}: {ok} answered, {err} errors{}",
-            e.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+            e.as_ref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
         );
     }
     println!("   {}", g.line());
@@ -690,7 +755,9 @@ fn fds(bin: &str, extra: &[String]) {
         let (addr, out, pic) = (d.addr, answered_after.clone(), pic.clone());
         hs.push(thread::spawn(move || {
             let Ok(mut s) = TcpStream::connect(addr) else {
-                out.lock().unwrap().push((t0.elapsed(), "connect failed".into()));
+                out.lock()
+                    .unwrap()
+                    .push((t0.elapsed(), "connect failed".into()));
                 return;
             };
             s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -728,7 +795,10 @@ fn fds(bin: &str, extra: &[String]) {
         let k: String = w.chars().take(70).collect();
         *kinds.entry(k).or_default() += 1;
     }
-    println!("   40 clients: slowest answer after {:.1} s", slowest.as_secs_f64());
+    println!(
+        "   40 clients: slowest answer after {:.1} s",
+        slowest.as_secs_f64()
+    );
     for (k, n) in kinds {
         println!("     {n} x {k}");
     }
@@ -749,18 +819,29 @@ fn fds(bin: &str, extra: &[String]) {
 /// Case 5: can the operator keep a peer out?
 fn access(bin: &str, extra: &[String]) {
     // TCP: allow only 127.0.0.2; the guest comes from 127.0.0.1.
-    let d = Daemon::start(bin, &["--listen", "tcp:127.0.0.1:0,from=127.0.0.2"], extra, None);
+    let d = Daemon::start(
+        bin,
+        &["--listen", "tcp:127.0.0.1:0,from=127.0.0.2"],
+        extra,
+        None,
+    );
     let addr: SocketAddr = {
         // The second listener is the restricted one.
         let log = d.log.lock().unwrap();
         log.iter()
-            .filter_map(|l| l.split_once("listening on tcp:").map(|(_, a)| a.trim().to_string()))
+            .filter_map(|l| {
+                l.split_once("listening on tcp:")
+                    .map(|(_, a)| a.trim().to_string())
+            })
             .nth(1)
             .and_then(|a| a.parse().ok())
             .unwrap_or(d.addr)
     };
     let g = healthy_guest(addr, 30);
-    println!("   denied peer (127.0.0.1 on a listener allowing 127.0.0.2): {}", g.line());
+    println!(
+        "   denied peer (127.0.0.1 on a listener allowing 127.0.0.2): {}",
+        g.line()
+    );
 }
 
 /// Case 6: what must keep working.
@@ -791,7 +872,8 @@ fn keep(bin: &str, extra: &[String]) {
     }
     println!(
         "   never-reading client cut off after {}",
-        cut.map(|d| format!("{:.0} s", d.as_secs_f64())).unwrap_or("never".into())
+        cut.map(|d| format!("{:.0} s", d.as_secs_f64()))
+            .unwrap_or("never".into())
     );
     drop(s);
     thread::sleep(Duration::from_secs(2));

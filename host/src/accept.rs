@@ -150,14 +150,15 @@ impl Server {
         }
         let key = PeerKey::of(&peer);
         let conn = Arc::new(conn);
-        let evicted =
-            match self
-                .admission
-                .arrive(id, (index, key.clone()), s.policy.max_per_peer, conn.clone())
-            {
-                Ok(ev) => ev,
-                Err(r) => {
-                    let text = match &r {
+        let evicted = match self.admission.arrive(
+            id,
+            (index, key.clone()),
+            s.policy.max_per_peer,
+            conn.clone(),
+        ) {
+            Ok(ev) => ev,
+            Err(r) => {
+                let text = match &r {
                         crate::admission::Refusal::PerPeer { peer, limit } => format!(
                             "vsockenc-host already serves {limit} connections of {peer} on this address (max-per-peer); close one first"
                         ),
@@ -165,12 +166,12 @@ impl Server {
                             "vsockenc-host is serving its maximum of {max_clients} clients; try again later"
                         ),
                     };
-                    crate::warn_limited!(REFUSALS, "{name}: refused: {text}");
-                    self.metrics.refusal(&s.name, r.reason());
-                    refuse(&conn, &text);
-                    return;
-                }
-            };
+                crate::warn_limited!(REFUSALS, "{name}: refused: {text}");
+                self.metrics.refusal(&s.name, r.reason());
+                refuse(&conn, &text);
+                return;
+            }
+        };
         for victim in evicted {
             // Its reader notices, logs and ends.
             victim.shutdown();
@@ -182,9 +183,7 @@ impl Server {
             );
         }
         crate::log_limited!(CONNECTION_LINES, tracing::Level::INFO, "{name}: connected");
-        let stats = Arc::new(ClientStats::new(
-            self.metrics.guest(&s.name, &key.label()),
-        ));
+        let stats = Arc::new(ClientStats::new(self.metrics.guest(&s.name, &key.label())));
         self.registry.register(&name, &span, &stats);
         drop(entered);
         let quota = s
@@ -221,7 +220,9 @@ impl Server {
                     client::serve(conn, name.clone(), cfg, stats, place, &SHUTDOWN)
                 }));
                 if res.is_err() {
-                    error!("{name}: the client thread panicked; connection closed, daemon continues");
+                    error!(
+                        "{name}: the client thread panicked; connection closed, daemon continues"
+                    );
                     admission.leave(id);
                 }
                 let (count, cv) = &*active;

@@ -354,9 +354,15 @@ mod tests {
         let d = p
             .admit(&s.addr, &Peer::Vsock { cid: 4, port: 9 })
             .unwrap_err();
-        assert!(d.log.contains("CID 4 is not allowed on vsock:5000"), "{d:?}");
+        assert!(
+            d.log.contains("CID 4 is not allowed on vsock:5000"),
+            "{d:?}"
+        );
         assert!(d.log.contains("cid=3, cid=10-12"), "{d:?}");
-        assert!(!d.guest.contains("cid=3"), "the guest is not told the rules");
+        assert!(
+            !d.guest.contains("cid=3"),
+            "the guest is not told the rules"
+        );
         assert_eq!(
             p.describe().unwrap(),
             "only cid=3, cid=10-12; at most 2 connections per peer; at most 62.5M pixels/s per peer"
@@ -388,7 +394,10 @@ mod tests {
         assert!(s.policy.admit(&s.addr, &mapped).is_ok());
         assert!(s.policy.admit(&s.addr, &v6).is_ok());
         assert!(s.policy.admit(&s.addr, &no).is_err());
-        assert_eq!(PeerKey::of(&mapped), PeerKey::Ip("192.168.122.9".parse().unwrap()));
+        assert_eq!(
+            PeerKey::of(&mapped),
+            PeerKey::Ip("192.168.122.9".parse().unwrap())
+        );
     }
 
     #[test]

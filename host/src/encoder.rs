@@ -537,7 +537,9 @@ fn deliver(sample: &gst::Sample, fifo: &Fifo, stats: &ClientStats, peer: &str) {
         crate::warn_limited!(
             OUTPUT_WARNINGS,
             "{peer}: the encoder dropped frame pts={} (its output at {}, next output at {:?})",
-            p.job.pts, p.counter_pts, out_pts
+            p.job.pts,
+            p.counter_pts,
+            out_pts
         );
         let _ = p
             .job

@@ -38,7 +38,9 @@ impl Descriptors {
             Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
             {
                 Ok(()) => format!("file descriptors: raised the limit from {soft} to {hard}"),
-                Err(e) => format!("file descriptors: limit {soft} (cannot raise it to {hard}: {e})"),
+                Err(e) => {
+                    format!("file descriptors: limit {soft} (cannot raise it to {hard}: {e})")
+                }
             },
             Ok((soft, _)) => format!("file descriptors: limit {soft}"),
             Err(e) => format!("file descriptors: limit unknown ({e})"),

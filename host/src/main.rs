@@ -58,6 +58,7 @@ use crate::shutdown::Signals;
 use crate::stats::Registry;
 
 fn main() -> ExitCode {
+    budget::tune_allocator();
     let cli = Cli::parse();
     if let Some(note) = log::init(cli.log_filter(), cli.log_format) {
         warn!("{note}");

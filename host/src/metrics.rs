@@ -132,11 +132,7 @@ impl Metrics {
             "Time the guest's reading was paused by its pixel-rate quota",
             m.paced.clone(),
         );
-        r.register(
-            "connections",
-            "Connections accepted",
-            m.connections.clone(),
-        );
+        r.register("connections", "Connections accepted", m.connections.clone());
         r.register(
             "refusals",
             "Connections refused or closed by the daemon's protections, by reason",
@@ -162,11 +158,7 @@ impl Metrics {
             "File descriptors open now",
             m.fds_in_use.clone(),
         );
-        r.register(
-            "max_fds",
-            "The file descriptor limit",
-            m.fds_limit.clone(),
-        );
+        r.register("max_fds", "The file descriptor limit", m.fds_limit.clone());
         Metrics { registry: r, ..m }
     }
 
@@ -372,9 +364,9 @@ mod tests {
         }
         // A second connection of the same peer adds to the same series.
         m.guest("vsock:5000", "cid:3").frames_in.inc();
-        assert!(m
-            .encode()
-            .contains("vsockenc_host_frames_received_total{listener=\"vsock:5000\",peer=\"cid:3\"} 4"));
+        assert!(m.encode().contains(
+            "vsockenc_host_frames_received_total{listener=\"vsock:5000\",peer=\"cid:3\"} 4"
+        ));
     }
 
     #[test]

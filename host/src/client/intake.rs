@@ -193,7 +193,11 @@ mod tests {
         let mut seen = Vec::new();
         let mut out = Vec::new();
         // One byte per read: the worst split.
-        let mut src = bytes.chunks(1).map(|c| c.to_vec()).collect::<Vec<_>>().into_iter();
+        let mut src = bytes
+            .chunks(1)
+            .map(|c| c.to_vec())
+            .collect::<Vec<_>>()
+            .into_iter();
         let mut reader = std::iter::from_fn(|| src.next()).flatten();
         struct ByteReader<'a, I: Iterator<Item = u8>>(&'a mut I);
         impl<I: Iterator<Item = u8>> Read for ByteReader<'_, I> {

@@ -290,7 +290,10 @@ mod tests {
         assert!(b.admit().is_none(), "the daemon-wide budget is used up");
         // A line refused daemon-wide is counted as suppressed for the
         // connection, not lost.
-        assert_eq!(b.conn.admit_at(Instant::now()).map(|x| x.suppressed), Some(1));
+        assert_eq!(
+            b.conn.admit_at(Instant::now()).map(|x| x.suppressed),
+            Some(1)
+        );
     }
 
     #[test]
