@@ -697,7 +697,8 @@ fn memory(bin: &str, extra: &[String]) {
         d.threads()
     );
     if std::env::var_os("HOSTILE_SMAPS").is_some() {
-        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", d.child.id())).unwrap_or_default();
+        let smaps =
+            std::fs::read_to_string(format!("/proc/{}/smaps", d.child.id())).unwrap_or_default();
         let mut regions: Vec<(u64, String)> = Vec::new();
         let mut name = String::new();
         for l in smaps.lines() {

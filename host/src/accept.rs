@@ -138,7 +138,10 @@ impl Server {
             refuse(&conn, &d.guest);
             return;
         }
-        if !self.fds.room_for(fds::PER_CLIENT) {
+        // Every pending connection may start a session soon: keep their
+        // descriptors free too, so that a guest taken on can be served.
+        let (_, pending) = self.admission.counts();
+        if !self.fds.room_for(fds::PER_CLIENT * (pending as u64 + 1)) {
             crate::error_limited!(
                 DESCRIPTOR_ERRORS,
                 "{name}: refused: out of file descriptors (limit {}); raise the limit (LimitNOFILE=, ulimit -n) or lower --max-clients",

@@ -281,7 +281,7 @@ impl Reader<'_> {
                 return why;
             }
             let before = intake.stream_offset();
-            let res = intake.read(&mut src, |h| self.on_header(h, shutdown));
+            let res = intake.read(&mut src, POLL, |h| self.on_header(h, shutdown));
             let got = intake.stream_offset() - before;
             ClientStats::add(&self.stats.bytes_in, got);
             if got > 0 {
@@ -379,13 +379,15 @@ impl Reader<'_> {
             .refusal(&self.place.listener, "message_timeout");
         let size = late
             .size
-            .map_or("its header".into(), |s| format!("a {s}-byte message"));
+            .map_or("a message header".into(), |s| format!("a {s}-byte message"));
         crate::warn_conn!(
             self.warnings,
-            "{}: {size} did not arrive within {:?} ({} bytes came; --message-timeout, --min-receive-rate); closing the connection",
+            "{}: {size} is arriving too slowly: {} bytes in {:.1}s, {:?} (--message-timeout) plus {}/s (--min-receive-rate) allowed; closing the connection",
             self.peer,
+            late.received,
+            late.elapsed.as_secs_f64(),
             late.allowed,
-            late.received
+            crate::budget::bytes(self.cfg.pace.min_rate)
         );
         Some(End::Broken)
     }

@@ -134,7 +134,7 @@ fn slowloris_tricklers_are_closed_and_never_keep_a_guest_out() {
         log.contains("(--handshake-timeout); closing the connection"),
         "{log}"
     );
-    assert!(log.contains("did not arrive within 3s"), "{log}");
+    assert!(log.contains("is arriving too slowly"), "{log}");
     assert!(!log.contains("refused"), "{log}");
 }
 
@@ -257,6 +257,13 @@ fn compact_amplification_stays_within_the_memory_budget() {
         &format!("{BUDGET_MIB}M"),
     ]);
     let addr = d.tcp();
+    // "Before they came": a daemon that has served a guest (its encoder
+    // and conversion libraries are loaded), idle again.
+    let mut warm = Client::tcp(addr);
+    let f = test_frame(Fmt::Bgrx, 64, 48, 256, 0, 1);
+    assert_eq!(stream_frames(&mut warm, &[(f, 1, false)], 1).len(), 1);
+    drop(warm);
+    d.wait_log("disconnected; frames in 1 out 1");
     std::thread::sleep(Duration::from_millis(500));
     let idle_before = d.rss_kib();
     let peak = Arc::new(AtomicU64::new(0));
@@ -386,9 +393,10 @@ fn running_out_of_descriptors_refuses_with_an_error_not_a_stall() {
         "{errors} ERROR lines for {} refusals",
         refused.len()
     );
-    // Every session the log announced answered its frame.
+    // Every session the log announced answered its frame (the healthy
+    // guest's frames are 80x64).
     let sessions = log.matches(": encoding 64x48").count();
-    assert_eq!(sessions, served + 1, "{log}");
+    assert_eq!(sessions, served, "{log}");
 }
 
 /// Case 5: access rules, each allowed and denied.

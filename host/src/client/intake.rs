@@ -4,10 +4,11 @@
 //! The 12-byte header of each message is read here first, so that its size
 //! is known before the body is: the reader decides about the message (a
 //! client slot, memory from the budget) before anything is buffered, and
-//! the message gets its deadline. A message must arrive completely within
-//! `max(floor, size / min_rate)` of its first byte; a guest trickling
-//! bytes (one a second resets any idle timer) is closed when the message
-//! is late. The header is then handed, possibly rewritten (see
+//! the message gets its deadline: once `floor` has passed since its first
+//! byte, it must keep arriving at `min_rate` on average (so it is complete
+//! by `floor + size / min_rate` at the latest). A guest trickling bytes
+//! (one a second resets any idle timer) is closed soon after the floor,
+//! whatever size it announced. The header is then handed, possibly rewritten (see
 //! [`Intake::read`]), to the protocol decoder, which reads the body.
 
 use std::io::{self, Read};
@@ -25,10 +26,12 @@ pub struct Pace {
 }
 
 impl Pace {
-    /// The time a message of `size` bytes (header included) is given.
-    pub fn allowance(&self, size: u64) -> Duration {
-        let at_rate = Duration::from_secs_f64(size as f64 / self.min_rate.max(1) as f64);
-        at_rate.max(self.floor)
+    /// Whether `received` bytes after `elapsed` are behind the pace.
+    fn behind(&self, elapsed: Duration, received: u64) -> bool {
+        let Some(over) = elapsed.checked_sub(self.floor) else {
+            return false;
+        };
+        (received as f64) < over.as_secs_f64() * self.min_rate as f64
     }
 }
 
@@ -38,6 +41,8 @@ pub struct Late {
     /// Its size, when the header had arrived.
     pub size: Option<u64>,
     pub received: u64,
+    pub elapsed: Duration,
+    /// The floor.
     pub allowed: Duration,
 }
 
@@ -67,14 +72,16 @@ impl Intake {
         self.decoder.stream_offset() + self.have as u64
     }
 
-    /// The message in progress, if it is past its deadline at `now`.
+    /// The message in progress, if it has fallen behind its pace at `now`.
     pub fn late(&self, now: Instant) -> Option<Late> {
         let (start, size, from) = self.current?;
-        let allowed = self.pace.allowance(size.unwrap_or(0));
-        (now.saturating_duration_since(start) > allowed).then(|| Late {
+        let received = self.stream_offset() - from;
+        let elapsed = now.saturating_duration_since(start);
+        self.pace.behind(elapsed, received).then(|| Late {
             size,
-            received: self.stream_offset() - from,
-            allowed,
+            received,
+            elapsed,
+            allowed: self.pace.floor,
         })
     }
 
@@ -84,11 +91,19 @@ impl Intake {
     /// passed to `on_header` before its body is read; the decoder gets the
     /// header `on_header` returns, which may differ from the one received
     /// in ways that keep the framing (fewer flags, a type to be skipped).
+    ///
+    /// Returns within about `slice` even when bytes keep trickling in (as
+    /// a timeout error), so that the caller can look at the deadlines.
     pub fn read<R: Read + ?Sized>(
         &mut self,
         src: &mut R,
+        slice: Duration,
         mut on_header: impl FnMut(&Header) -> Header,
     ) -> Result<Option<Decoded>, ProtocolError> {
+        let src = &mut Sliced {
+            inner: src,
+            until: Instant::now() + slice,
+        };
         loop {
             if !self.decoder.is_idle() {
                 let r = self.decoder.read_from_ext(src);
@@ -144,6 +159,23 @@ impl Intake {
     }
 }
 
+/// A reader that reports a timeout once its time is up, even while bytes
+/// keep coming: the decoder's reads of a body end then, keeping what they
+/// got.
+struct Sliced<'a, R: ?Sized> {
+    inner: &'a mut R,
+    until: Instant,
+}
+
+impl<R: Read + ?Sized> Read for Sliced<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if Instant::now() >= self.until {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.inner.read(buf)
+    }
+}
+
 fn read_some<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> Result<usize, ProtocolError> {
     loop {
         match r.read(buf) {
@@ -179,9 +211,10 @@ mod tests {
     }
 
     #[test]
-    fn the_allowance_grows_with_the_size_above_the_floor() {
-        assert_eq!(PACE.allowance(100), Duration::from_secs(2));
-        assert_eq!(PACE.allowance(10_000), Duration::from_secs(10));
+    fn a_message_is_behind_when_the_rate_owes_more_after_the_floor() {
+        assert!(!PACE.behind(Duration::from_secs(2), 0));
+        assert!(PACE.behind(Duration::from_secs(3), 999));
+        assert!(!PACE.behind(Duration::from_secs(3), 1000));
     }
 
     #[test]
@@ -213,7 +246,7 @@ mod tests {
         }
         let mut r = ByteReader(&mut reader);
         while let Some(d) = it
-            .read(&mut r, |h| {
+            .read(&mut r, Duration::from_secs(60), |h| {
                 seen.push(h.msg_type);
                 *h
             })
@@ -235,7 +268,7 @@ mod tests {
         let mut first = true;
         let mut r = &bytes[..];
         let d = it
-            .read(&mut r, |h| {
+            .read(&mut r, Duration::from_secs(60), |h| {
                 let mut h = *h;
                 if std::mem::take(&mut first) {
                     h.flags &= !FLAG_PIXELS;
@@ -251,7 +284,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // The stream stays in step: the next frame is whole.
-        match it.read(&mut r, |h| *h).unwrap().unwrap() {
+        match it
+            .read(&mut r, Duration::from_secs(60), |h| *h)
+            .unwrap()
+            .unwrap()
+        {
             Decoded::Legacy(_, Message::FrameRequest { request, pixels }) => {
                 assert_eq!((request.pts, pixels.map(|p| p.len())), (10, Some(16)));
             }
@@ -267,9 +304,9 @@ mod tests {
         // The header and a few body bytes; then nothing.
         // The slice ends mid-message: a truncation error, the message
         // still in progress.
-        assert!(it.read(&mut r, |h| *h).is_err());
+        assert!(it.read(&mut r, Duration::from_secs(60), |h| *h).is_err());
         let t = Instant::now() + Duration::from_secs(3);
-        let late = it.late(t).expect("late after the 2 s floor");
+        let late = it.late(t).expect("behind its pace 1 s after the 2 s floor");
         assert_eq!(late.size, Some(bytes.len() as u64));
         assert_eq!(late.received, 20);
         assert!(it.late(Instant::now()).is_none());

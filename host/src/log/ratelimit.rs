@@ -95,16 +95,21 @@ impl RateLimit {
 
 impl RateLimit {
     /// Gives back a line `admit` let through but that was not written
-    /// after all (another limit refused it): it counts as suppressed, with
-    /// what it carried.
+    /// after all (another limit refused it, and counts it): its place in
+    /// the window, and the count it was to carry.
     pub fn refund(&self, a: Admitted) {
+        if a.suppressed == 0 {
+            let mut w = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            w.admitted = w.admitted.saturating_sub(1);
+            return;
+        }
         self.refund_at(a, Instant::now())
     }
 
     fn refund_at(&self, a: Admitted, now: Instant) {
         let mut w = self.state.lock().unwrap_or_else(|e| e.into_inner());
         w.admitted = w.admitted.saturating_sub(1);
-        w.suppressed += a.suppressed + 1;
+        w.suppressed += a.suppressed;
         let first = now.checked_sub(a.over).unwrap_or(now);
         w.first_suppressed = Some(w.first_suppressed.map_or(first, |f| f.min(first)));
     }
@@ -288,12 +293,14 @@ mod tests {
         let written = (0..50).filter(|_| a.admit().is_some()).count();
         assert_eq!(written, 3, "the daemon-wide 3 come first");
         assert!(b.admit().is_none(), "the daemon-wide budget is used up");
-        // A line refused daemon-wide is counted as suppressed for the
-        // connection, not lost.
+        // A line refused daemon-wide is counted there, and leaves the
+        // connection's own budget untouched.
         assert_eq!(
             b.conn.admit_at(Instant::now()).map(|x| x.suppressed),
-            Some(1)
+            Some(0)
         );
+        let later = Instant::now() + Duration::from_secs(3601);
+        assert_eq!(ALL.admit_at(later).map(|x| x.suppressed), Some(48));
     }
 
     #[test]

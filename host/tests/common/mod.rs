@@ -278,7 +278,9 @@ for fam in text_string_to_metric_families(sys.stdin.read()):
         out.append([s.name, s.labels, s.value])
 print(json.dumps(out))
 "#;
-    let mut py = Command::new("python3")
+    // Debian's python3, which has Debian's python3-prometheus-client (a
+    // python3 earlier in PATH, e.g. pyenv's, may not).
+    let mut py = Command::new("/usr/bin/python3")
         .args(["-c", PARSE])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
