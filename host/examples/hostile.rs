@@ -402,23 +402,21 @@ fn guest_connect(
                 Ok(Some(Decoded::Legacy(_, Message::FrameResponse(resp)))) => {
                     let mut f = inf.lock().unwrap();
                     let mut rep = rep.lock().unwrap();
-                    match f.iter().position(|(p, _)| *p == resp.pts) {
-                        Some(i) => {
-                            f.remove(i);
-                            let au: usize = resp.chunks.iter().map(|n| n.len()).sum();
-                            if au == 0
-                                || !resp.chunks.iter().all(|n| {
-                                    n.starts_with(&[0, 0, 0, 1]) || n.starts_with(&[0, 0, 1])
-                                })
-                            {
-                                rep.bad_answers += 1;
-                            } else {
-                                rep.answered += 1;
-                                rep.first_frame_after.get_or_insert(start.elapsed());
-                            }
+                    // Not in flight: already dropped by its timeout.
+                    if let Some(i) = f.iter().position(|(p, _)| *p == resp.pts) {
+                        f.remove(i);
+                        let au: usize = resp.chunks.iter().map(|n| n.len()).sum();
+                        if au == 0
+                            || !resp
+                                .chunks
+                                .iter()
+                                .all(|n| n.starts_with(&[0, 0, 0, 1]) || n.starts_with(&[0, 0, 1]))
+                        {
+                            rep.bad_answers += 1;
+                        } else {
+                            rep.answered += 1;
+                            rep.first_frame_after.get_or_insert(start.elapsed());
                         }
-                        // Already dropped by timeout: late.
-                        None => {}
                     }
                 }
                 Ok(Some(Decoded::Ext(_, ExtMessage::ErrorPts(e)))) => {

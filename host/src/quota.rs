@@ -53,16 +53,19 @@ impl Bucket {
     }
 }
 
+/// A peer's bucket, shared by its connections.
+pub type SharedBucket = Arc<Mutex<Bucket>>;
+
 /// The buckets of every peer that has a quota, per listener.
 #[derive(Default)]
 pub struct Quotas {
-    buckets: Mutex<HashMap<(usize, PeerKey), Arc<Mutex<Bucket>>>>,
+    buckets: Mutex<HashMap<(usize, PeerKey), SharedBucket>>,
 }
 
 impl Quotas {
     /// The bucket of `peer` on listener number `listener`, shared with its
     /// other connections.
-    pub fn bucket(&self, listener: usize, peer: &PeerKey, rate: u64) -> Arc<Mutex<Bucket>> {
+    pub fn bucket(&self, listener: usize, peer: &PeerKey, rate: u64) -> SharedBucket {
         let mut b = self.buckets.lock().unwrap();
         // Forget peers that have no connection left.
         b.retain(|_, v| Arc::strong_count(v) > 1);

@@ -29,27 +29,6 @@ fn hello(ext: u32) -> Vec<u8> {
     .encode(1)
 }
 
-/// Whether the daemon closed `s` (EOF or reset) within `within`.
-fn closed_within(s: &mut TcpStream, within: Duration) -> Option<Duration> {
-    let t = Instant::now();
-    s.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let mut buf = [0u8; 4096];
-    while t.elapsed() < within {
-        match s.read(&mut buf) {
-            Ok(0) => return Some(t.elapsed()),
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return Some(t.elapsed()),
-        }
-    }
-    None
-}
-
 /// Case 1: clients trickling bytes hold no slot and are closed by the
 /// deadlines; a guest coming meanwhile is served at once.
 #[test]

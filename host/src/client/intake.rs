@@ -77,7 +77,7 @@ impl Intake {
         let (start, size, from) = self.current?;
         let received = self.stream_offset() - from;
         let elapsed = now.saturating_duration_since(start);
-        self.pace.behind(elapsed, received).then(|| Late {
+        self.pace.behind(elapsed, received).then_some(Late {
             size,
             received,
             elapsed,
