@@ -581,14 +581,20 @@ fn churn(bin: &str, extra: &[String]) {
             }
         }));
     }
-    thread::sleep(Duration::from_secs(2));
-    println!(
-        "   guest starts at {:.0} s, {} churn connections so far",
-        t0.elapsed().as_secs_f64(),
-        done.load(Ordering::Relaxed)
-    );
-    let g = healthy_guest(d.addr, 150);
-    println!("   {}", g.line());
+    // Newcomers at intervals while the churn goes on.
+    for k in 0..4u64 {
+        thread::sleep(Duration::from_secs(if k == 0 { 2 } else { 5 }));
+        if done.load(Ordering::Relaxed) >= 4 * n as u64 {
+            break;
+        }
+        println!(
+            "   guest {k} starts at {:.0} s, {} churn connections so far",
+            t0.elapsed().as_secs_f64(),
+            done.load(Ordering::Relaxed)
+        );
+        let g = healthy_guest(d.addr, 150);
+        println!("   {}", g.line());
+    }
     let at_guest_end = done.load(Ordering::Relaxed);
     for h in hs {
         let _ = h.join();
@@ -871,22 +877,40 @@ fn access(bin: &str, extra: &[String]) {
 /// Case 6: what must keep working.
 fn keep(bin: &str, extra: &[String]) {
     let d = Daemon::start(bin, &[], extra, None);
-    // A client that never reads its answers is cut off.
+    // A client that never reads its answers is cut off: noise frames at
+    // 100 Mbit/s make answers large enough to fill the socket buffers.
     let mut s = TcpStream::connect(d.addr).unwrap();
-    let pic = nv12(640, 360, 0);
+    let cfg = hxfr::ConfigRequest {
+        width: 640,
+        height: 480,
+        bitrate: 100_000_000,
+        framerate_num: 30,
+        framerate_den: 1,
+        ..Default::default()
+    };
+    s.write_all(&Message::ConfigRequest(cfg).encode(1)).unwrap();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let noise: Vec<u8> = (0..640 * 480 * 4)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
     let t0 = Instant::now();
     let mut cut = None;
-    for i in 0..2000 {
+    for i in 0..100_000 {
         let req = FrameRequest {
             width: 640,
-            height: 360,
-            format: WireFormat::Nv12.fourcc(),
-            stride: 640,
+            height: 480,
+            format: WireFormat::Bgra.fourcc(),
+            stride: 2560,
             pts: i,
             duration: 33_333_333,
             ..Default::default()
         };
-        if hxfr::write::write_frame_request(&mut s, 1, &req, &[&pic]).is_err() {
+        if hxfr::write::write_frame_request(&mut s, 1, &req, &[&noise]).is_err() {
             cut = Some(t0.elapsed());
             break;
         }
@@ -897,7 +921,7 @@ fn keep(bin: &str, extra: &[String]) {
     println!(
         "   never-reading client cut off after {}",
         cut.map(|d| format!("{:.0} s", d.as_secs_f64()))
-            .unwrap_or("never".into())
+            .unwrap_or("never (60 s)".into())
     );
     drop(s);
     thread::sleep(Duration::from_secs(2));

@@ -288,7 +288,9 @@ impl Reader<'_> {
                 last_input = Instant::now();
             } else if let Some(idle) = self.cfg.idle_timeout {
                 if last_input.elapsed() >= idle {
-                    info!(
+                    crate::log_limited!(
+                        CONNECTION_LINES,
+                        tracing::Level::INFO,
                         "{}: sent nothing for {idle:?} (--idle-timeout); closing the connection",
                         self.peer
                     );
@@ -317,7 +319,11 @@ impl Reader<'_> {
                 Err(e) if e.is_timeout() => {}
                 Err(e @ ProtocolError::BadMagic { .. }) => {
                     let why = e.to_string();
-                    warn!("{}: {why}; closing this connection", self.peer);
+                    crate::warn_conn!(
+                        self.warnings,
+                        "{}: {why}; closing this connection",
+                        self.peer
+                    );
                     self.count_error();
                     self.send_error(0, ErrorMessage::new(error_code::INVALID_MESSAGE, why));
                     return End::Broken;
@@ -784,7 +790,12 @@ impl Reader<'_> {
                     self.session = Some(s);
                 }
                 Err(e) => {
-                    error!("{}: cannot start an encoding session: {e:#}", self.peer);
+                    crate::log_conn_limited!(
+                        self.warnings,
+                        tracing::Level::ERROR,
+                        "{}: cannot start an encoding session: {e:#}",
+                        self.peer
+                    );
                     let e = encode_failed(req.pts, &format!("cannot start the encoder: {e:#}"));
                     return self.reject(sid, req.pts, index, e);
                 }
@@ -811,7 +822,9 @@ impl Reader<'_> {
         let session = self.session.as_mut().unwrap();
         let mut failure = session.encode(&layout, pixels, job, force).err();
         if let Some(why) = session.take_error() {
-            error!(
+            crate::log_conn_limited!(
+                self.warnings,
+                tracing::Level::ERROR,
                 "{}: encoder error: {why}; the next frame starts a new session",
                 self.peer
             );
@@ -819,7 +832,7 @@ impl Reader<'_> {
             self.session = None;
         }
         if let Some((job, why)) = failure.take() {
-            warn!("{}: frame pts={}: {why}", self.peer, job.pts);
+            crate::warn_conn!(self.warnings, "{}: frame pts={}: {why}", self.peer, job.pts);
             let _ = job.reply.try_send(Err(encode_failed(job.pts, &why)));
             self.session = None;
         }

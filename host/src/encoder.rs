@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context};
 use gst::glib;
 use gst::prelude::*;
 use hxfr::{error_code, msg_type, ErrorMessage, FrameLayout, Header, WireFormat};
-use tracing::{debug, trace, warn, Span};
+use tracing::{debug, trace, Span};
 
 use crate::budget::Charged;
 use crate::log::ratelimit::RateLimit;
@@ -111,7 +111,8 @@ fn set_if_present(element: &gst::Element, name: &str, value: &str) {
     };
     match glib::Value::deserialize_with_pspec(value, &pspec) {
         Ok(v) => element.set_property_from_value(name, &v),
-        Err(_) => warn!(
+        Err(_) => crate::warn_limited!(
+            OUTPUT_WARNINGS,
             "{}: cannot set {name}={value}",
             element.factory().map(|f| f.name()).unwrap_or_default()
         ),
