@@ -23,7 +23,7 @@ declare -A PACKAGE_GROUPS=(
     [base]="pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
             gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
             gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
-            python3 python3-prometheus-client"
+            gstreamer1.0-nice python3 python3-prometheus-client"
     # (python3-prometheus-client: the daemon's metrics test parses a scrape
     # with the Prometheus project's own OpenMetrics parser.)
     # Booting a real guest under QEMU (scripts/vm/, the real-guest tests).

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::peer::{Action, PeerBuilder};
 use common::*;
@@ -384,7 +384,28 @@ fn wait_for_host_drops_frames_until_the_host_appears() {
         0,
         "first connection is not a reconnect"
     );
+    let infos: Vec<String> = collect_bus(&p.bus().unwrap(), Duration::from_millis(200), |_| false)
+        .iter()
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Info(i) => Some(format!(
+                "{} {}",
+                i.error(),
+                i.debug().map(|d| d.to_string()).unwrap_or_default()
+            )),
+            _ => None,
+        })
+        .collect();
     p.set_state(gst::State::Null).unwrap();
+    assert!(
+        infos
+            .iter()
+            .any(|i| i.contains("connected to vsockenc host")),
+        "{infos:?}"
+    );
+    assert!(
+        !infos.iter().any(|i| i.contains("again")),
+        "the first connection is not announced as encoding again: {infos:?}"
+    );
 }
 
 #[test]
@@ -415,8 +436,22 @@ fn host_that_stops_answering_pings_is_dropped_and_reconnected() {
     );
     let mut h = harness_with(&e);
     h.play();
-    h.push(frame(0)).unwrap();
-    pull(&mut h, T).unwrap();
+    // The host answers neither the PING after the HELLO nor the keepalive
+    // ones, so its connections are replaced every few hundred ms from the
+    // start: a frame may meet a gap between two of them and be dropped.
+    // Push until one is answered.
+    let mut out = None;
+    for i in 0..50 {
+        h.push(frame(i)).unwrap();
+        out = pull(&mut h, Duration::from_millis(400));
+        if out.is_some() {
+            break;
+        }
+    }
+    assert!(
+        out.is_some(),
+        "frames are answered between the replacements"
+    );
     assert!(
         peer.wait_for(T, |r| r.connections >= 2),
         "silent host replaced"
@@ -606,4 +641,87 @@ fn a_host_that_hangs_up_at_once_is_retried_once_per_interval() {
     // (one more for rounding at either end).
     assert!(n >= 2, "the element retried ({n} connections)");
     assert!(n <= 6, "{n} connections in 2 s with reconnect-interval=500");
+}
+
+/// The start error for `socket-path` naming `path`, or panics.
+fn start_error(path: &std::path::Path, props: &str) -> (String, Duration) {
+    init();
+    let p = gst::parse::launch(&format!(
+        "videotestsrc ! video/x-raw,format=BGRx,width=64,height=48 ! vsockenc socket-path={} {props} ! fakesink",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let started = Instant::now();
+    assert!(p.set_state(gst::State::Playing).is_err());
+    let took = started.elapsed();
+    let msgs = collect_bus(&p.bus().unwrap(), T, |m| {
+        matches!(m.view(), gst::MessageView::Error(_))
+    });
+    p.set_state(gst::State::Null).unwrap();
+    let err = msgs
+        .iter()
+        .find_map(|m| match m.view() {
+            gst::MessageView::Error(e) => Some(format!("{} {:?}", e.error(), e.debug())),
+            _ => None,
+        })
+        .expect("an error message");
+    (err, took)
+}
+
+#[test]
+fn a_socket_path_naming_a_regular_file_says_so() {
+    let path = socket_path("regular");
+    std::fs::write(&path, b"not a socket").unwrap();
+    // Even with wait-for-host: waiting for a regular file cannot help.
+    let (err, _) = start_error(&path, "wait-for-host=true");
+    let _ = std::fs::remove_file(&path);
+    assert!(err.contains("is a regular file, not a socket"), "{err}");
+    assert!(
+        err.contains("set socket-path to the socket vsockenc-host listens on"),
+        "{err}"
+    );
+    assert!(!err.contains("connection refused"), "{err}");
+}
+
+#[test]
+fn a_daemon_that_never_accepts_times_out_at_connect_timeout() {
+    // A listening socket whose backlog is full and nobody accepts (a
+    // frozen daemon): connect used to wait forever.
+    init();
+    let path = socket_path("frozen");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    // Fill the backlog (its length is the kernel's somaxconn default).
+    let mut held = Vec::new();
+    let full = loop {
+        let s = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .unwrap();
+        let addr = nix::sys::socket::UnixAddr::new(&path).unwrap();
+        match nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&s), &addr) {
+            Ok(()) => held.push(s),
+            Err(nix::errno::Errno::EAGAIN) => break true,
+            Err(e) => panic!("{e}"),
+        }
+        if held.len() > 100_000 {
+            break false;
+        }
+    };
+    assert!(full, "the backlog filled up");
+    let (err, took) = start_error(&path, "connect-timeout=300");
+    drop(listener);
+    eprintln!("{err} after {took:?}");
+    assert!(
+        err.contains("timed out: the daemon accepts no connection"),
+        "{err}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the connect gave up after connect-timeout: {took:?}"
+    );
 }

@@ -62,12 +62,14 @@ fn stopping_while_a_write_is_blocked_on_a_host_that_does_not_read() {
     init();
     let path = socket_path("stopfrozen");
     let listener = UnixListener::bind(&path).unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let accepted = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
-        // Read nothing; keep the connection open until the element closes
-        // it, then report what a read sees.
+        // Read nothing (not even the HELLO: the element gives up waiting
+        // for its answer after a while); keep the connection open until the
+        // test is over.
+        let _ = done_rx.recv_timeout(Duration::from_secs(60));
         let mut b = [0u8; 1];
-        std::thread::sleep(Duration::from_secs(2));
         let _ = s.set_read_timeout(Some(Duration::from_millis(10)));
         let _ = s.read(&mut b);
     });
@@ -95,6 +97,7 @@ fn stopping_while_a_write_is_blocked_on_a_host_that_does_not_read() {
         took < Duration::from_millis(100),
         "stopping took {took:?}: it waited on the host"
     );
+    done_tx.send(()).unwrap();
     accepted.join().unwrap();
 }
 

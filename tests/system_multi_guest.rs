@@ -6,6 +6,8 @@ mod sys;
 
 use std::time::{Duration, Instant};
 
+use gst::prelude::*;
+
 use sys::daemon::{free_tcp_port, Addr, Daemon, Transport};
 use sys::frames::{frame_psnr, Frame, FrameCollector};
 use sys::pipeline::{self, Stats};
@@ -167,5 +169,61 @@ fn four_guests_one_daemon() {
          own-content Y PSNR >= {min_own:.1} dB, cross-content <= {max_cross:.1} dB",
         daemon.encoder,
         wall.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_guest_over_the_client_limit_is_told_it_is_not_served() {
+    sys::init();
+    let dir = TempDir::new("refused");
+    let daemon = Daemon::start(Transport::Unix, &dir, &["--max-clients", "1"]);
+    let live = |name: &str| {
+        pipeline::launch(&format!(
+            "videotestsrc is-live=true ! video/x-raw,format=NV12,width=64,height=48,framerate=30/1 ! \
+             vsockenc name={name} {} reconnect-interval=200 ! fakesink",
+            daemon.addr.element_props()
+        ))
+    };
+    let first = live("first");
+    pipeline::play(&first);
+    let first_enc = pipeline::element(&first, "first");
+    let t0 = Instant::now();
+    while Stats::of(&first_enc).u64("frames-returned") < 5 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the first guest is served"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = live("second");
+    pipeline::play(&second);
+    let bus = second.bus().unwrap();
+    let mut warnings = Vec::new();
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        if let Some(m) = bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(50),
+            &[gst::MessageType::Warning],
+        ) {
+            warnings.push(pipeline::describe(&m));
+        }
+    }
+    pipeline::shutdown(&second);
+    pipeline::shutdown(&first);
+    eprintln!("{warnings:#?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("does not serve this guest")
+                && w.contains("serving its maximum of 1 clients")),
+        "{warnings:#?}"
+    );
+    assert!(
+        !warnings.iter().any(|w| w.contains("failed to encode")),
+        "a refusal is not an encoding failure: {warnings:#?}"
+    );
+    assert!(
+        warnings.len() <= 3,
+        "asking again every 200 ms does not flood the bus: {warnings:#?}"
     );
 }

@@ -24,7 +24,9 @@ use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hxfr::ext::{ext_bits, ext_type, CompactFrame, ExtMessage, HostExt, PTS_UNKNOWN};
+use hxfr::ext::{
+    ext_bits, ext_type, CompactFrame, ExtMessage, HostExt, ProfileRequest, PTS_UNKNOWN,
+};
 use hxfr::message::FRAME_REQUEST_FIXED;
 use hxfr::{
     error_code, msg_type, ConfigRequest, Decoded, Decoder, ErrorMessage, FrameLayout, FrameRequest,
@@ -40,6 +42,7 @@ use crate::encoder::{encode_failed, EncoderChoice, Job, Params, Session, Session
 use crate::fds::{self, Descriptors};
 use crate::log::ratelimit::{ConnLimits, RateLimit};
 use crate::metrics::Metrics;
+use crate::profile::{Negotiator, Outcome, Target};
 use crate::quota::Bucket;
 use crate::stats::ClientStats;
 use intake::Intake;
@@ -105,7 +108,9 @@ enum Refused {
 }
 
 /// What this daemon offers a guest that says HELLO: everything it knows
-/// (FRAME_CHECKSUM only to a guest that asks for it).
+/// (FRAME_CHECKSUM only to a guest that asks for it; PROFILE and FORMATS
+/// work with any encoder: the answer to a profile request comes from the
+/// encoder itself).
 const SUPPORTED_EXTENSIONS: u32 = ext_bits::KNOWN;
 
 /// Why the reader stopped.
@@ -181,6 +186,7 @@ pub fn serve(
             fps_d: 1,
         },
         force_keyframe: false,
+        target: None,
         warnings,
         place: &place,
         client: false,
@@ -238,6 +244,8 @@ struct Reader<'a> {
     ext: HostExt,
     params: Params,
     force_keyframe: bool,
+    /// The profile and level the guest negotiated (PROFILE), if any.
+    target: Option<Target>,
     warnings: Arc<ConnLimits>,
     place: &'a Place,
     /// Holds a client slot (sent a frame).
@@ -585,6 +593,9 @@ impl Reader<'_> {
                 }
                 self.queue(Outgoing::Now(ExtMessage::DrainDone { token }.encode(sid)))
             }
+            ExtMessage::ProfileRequest(req) if self.ext.has(ext_bits::PROFILE) => {
+                self.profile_request(sid, &req)
+            }
             other => {
                 debug!(
                     "{}: ignored {} from the guest",
@@ -644,11 +655,47 @@ impl Reader<'_> {
         }
     }
 
+    /// Answers a PROFILE_REQ; queued behind the answers to every earlier
+    /// frame, and in force from the next frame on.
+    fn profile_request(&mut self, sid: u16, req: &ProfileRequest) -> bool {
+        let negotiator = Negotiator {
+            encoder: &self.cfg.encoder,
+            params: self.params,
+            timeout: self.cfg.encode_timeout,
+            max_frame_bytes: self.cfg.limits.max_pixel_bytes,
+            peer: self.peer.into(),
+        };
+        let (resp, outcome) = negotiator.answer(req);
+        let asked = format!(
+            "{} up to {} for {}x{} at {}/{} fps",
+            req.profile, req.max_level, req.width, req.height, req.framerate_num, req.framerate_den
+        );
+        match outcome {
+            Outcome::Accepted(target) => {
+                info!(
+                    "{}: PROFILE_REQ {} ({asked}): accepted, {} produces {} {}",
+                    self.peer, req.token, resp.encoder, resp.profile, resp.level
+                );
+                self.target = target;
+            }
+            Outcome::Refused => self.complain(format_args!(
+                "PROFILE_REQ {} ({asked}) refused: {}",
+                req.token, resp.reason
+            )),
+        }
+        self.queue(Outgoing::Now(ExtMessage::ProfileResponse(resp).encode(sid)))
+    }
+
     fn configure(&mut self, c: ConfigRequest) {
         if c.bitrate > 0 {
             self.params.bitrate_kbps = (c.bitrate / 1000).max(1);
-            if let Some(s) = &self.session {
-                s.set_bitrate(self.params.bitrate_kbps);
+            if let Some(s) = &mut self.session {
+                if !s.set_bitrate(self.params.bitrate_kbps) {
+                    info!(
+                        "{}: {} cannot change its bitrate while encoding: a new encoding session (starting with a keyframe) takes it at the next frame",
+                        self.peer, self.cfg.encoder.factory
+                    );
+                }
             }
         }
         if c.framerate_num > 0
@@ -713,7 +760,7 @@ impl Reader<'_> {
                 return self.reject(sid, req.pts, index, e);
             }
         };
-        let layout = match FrameLayout::validate(&req, pixels.pixels.len()) {
+        let layout = match self.ext.layout(&req, pixels.pixels.len()) {
             Ok(l) => l,
             Err(e) => {
                 let e = invalid(error_code::INVALID_MESSAGE, e.to_string());
@@ -737,34 +784,7 @@ impl Reader<'_> {
             }
         }
         let key = SessionKey::of(&layout);
-        let framerate = (self.params.fps_n, self.params.fps_d);
-        if self
-            .session
-            .as_ref()
-            .is_some_and(|s| s.framerate != framerate)
-        {
-            let old = self.session.take().unwrap();
-            info!(
-                "{}: frame rate changed to {}/{}: new encoding session",
-                self.peer, framerate.0, framerate.1
-            );
-            old.finish(self.cfg.drain_timeout);
-        }
-        if self.session.as_ref().is_some_and(|s| s.key != key) {
-            let old = self.session.take().unwrap();
-            info!(
-                "{}: frame format changed from {}x{} {} to {}x{} {}: new encoding session",
-                self.peer,
-                old.key.width,
-                old.key.height,
-                old.key.format,
-                key.width,
-                key.height,
-                key.format
-            );
-            old.finish(self.cfg.drain_timeout);
-            self.force_keyframe = false;
-        }
+        self.retire_outdated_session(&key);
         if self.session.is_none() {
             self.session_grant = None;
             if let Err(e) = self.room_for_session(&key, req.pts) {
@@ -774,6 +794,7 @@ impl Reader<'_> {
                 &self.cfg.encoder,
                 key,
                 self.params,
+                self.target,
                 self.stats.clone(),
                 self.peer.into(),
             ) {
@@ -837,6 +858,39 @@ impl Reader<'_> {
             self.session = None;
         }
         true
+    }
+
+    /// Ends the running session when it cannot take a frame of `key`: the
+    /// frame rate, the bitrate (for an encoder that cannot change it while
+    /// encoding), the profile, or the frame's size or format changed. The
+    /// next session starts with a keyframe of its own.
+    fn retire_outdated_session(&mut self, key: &SessionKey) {
+        let Some(s) = &self.session else {
+            return;
+        };
+        let (fps_n, fps_d) = (self.params.fps_n, self.params.fps_d);
+        let why = if s.framerate != (fps_n, fps_d) {
+            format!("frame rate changed to {fps_n}/{fps_d}")
+        } else if s.bitrate_kbps != self.params.bitrate_kbps {
+            format!("bitrate changed to {} kbit/s", self.params.bitrate_kbps)
+        } else if s.target != self.target {
+            let to = self
+                .target
+                .map_or("the encoder's default".into(), |t| t.to_string());
+            format!("profile changed to {to}")
+        } else if s.key != *key {
+            format!(
+                "frame format changed from {}x{} {} to {}x{} {}",
+                s.key.width, s.key.height, s.key.format, key.width, key.height, key.format
+            )
+        } else {
+            return;
+        };
+        info!("{}: {why}: new encoding session", self.peer);
+        if let Some(old) = self.session.take() {
+            old.finish(self.cfg.drain_timeout);
+        }
+        self.force_keyframe = false;
     }
 
     /// Keeps a full frame as the reference of compact frames, if the

@@ -1,9 +1,14 @@
 //! Encoder choice and the per-connection GStreamer encoding session.
 //!
-//! A session is `appsrc ! [videoconvert] ! <encoder> ! h264parse
-//! config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au
-//! ! appsink`. Frames enter with timestamps from an internal counter (never
-//! the guest's pts, which may be anything) and a FIFO remembers, per counter
+//! A session is `appsrc ! [videoconvert ! 4:2:0 caps] ! <encoder> !
+//! [video/x-h264,profile=…,level=…] ! h264parse config-interval=-1 !
+//! video/x-h264,stream-format=byte-stream,alignment=au ! appsink`. The
+//! caps after the encoder, when a guest negotiated a profile, make the
+//! encoder produce it the way downstream caps make it in any GStreamer
+//! pipeline ([`crate::profile`]).
+//!
+//! Frames enter with timestamps from an internal counter (never the
+//! guest's pts, which may be anything) and a FIFO remembers, per counter
 //! timestamp, which request it was; each encoded access unit is matched to
 //! its request by that timestamp, so the guest's own pts is echoed exactly.
 
@@ -20,6 +25,8 @@ use tracing::{debug, trace, Span};
 
 use crate::budget::Charged;
 use crate::log::ratelimit::RateLimit;
+use crate::pixels::{self, frame_buffer};
+use crate::profile::Target;
 use crate::stats::ClientStats;
 
 /// Warnings about encoder outputs, all sessions together: a guest can make
@@ -122,6 +129,15 @@ fn set_if_present(element: &gst::Element, name: &str, value: &str) {
 /// Whether the element's bitrate property counts bit/s (else kbit/s).
 fn bitrate_in_bps(factory: &str) -> bool {
     factory == "openh264enc"
+}
+
+/// Whether a new bitrate reaches a running encoder: its `bitrate` property
+/// is documented as changeable in PLAYING (x264enc, openh264enc), or it has
+/// none (nothing to change). Otherwise a change takes a new session.
+fn bitrate_is_live(element: &gst::Element) -> bool {
+    element
+        .find_property("bitrate")
+        .is_none_or(|p| p.flags().contains(gst::PARAM_FLAG_MUTABLE_PLAYING))
 }
 
 fn set_bitrate(element: &gst::Element, factory: &str, kbps: u32) {
@@ -237,18 +253,12 @@ impl SessionKey {
         }
     }
 
-    /// H.264 4:2:0 cannot code odd sizes: odd frames are padded by one
-    /// column/row repeating the edge.
     fn coded_size(&self) -> (u32, u32) {
-        (self.width + self.width % 2, self.height + self.height % 2)
+        pixels::coded_size(self.width, self.height)
     }
 
     fn video_format(&self) -> gst_video::VideoFormat {
-        match self.format {
-            WireFormat::Bgra => gst_video::VideoFormat::Bgrx,
-            WireFormat::Rgba => gst_video::VideoFormat::Rgbx,
-            WireFormat::Nv12 => gst_video::VideoFormat::Nv12,
-        }
+        pixels::video_format(self.format)
     }
 }
 
@@ -256,6 +266,10 @@ pub struct Session {
     pub key: SessionKey,
     /// The frame rate the session was created with (`fps_n`, `fps_d`).
     pub framerate: (i32, i32),
+    /// The profile and level negotiated for it, if any.
+    pub target: Option<Target>,
+    /// The bitrate its encoder runs at, kbit/s.
+    pub bitrate_kbps: u32,
     factory: String,
     pipeline: gst::Pipeline,
     appsrc: gst_app::AppSrc,
@@ -272,6 +286,7 @@ impl Session {
         choice: &EncoderChoice,
         key: SessionKey,
         params: Params,
+        target: Option<Target>,
         stats: Arc<ClientStats>,
         peer: Arc<str>,
     ) -> anyhow::Result<Session> {
@@ -331,7 +346,15 @@ impl Session {
                     .build()?,
             );
         }
-        chain.extend([encoder.clone(), parse, filter, appsink.clone().upcast()]);
+        chain.push(encoder.clone());
+        if let Some(t) = &target {
+            chain.push(
+                gst::ElementFactory::make("capsfilter")
+                    .property("caps", t.caps())
+                    .build()?,
+            );
+        }
+        chain.extend([parse, filter, appsink.clone().upcast()]);
         pipeline.add_many(&chain)?;
         gst::Element::link_many(&chain).context("cannot link the encoding pipeline")?;
 
@@ -356,7 +379,7 @@ impl Session {
             .set_state(gst::State::Playing)
             .map_err(|_| anyhow!("the {} pipeline does not start", choice.factory))?;
         debug!(
-            "{peer}: session {}x{} {} (coded {w}x{h}) with {}{}",
+            "{peer}: session {}x{} {} (coded {w}x{h}) with {}{}{}",
             key.width,
             key.height,
             key.format,
@@ -365,6 +388,10 @@ impl Session {
                 ""
             } else {
                 " after videoconvert"
+            },
+            match &target {
+                Some(t) => format!(", producing {t}"),
+                None => String::new(),
             }
         );
         Ok(Session {
@@ -378,11 +405,20 @@ impl Session {
             force_at,
             frame_duration,
             framerate: (params.fps_n, params.fps_d),
+            target,
+            bitrate_kbps: params.bitrate_kbps,
         })
     }
 
-    pub fn set_bitrate(&self, kbps: u32) {
+    /// Changes the bitrate of the running encoder; false when the encoder
+    /// does not allow it while encoding (the caller starts a new session).
+    pub fn set_bitrate(&mut self, kbps: u32) -> bool {
+        if !bitrate_is_live(&self.encoder) {
+            return false;
+        }
         set_bitrate(&self.encoder, &self.factory, kbps);
+        self.bitrate_kbps = kbps;
+        true
     }
 
     /// Queues one frame. On failure the job comes back with the reason.
@@ -423,13 +459,19 @@ impl Session {
     pub fn take_error(&self) -> Option<String> {
         let bus = self.pipeline.bus()?;
         let msg = bus.pop_filtered(&[gst::MessageType::Error])?;
-        match msg.view() {
-            gst::MessageView::Error(e) => Some(format!(
-                "{}: {}",
-                e.src().map(|s| s.name().to_string()).unwrap_or_default(),
-                e.error()
-            )),
-            _ => None,
+        error_text(&msg)
+    }
+
+    /// Ends the stream and waits (up to `timeout`) until the encoder has
+    /// given up every frame it holds. `Err`: the error the pipeline posted
+    /// instead.
+    pub fn flush(&self, timeout: Duration) -> Result<(), String> {
+        let _ = self.appsrc.end_of_stream();
+        let bus = self.pipeline.bus().ok_or("the pipeline has no bus")?;
+        let deadline = gst::ClockTime::from_nseconds(timeout.as_nanos() as u64);
+        match bus.timed_pop_filtered(deadline, &[gst::MessageType::Eos, gst::MessageType::Error]) {
+            Some(msg) => error_text(&msg).map_or(Ok(()), Err),
+            None => Err(format!("the encoder did not finish within {timeout:?}")),
         }
     }
 
@@ -449,12 +491,7 @@ impl Session {
             return;
         }
         debug!("finishing {pending} in-flight frame(s) (up to {timeout:?})");
-        let _ = self.appsrc.end_of_stream();
-        if let Some(bus) = self.pipeline.bus() {
-            let deadline = gst::ClockTime::from_nseconds(timeout.as_nanos() as u64);
-            let _ =
-                bus.timed_pop_filtered(deadline, &[gst::MessageType::Eos, gst::MessageType::Error]);
-        }
+        let _ = self.flush(timeout);
         self.fail_all("the encoding session ended before this frame was encoded");
     }
 }
@@ -466,6 +503,23 @@ impl Drop for Session {
         let _ = self.pipeline.set_state(gst::State::Null);
         self.fifo.lock().unwrap().clear();
     }
+}
+
+/// The text of an error message (`None` for other messages), with the
+/// last line of its debug details, which says why (`streaming stopped,
+/// reason not-negotiated (-4)`); the lines before it name source files.
+fn error_text(msg: &gst::Message) -> Option<String> {
+    let gst::MessageView::Error(e) = msg.view() else {
+        return None;
+    };
+    let src = e.src().map(|s| s.name().to_string()).unwrap_or_default();
+    let why = e
+        .debug()
+        .and_then(|d| d.lines().last().map(|l| l.trim().to_string()));
+    Some(match why {
+        Some(why) if !why.is_empty() => format!("{src}: {} ({why})", e.error()),
+        _ => format!("{src}: {}", e.error()),
+    })
 }
 
 /// Sends a force-key-unit event right before each buffer whose timestamp is
@@ -527,7 +581,6 @@ fn deliver(sample: &gst::Sample, fifo: &Fifo, stats: &ClientStats, peer: &str) {
         Some(seg) => buffer.pts().and_then(|p| seg.to_running_time(p)),
         None => buffer.pts(),
     };
-    let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
     let mut fifo = fifo.lock().unwrap();
     // Frames before this one that never came out were dropped by the encoder.
     while let (Some(front), Some(pts)) = (fifo.front(), out_pts) {
@@ -569,6 +622,10 @@ fn deliver(sample: &gst::Sample, fifo: &Fifo, stats: &ClientStats, peer: &str) {
         return;
     };
     stats.record_latency(p.job.arrived.elapsed());
+    // A keyframe is an access unit a decoder can start from: one with an
+    // IDR slice. h264parse's flag also marks the I slices an encoder puts
+    // at scene cuts, which need the pictures before them.
+    let keyframe = hxfr::nal::has_idr(&map);
     let msg = frame_response(p.job.session_id, p.job.pts, keyframe, &map);
     trace!(
         "{peer}: encoded pts={} ({} bytes{})",
@@ -595,113 +652,21 @@ fn frame_response(session_id: u16, pts: i64, keyframe: bool, au: &[u8]) -> Vec<u
     out
 }
 
-/// Wraps the guest's pixels into a buffer without copying (odd sizes are
-/// the exception: they are padded to even), with a VideoMeta that tells the
-/// encoder the wire stride and plane offsets.
-fn frame_buffer(
-    layout: &FrameLayout,
-    pixels: Charged,
-    pts: gst::ClockTime,
-    duration: gst::ClockTime,
-) -> Result<gst::Buffer, glib::BoolError> {
-    let key = SessionKey::of(layout);
-    let (w, h) = key.coded_size();
-    let (pixels, stride, offsets) = if (w, h) == (layout.width, layout.height) {
-        (pixels, layout.stride as usize, layout.offsets)
-    } else {
-        // The padded copy replaces the pixels and keeps their grant.
-        let (padded, stride, offsets) = pad_to_even(layout, &pixels.pixels);
-        (pixels.replace(padded), stride, offsets)
-    };
-    let n = layout.n_planes;
-    let strides = [stride as i32; 2];
-    let mut buffer = gst::Buffer::from_mut_slice(pixels);
-    {
-        let b = buffer.get_mut().expect("a new buffer is writable");
-        b.set_pts(pts);
-        b.set_duration(duration);
-        gst_video::VideoMeta::add_full(
-            b,
-            gst_video::VideoFrameFlags::empty(),
-            key.video_format(),
-            w,
-            h,
-            &offsets[..n],
-            &strides[..n],
-        )?;
-    }
-    Ok(buffer)
-}
-
-/// Copies a frame of odd width or height into an even-sized one, repeating
-/// the last column and row. Returns the pixels, stride and plane offsets.
-fn pad_to_even(l: &FrameLayout, px: &[u8]) -> (Vec<u8>, usize, [usize; 2]) {
-    let (w, h) = (l.width as usize, l.height as usize);
-    let (w2, h2) = (w + w % 2, h + h % 2);
-    let stride = l.stride as usize;
-    match l.format {
-        WireFormat::Bgra | WireFormat::Rgba => {
-            let row = 4 * w2;
-            let mut out = vec![0u8; row * h2];
-            for y in 0..h2 {
-                let src = &px[y.min(h - 1) * stride..][..4 * w];
-                let dst = &mut out[y * row..][..row];
-                dst[..4 * w].copy_from_slice(src);
-                if w2 > w {
-                    dst[4 * w..].copy_from_slice(&src[4 * (w - 1)..]);
-                }
-            }
-            (out, row, [0, 0])
-        }
-        WireFormat::Nv12 => {
-            // The UV plane already covers ceil(w/2) x ceil(h/2) samples:
-            // exactly the even size's chroma.
-            let mut out = vec![0u8; w2 * h2 + w2 * (h2 / 2)];
-            for y in 0..h2 {
-                let src = &px[y.min(h - 1) * stride..][..w];
-                let dst = &mut out[y * w2..][..w2];
-                dst[..w].copy_from_slice(src);
-                if w2 > w {
-                    dst[w] = src[w - 1];
-                }
-            }
-            let uv = w2 * h2;
-            for y in 0..h2 / 2 {
-                let src = &px[l.offsets[1] + y * stride..][..w2];
-                out[uv + y * w2..][..w2].copy_from_slice(src);
-            }
-            (out, w2, [0, uv])
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn odd_rgb_frames_repeat_their_edges() {
-        let l = FrameLayout::new(WireFormat::Bgra, 3, 1, 16, 16).unwrap();
-        let px: Vec<u8> = (0..16).collect();
-        let (out, stride, _) = pad_to_even(&l, &px);
-        assert_eq!(stride, 16);
-        assert_eq!(out.len(), 32);
-        assert_eq!(&out[..12], &px[..12]);
-        assert_eq!(&out[12..16], &px[8..12]);
-        assert_eq!(&out[16..], &out[..16]);
-    }
-
-    #[test]
-    fn odd_nv12_frames_keep_their_chroma() {
-        // 3x3: Y stride 4 (>= 2*ceil(3/2)), UV 2 rows.
-        let l = FrameLayout::new(WireFormat::Nv12, 3, 3, 4, 20).unwrap();
-        let px: Vec<u8> = (0..20).collect();
-        let (out, stride, offsets) = pad_to_even(&l, &px);
-        assert_eq!((stride, offsets), (4, [0, 16]));
-        assert_eq!(
-            &out[..16],
-            &[0, 1, 2, 2, 4, 5, 6, 6, 8, 9, 10, 10, 8, 9, 10, 10]
+    fn live_bitrate_follows_the_property_flags() {
+        gst::init().unwrap();
+        let make = |f: &str| gst::ElementFactory::make(f).build().unwrap();
+        assert!(bitrate_is_live(&make("x264enc")));
+        assert!(bitrate_is_live(&make("openh264enc")));
+        // libav's encoders document bitrate as settable before start only.
+        assert!(!bitrate_is_live(&make("avenc_mpeg4")));
+        assert!(
+            bitrate_is_live(&make("identity")),
+            "no bitrate: nothing to change"
         );
-        assert_eq!(&out[16..], &px[12..20]);
     }
 }

@@ -14,6 +14,10 @@
 //! * `budget.rs`: the memory budget; `fds.rs`: file descriptors.
 //! * `metrics.rs`: Prometheus metrics and their endpoint.
 //! * `encoder.rs`: encoder choice and the GStreamer encoding session.
+//! * `pixels.rs`: the guest's pixels as GStreamer buffers (strides, odd
+//!   sizes).
+//! * `profile.rs`: profile negotiation: the caps after the encoder, and a
+//!   trial frame that proves the encoder honours them.
 //! * `peer.rs`: who is connected (address, credentials, CID) and the
 //!   per-connection log span.
 //! * `stats.rs`: per-client statistics.
@@ -33,6 +37,8 @@ mod listen;
 mod log;
 mod metrics;
 mod peer;
+mod pixels;
+mod profile;
 mod quota;
 mod shutdown;
 mod stats;

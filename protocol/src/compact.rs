@@ -17,6 +17,11 @@
 //!
 //! [`apply`] checks everything about a COMPACT_FRAME before it writes one
 //! byte, so a malformed one leaves the reference frame untouched.
+//!
+//! Compact frames carry the legacy formats only ([`WireFormat::ALL`]); the
+//! negotiated ones (I420, YV12, YUY2, UYVY) come from decoders and cameras,
+//! whose frames change everywhere, and always travel in full. [`Frame`] and
+//! [`checksum`] cover every format.
 
 use std::fmt;
 use std::io::{self, IoSlice, Write};
@@ -94,12 +99,14 @@ pub struct Frame<'a> {
     format: WireFormat,
     width: u32,
     height: u32,
-    planes: [&'a [u8]; 2],
-    strides: [usize; 2],
+    planes: [&'a [u8]; 3],
+    strides: [usize; 3],
 }
 
 impl<'a> Frame<'a> {
-    /// `planes`/`strides`: one entry for BGRA/RGBA, two (Y, UV) for NV12.
+    /// `planes`/`strides`: one entry for BGRA/RGBA and the packed YUV
+    /// formats, two (Y, UV) for NV12, three for I420 (Y, U, V) and YV12 (Y,
+    /// V, U: wire order).
     pub fn new(
         format: WireFormat,
         width: u32,
@@ -125,8 +132,8 @@ impl<'a> Frame<'a> {
             format,
             width,
             height,
-            planes: [&[], &[]],
-            strides: [0, 0],
+            planes: [&[]; 3],
+            strides: [0; 3],
         };
         for (i, g) in geoms.iter().enumerate() {
             let (data, stride) = (planes[i], strides[i]);
@@ -152,18 +159,20 @@ impl<'a> Frame<'a> {
 
     /// The frame inside a FRAME_REQUEST's pixel block.
     pub fn from_wire(layout: &FrameLayout, pixels: &'a [u8]) -> Result<Self, CompactError> {
-        let stride = layout.stride as usize;
-        let n = plane_geometry(layout.format, layout.width, layout.height).len();
-        let mut planes: [&[u8]; 2] = [&[], &[]];
-        for (i, p) in planes.iter_mut().enumerate().take(n) {
-            *p = pixels.get(layout.offsets[i]..).unwrap_or(&[]);
+        let n = layout.format.n_planes();
+        let mut planes: [&[u8]; 3] = [&[]; 3];
+        let mut strides = [0; 3];
+        for (i, (p, s)) in planes.iter_mut().zip(&mut strides).enumerate().take(n) {
+            let plane = layout.plane(i);
+            *p = pixels.get(plane.offset..).unwrap_or(&[]);
+            *s = plane.stride;
         }
         Frame::new(
             layout.format,
             layout.width,
             layout.height,
             &planes[..n],
-            &[stride, stride][..n],
+            &strides[..n],
         )
     }
 
@@ -216,25 +225,27 @@ struct PlaneGeom {
 }
 
 fn plane_geometry(format: WireFormat, width: u32, height: u32) -> Vec<PlaneGeom> {
-    let (w, h) = (width as usize, height as usize);
+    (0..format.n_planes())
+        .map(|p| {
+            let (rows, row_bytes) = format.plane_size(p, width, height);
+            PlaneGeom {
+                rows,
+                row_bytes,
+                // Chroma of the 4:2:0 formats has one row per two.
+                row_div: if p > 0 { 2 } else { 1 },
+            }
+        })
+        .collect()
+}
+
+/// Bytes of one pixel column in every plane, for the formats compact frames
+/// carry (`None`: always sent in full).
+fn compact_bytes_per_pixel(format: WireFormat) -> Option<usize> {
     match format {
-        WireFormat::Bgra | WireFormat::Rgba => vec![PlaneGeom {
-            rows: h,
-            row_bytes: 4 * w,
-            row_div: 1,
-        }],
-        WireFormat::Nv12 => vec![
-            PlaneGeom {
-                rows: h,
-                row_bytes: w,
-                row_div: 1,
-            },
-            PlaneGeom {
-                rows: h.div_ceil(2),
-                row_bytes: 2 * w.div_ceil(2),
-                row_div: 2,
-            },
-        ],
+        WireFormat::Bgra | WireFormat::Rgba => Some(4),
+        // Y: one byte per pixel; UV: a pair per two pixels.
+        WireFormat::Nv12 => Some(1),
+        _ => None,
     }
 }
 
@@ -251,18 +262,16 @@ struct Grid {
 }
 
 impl Grid {
-    fn new(format: WireFormat, width: u32, height: u32, tile_w: u16, tile_h: u16) -> Grid {
-        let bpp = match format {
-            WireFormat::Bgra | WireFormat::Rgba => 4,
-            WireFormat::Nv12 => 1,
-        };
-        Grid {
+    /// `None` for a format compact frames do not carry.
+    fn new(format: WireFormat, width: u32, height: u32, tile_w: u16, tile_h: u16) -> Option<Grid> {
+        let bpp = compact_bytes_per_pixel(format)?;
+        Some(Grid {
             planes: plane_geometry(format, width, height),
             tiles_x: (width as usize).div_ceil(tile_w as usize),
             tiles_y: (height as usize).div_ceil(tile_h as usize),
             tile_bytes: bpp * tile_w as usize,
             tile_height: tile_h as usize,
-        }
+        })
     }
 
     fn tiles(&self) -> usize {
@@ -344,7 +353,8 @@ pub enum Compression {
 /// Why [`CompactEncoder::encode`] wants a full frame sent instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FullReason {
-    /// Size or format differs from the reference (or the tile size is bad).
+    /// Size or format differs from the reference, the tile size is bad, or
+    /// the format is one compact frames do not carry.
     Geometry,
     /// The compact form would not be smaller than the full frame.
     NotSmaller,
@@ -466,7 +476,9 @@ impl CompactEncoder {
         {
             return Delta::Full(FullReason::Geometry);
         }
-        let grid = Grid::new(cur.format, cur.width, cur.height, tw, th);
+        let Some(grid) = Grid::new(cur.format, cur.width, cur.height, tw, th) else {
+            return Delta::Full(FullReason::Geometry);
+        };
         let changed = diff_tiles(&grid, prev, cur, &mut self.bitmap);
         let raw_len = grid.raw_len(&self.bitmap) as usize;
         let full_payload =
@@ -713,7 +725,13 @@ pub fn apply(
         layout.height,
         h.tile_width,
         h.tile_height,
-    );
+    )
+    .ok_or_else(|| {
+        CompactError::GeometryMismatch(format!(
+            "{} frames are never sent as compact frames",
+            layout.format
+        ))
+    })?;
     let bl = grid.bitmap_len();
     if compact.body.len() as u64 != bl as u64 + h.data_len as u64 {
         return Err(CompactError::Inconsistent(format!(
@@ -769,10 +787,10 @@ pub fn apply(
             scratch
         }
     };
-    let stride = layout.stride as usize;
     let mut at = 0;
     for_each_run(&grid, bitmap, |p, y, cols| {
-        let dst = layout.offsets[p] + y * stride;
+        let plane = layout.plane(p);
+        let dst = plane.offset + y * plane.stride;
         let n = cols.len();
         frame[dst + cols.start..dst + cols.end].copy_from_slice(&src[at..at + n]);
         at += n;
@@ -786,7 +804,8 @@ pub fn apply(
 }
 
 /// The FRAME_CHECKSUM of a frame: 64-bit FNV-1a over its visible bytes,
-/// plane by plane (NV12: Y then UV), row by row, without stride padding.
+/// plane by plane in wire order (NV12: Y then UV; I420: Y, U, V; YV12: Y,
+/// V, U), row by row, without stride padding.
 /// The same on both sides whatever strides each uses.
 pub fn checksum(frame: &Frame<'_>) -> u64 {
     let mut h = Fnv1a64::new();

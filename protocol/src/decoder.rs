@@ -133,7 +133,7 @@ impl Decoder {
         &self.limits
     }
 
-    /// Whether extension messages (type codes `0x40..=0x46`) are decoded.
+    /// Whether extension messages (type codes `0x40..=0x48`) are decoded.
     /// Takes effect from the next message header on.
     pub fn set_extensions(&mut self, enabled: bool) {
         self.extensions = enabled;

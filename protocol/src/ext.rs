@@ -23,6 +23,8 @@
 //! | DRAIN 0x44 | 8 | token u64 @12 |
 //! | DRAIN_DONE 0x45 | 8 | token u64 @12 |
 //! | FRAME_CHECKSUM 0x46 | 24 | pts i64 @12, frame_index u32 @20, flags u32 @24, checksum u64 @28 |
+//! | PROFILE_REQ 0x47 | 28 | token u64 @12, profile_idc u8 @20, constraint flags u8 @21, max_level u8 @22, reserved u8, width u32 @24, height u32 @28, framerate_num u32 @32, framerate_den u32 @36 |
+//! | PROFILE_RESP 0x48 | 48 + text | token u64 @12, status u8 @20, profile_idc u8 @21, constraint flags u8 @22, level u8 @23, encoder 32 bytes NUL-padded @24, text_len u32 @56, text (UTF-8) @60 |
 //!
 //! Like the legacy messages, a payload may be longer than its fixed part (a
 //! newer peer may append fields); the extra bytes are ignored.
@@ -30,6 +32,7 @@
 pub use crate::ext_state::{ChecksumCheck, GuestExt, HostExt};
 use crate::header::{Header, HEADER_LEN};
 use crate::message::{get_i64, get_u32, put_u32, FrameRequest, FRAME_REQUEST_FIXED};
+use crate::profile::{Level, Profile};
 
 /// Version of the extension protocol this crate speaks.
 pub const EXT_VERSION: u16 = 1;
@@ -44,13 +47,15 @@ pub mod ext_type {
     pub const DRAIN: u8 = 0x44;
     pub const DRAIN_DONE: u8 = 0x45;
     pub const FRAME_CHECKSUM: u8 = 0x46;
+    pub const PROFILE_REQ: u8 = 0x47;
+    pub const PROFILE_RESP: u8 = 0x48;
     /// First and last code reserved for extensions.
     pub const FIRST: u8 = 0x40;
     pub const LAST: u8 = 0x4F;
 
     /// Whether `t` is one of the codes this crate decodes as an extension.
     pub fn is_known(t: u8) -> bool {
-        (HELLO..=FRAME_CHECKSUM).contains(&t)
+        (HELLO..=PROFILE_RESP).contains(&t)
     }
 
     /// Human-readable name, `None` for anything else.
@@ -63,6 +68,8 @@ pub mod ext_type {
             DRAIN => "DRAIN",
             DRAIN_DONE => "DRAIN_DONE",
             FRAME_CHECKSUM => "FRAME_CHECKSUM",
+            PROFILE_REQ => "PROFILE_REQ",
+            PROFILE_RESP => "PROFILE_RESP",
             _ => return None,
         })
     }
@@ -82,8 +89,15 @@ pub mod ext_bits {
     /// it costs the host one pass over every frame). Only negotiated when a
     /// guest explicitly asks for it.
     pub const FRAME_CHECKSUM: u32 = 1 << 4;
+    /// PROFILE_REQ / PROFILE_RESP: the guest asks for an H.264 profile and
+    /// level, the host makes its encoder produce them or says why not.
+    pub const PROFILE: u32 = 1 << 5;
+    /// The guest may send the pixel formats of
+    /// [`crate::WireFormat::NEGOTIATED`] (I420, YV12, YUY2, UYVY), always as
+    /// full FRAME_REQUESTs.
+    pub const FORMATS: u32 = 1 << 6;
     /// Every bit this crate knows.
-    pub const KNOWN: u32 = COMPACT | LZ4 | ERROR_PTS | DRAIN | FRAME_CHECKSUM;
+    pub const KNOWN: u32 = COMPACT | LZ4 | ERROR_PTS | DRAIN | FRAME_CHECKSUM | PROFILE | FORMATS;
 
     /// Names of the bits set in `mask`, for logs (`"COMPACT|LZ4"`, `"none"`).
     pub fn describe(mask: u32) -> String {
@@ -93,6 +107,8 @@ pub mod ext_bits {
             (ERROR_PTS, "ERROR_PTS"),
             (DRAIN, "DRAIN"),
             (FRAME_CHECKSUM, "FRAME_CHECKSUM"),
+            (PROFILE, "PROFILE"),
+            (FORMATS, "FORMATS"),
         ];
         let mut parts: Vec<String> = names
             .iter()
@@ -137,6 +153,14 @@ pub const ERROR_PTS_MAX_TEXT: usize = 1024;
 pub const DRAIN_FIXED: usize = 8;
 /// Payload of FRAME_CHECKSUM.
 pub const FRAME_CHECKSUM_FIXED: usize = 24;
+/// Payload of PROFILE_REQ.
+pub const PROFILE_REQ_FIXED: usize = 28;
+/// Fixed part of a PROFILE_RESP payload (before the text).
+pub const PROFILE_RESP_FIXED: usize = 12 + ENCODER_LEN + 4;
+/// Size of the NUL-padded encoder name of PROFILE_RESP.
+pub const ENCODER_LEN: usize = 32;
+/// Longest PROFILE_RESP text this crate sends.
+pub const PROFILE_RESP_MAX_TEXT: usize = 1024;
 
 /// HELLO (guest → host): the guest's announcement.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -328,6 +352,47 @@ pub struct FrameChecksum {
     pub checksum: u64,
 }
 
+/// PROFILE_REQ (guest → host): the H.264 profile and the highest level
+/// the guest's downstream accepts, for the frames it sends from now on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProfileRequest {
+    /// Chosen by the guest; the PROFILE_RESP echoes it.
+    pub token: u64,
+    /// [`Profile::ANY`]: whatever the host's encoder produces by default.
+    pub profile: Profile,
+    /// Highest level accepted; [`Level::ANY`] for no limit.
+    pub max_level: Level,
+    /// Size and rate of the frames that will follow (0: not known). The
+    /// host tries the encoder on them, which is what tells the level.
+    pub width: u32,
+    pub height: u32,
+    pub framerate_num: u32,
+    pub framerate_den: u32,
+}
+
+/// PROFILE_RESP status: the host produces what was asked for.
+pub const PROFILE_ACCEPTED: u8 = 0;
+/// PROFILE_RESP status: the host cannot; its encoding is unchanged.
+pub const PROFILE_REFUSED: u8 = 1;
+
+/// PROFILE_RESP (host → guest): the answer to the PROFILE_REQ with the
+/// same token.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProfileResponse {
+    pub token: u64,
+    pub accepted: bool,
+    /// The profile of the stream the host produces (an SPS's profile_idc and
+    /// flags); [`Profile::ANY`] when refused.
+    pub profile: Profile,
+    /// The level it produces for the request's size and rate;
+    /// [`Level::ANY`] when not known or refused.
+    pub level: Level,
+    /// The host's encoder (a GStreamer factory name, up to 31 bytes).
+    pub encoder: String,
+    /// Why a request was refused (empty when accepted), for people.
+    pub reason: String,
+}
+
 /// One decoded extension message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExtMessage {
@@ -346,6 +411,8 @@ pub enum ExtMessage {
         token: u64,
     },
     FrameChecksum(FrameChecksum),
+    ProfileRequest(ProfileRequest),
+    ProfileResponse(ProfileResponse),
 }
 
 impl ExtMessage {
@@ -358,6 +425,8 @@ impl ExtMessage {
             ExtMessage::Drain { .. } => ext_type::DRAIN,
             ExtMessage::DrainDone { .. } => ext_type::DRAIN_DONE,
             ExtMessage::FrameChecksum(_) => ext_type::FRAME_CHECKSUM,
+            ExtMessage::ProfileRequest(_) => ext_type::PROFILE_REQ,
+            ExtMessage::ProfileResponse(_) => ext_type::PROFILE_RESP,
         }
     }
 
@@ -406,6 +475,36 @@ impl ExtMessage {
                 payload.extend_from_slice(&c.flags.to_le_bytes());
                 payload.extend_from_slice(&c.checksum.to_le_bytes());
             }
+            ExtMessage::ProfileRequest(r) => {
+                payload.extend_from_slice(&r.token.to_le_bytes());
+                payload.extend_from_slice(&[
+                    r.profile.idc,
+                    r.profile.constraints,
+                    r.max_level.0,
+                    0,
+                ]);
+                for v in [r.width, r.height, r.framerate_num, r.framerate_den] {
+                    payload.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            ExtMessage::ProfileResponse(r) => {
+                let status = if r.accepted {
+                    PROFILE_ACCEPTED
+                } else {
+                    PROFILE_REFUSED
+                };
+                let text = cut_at_char_boundary(&r.reason, PROFILE_RESP_MAX_TEXT);
+                payload.extend_from_slice(&r.token.to_le_bytes());
+                payload.extend_from_slice(&[
+                    status,
+                    r.profile.idc,
+                    r.profile.constraints,
+                    r.level.0,
+                ]);
+                payload.extend_from_slice(&agent_bytes(&r.encoder));
+                payload.extend_from_slice(&(text.len() as u32).to_le_bytes());
+                payload.extend_from_slice(text.as_bytes());
+            }
         }
         let header = Header::new(self.msg_type(), 0, session_id, payload.len() as u32);
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
@@ -425,6 +524,8 @@ pub(crate) fn fixed_part(t: u8) -> Option<(usize, bool)> {
         ext_type::ERROR_PTS => (ERROR_PTS_FIXED, true),
         ext_type::DRAIN | ext_type::DRAIN_DONE => (DRAIN_FIXED, false),
         ext_type::FRAME_CHECKSUM => (FRAME_CHECKSUM_FIXED, false),
+        ext_type::PROFILE_REQ => (PROFILE_REQ_FIXED, false),
+        ext_type::PROFILE_RESP => (PROFILE_RESP_FIXED, true),
         _ => return None,
     })
 }
@@ -492,6 +593,33 @@ pub(crate) fn decode_body(t: u8, f: &[u8], tail: Vec<u8>) -> Result<ExtMessage, 
             flags: get_u32(f, 12),
             checksum: u64::from_le_bytes(f[16..24].try_into().unwrap()),
         }),
+        ext_type::PROFILE_REQ => ExtMessage::ProfileRequest(ProfileRequest {
+            token: u64::from_le_bytes(f[..8].try_into().unwrap()),
+            profile: Profile::new(f[8], f[9]),
+            max_level: Level(f[10]),
+            width: get_u32(f, 12),
+            height: get_u32(f, 16),
+            framerate_num: get_u32(f, 20),
+            framerate_den: get_u32(f, 24),
+        }),
+        ext_type::PROFILE_RESP => {
+            let text_len = get_u32(f, 12 + ENCODER_LEN) as usize;
+            if text_len > tail.len() {
+                return Err(format!(
+                    "text_len {text_len} exceeds the {} bytes that follow",
+                    tail.len()
+                ));
+            }
+            ExtMessage::ProfileResponse(ProfileResponse {
+                token: u64::from_le_bytes(f[..8].try_into().unwrap()),
+                // A status this crate does not know is no acceptance.
+                accepted: f[8] == PROFILE_ACCEPTED,
+                profile: Profile::new(f[9], f[10]),
+                level: Level(f[11]),
+                encoder: agent_string(&f[12..12 + ENCODER_LEN]),
+                reason: String::from_utf8_lossy(&tail[..text_len]).into_owned(),
+            })
+        }
         t => unreachable!("0x{t:02x} is not a known extension type"),
     })
 }
@@ -519,3 +647,4 @@ fn agent_string(b: &[u8]) -> String {
 // The documented sizes, checked at compile time.
 const _: () = assert!(COMPACT_FIXED == 68);
 const _: () = assert!(HELLO_FIXED == 44 && HELLO_ACK_FIXED == 44);
+const _: () = assert!(PROFILE_REQ_FIXED == 28 && PROFILE_RESP_FIXED == 48);

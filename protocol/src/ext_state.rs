@@ -1,6 +1,7 @@
 //! The per-connection bookkeeping of the extensions, without any I/O: what
-//! was negotiated, frame indices, the host's reference frame and the
-//! guest's outstanding checksums and drains. `vsockenc` keeps one
+//! was negotiated, frame indices, the host's reference frame, which pixel
+//! formats the host accepts, and the guest's outstanding checksums, drains
+//! and profile requests. `vsockenc` keeps one
 //! [`GuestExt`] and `vsockenc-host` one [`HostExt`] per connection; both
 //! start over on every new connection.
 
@@ -9,10 +10,11 @@ use std::collections::VecDeque;
 use crate::compact::{self, CompactError, Frame};
 use crate::ext::{
     ext_bits, negotiate, CompactFrame, ErrorPts, ExtMessage, FrameChecksum, Hello, HelloAck,
-    CHECKSUM_FLAG_REBUILT, EXT_VERSION,
+    ProfileRequest, ProfileResponse, CHECKSUM_FLAG_REBUILT, EXT_VERSION,
 };
-use crate::layout::FrameLayout;
-use crate::message::{ErrorMessage, Message};
+use crate::layout::{FrameLayout, LayoutError};
+use crate::message::{ErrorMessage, FrameRequest, Message};
+use crate::profile::{Level, Profile};
 
 /// The host's side of one connection.
 #[derive(Debug)]
@@ -81,6 +83,12 @@ impl HostExt {
         let i = self.next_index;
         self.next_index = self.next_index.wrapping_add(1);
         i
+    }
+
+    /// Checks a frame's description against its pixels: the negotiated
+    /// formats (I420, YV12, YUY2, UYVY) only when FORMATS was accepted.
+    pub fn layout(&self, req: &FrameRequest, pixel_len: usize) -> Result<FrameLayout, LayoutError> {
+        FrameLayout::validate_ext(req, pixel_len, self.has(ext_bits::FORMATS))
     }
 
     /// A full frame was accepted: it becomes the reference (a copy is kept
@@ -213,6 +221,10 @@ pub struct GuestExt {
     pub checksum_matches: u64,
     pub checksum_mismatches: u64,
     drains_done: VecDeque<u64>,
+    next_token: u64,
+    profile_answers: VecDeque<ProfileResponse>,
+    /// A PONG came before any HELLO_ACK: the host skipped the HELLO.
+    legacy: bool,
 }
 
 /// Most checksums remembered while waiting for the host's.
@@ -242,6 +254,9 @@ impl GuestExt {
             checksum_matches: 0,
             checksum_mismatches: 0,
             drains_done: VecDeque::new(),
+            next_token: 1,
+            profile_answers: VecDeque::new(),
+            legacy: false,
         }
     }
 
@@ -279,6 +294,31 @@ impl GuestExt {
     /// Whether HELLO_ACK has arrived.
     pub fn acknowledged(&self) -> bool {
         self.accepted.is_some()
+    }
+
+    /// A PONG arrived. A guest that sends a PING right after its HELLO
+    /// learns from the order of the answers what kind of host it talks to:
+    /// hosts answer in order, so `vsockenc-host` sends HELLO_ACK before
+    /// that PONG, and a PONG without a HELLO_ACK before it comes from a
+    /// legacy host, which skipped the HELLO. Returns true when this settled
+    /// it.
+    pub fn on_pong(&mut self) -> bool {
+        if self.accepted.is_some() || self.legacy {
+            return false;
+        }
+        self.legacy = true;
+        true
+    }
+
+    /// What the guest knows about its host: `Some(true)` when it accepted
+    /// the HELLO, `Some(false)` for a legacy host (see
+    /// [`GuestExt::on_pong`]), `None` while neither answer has arrived.
+    pub fn extended(&self) -> Option<bool> {
+        match (self.accepted, self.legacy) {
+            (Some(_), _) => Some(true),
+            (None, true) => Some(false),
+            (None, false) => None,
+        }
     }
 
     /// Whether extension `bit` is or may still become usable: asked for,
@@ -369,6 +409,50 @@ impl GuestExt {
     pub fn drain_done(&self, token: u64) -> bool {
         self.drains_done.contains(&token)
     }
+
+    /// Whether frames of [`crate::WireFormat::NEGOTIATED`] may be sent.
+    pub fn formats(&self) -> bool {
+        self.has(ext_bits::FORMATS)
+    }
+
+    /// The PROFILE_REQ to send (with a fresh token) for frames of `width`
+    /// x `height` at `framerate` (0s when unknown), or `None` when the host
+    /// has not accepted PROFILE (a legacy host cannot be asked).
+    pub fn profile_request(
+        &mut self,
+        profile: Profile,
+        max_level: Level,
+        (width, height): (u32, u32),
+        (framerate_num, framerate_den): (u32, u32),
+    ) -> Option<ProfileRequest> {
+        if !self.has(ext_bits::PROFILE) {
+            return None;
+        }
+        let token = self.next_token;
+        self.next_token = self.next_token.wrapping_add(1);
+        Some(ProfileRequest {
+            token,
+            profile,
+            max_level,
+            width,
+            height,
+            framerate_num,
+            framerate_den,
+        })
+    }
+
+    /// PROFILE_RESP arrived.
+    pub fn on_profile_response(&mut self, r: ProfileResponse) {
+        if self.profile_answers.len() == 16 {
+            self.profile_answers.pop_front();
+        }
+        self.profile_answers.push_back(r);
+    }
+
+    /// The answer to the PROFILE_REQ with `token`, once it has arrived.
+    pub fn profile_response(&self, token: u64) -> Option<&ProfileResponse> {
+        self.profile_answers.iter().rev().find(|r| r.token == token)
+    }
 }
 
 #[cfg(test)]
@@ -379,6 +463,22 @@ mod tests {
     use crate::layout::WireFormat;
     use crate::message::FrameRequest;
     use crate::{Decoded, Decoder, Limits};
+
+    #[test]
+    fn a_pong_before_the_ack_means_a_legacy_host() {
+        let mut g = GuestExt::new(ext_bits::KNOWN);
+        assert_eq!(g.extended(), None);
+        assert!(g.on_pong());
+        assert_eq!(g.extended(), Some(false));
+        assert!(!g.on_pong(), "settled once");
+        let mut g = GuestExt::new(ext_bits::KNOWN);
+        g.on_ack(&HelloAck {
+            extensions: ext_bits::KNOWN,
+            ..HelloAck::default()
+        });
+        assert!(!g.on_pong(), "the PONG after the ack settles nothing");
+        assert_eq!(g.extended(), Some(true));
+    }
 
     fn hello(ext: u32) -> Hello {
         Hello {
@@ -524,6 +624,69 @@ mod tests {
             }),
             DRAIN
         );
+    }
+
+    #[test]
+    fn profile_requests_need_the_extension_and_match_by_token() {
+        let mut g = GuestExt::new(PROFILE | FORMATS);
+        let size = (1280, 720);
+        assert!(
+            g.profile_request(Profile::MAIN, Level(31), size, (30, 1))
+                .is_none(),
+            "no HELLO_ACK yet"
+        );
+        g.on_ack(&HelloAck {
+            extensions: PROFILE,
+            ..Default::default()
+        });
+        assert!(!g.formats(), "FORMATS was not accepted");
+        let a = g
+            .profile_request(Profile::MAIN, Level(31), size, (30, 1))
+            .unwrap();
+        let b = g
+            .profile_request(Profile::HIGH, Level::ANY, size, (30, 1))
+            .unwrap();
+        assert_ne!(a.token, b.token);
+        assert_eq!(
+            (a.width, a.framerate_num, a.max_level),
+            (1280, 30, Level(31))
+        );
+        g.on_profile_response(ProfileResponse {
+            token: b.token,
+            accepted: true,
+            profile: Profile::HIGH,
+            ..Default::default()
+        });
+        assert!(g.profile_response(a.token).is_none());
+        assert!(g.profile_response(b.token).unwrap().accepted);
+        let mut legacy = GuestExt::new(PROFILE);
+        legacy.on_ack(&HelloAck::default());
+        assert!(legacy
+            .profile_request(Profile::MAIN, Level::ANY, size, (30, 1))
+            .is_none());
+    }
+
+    #[test]
+    fn negotiated_formats_need_the_extension() {
+        let req = FrameRequest {
+            width: 4,
+            height: 2,
+            format: WireFormat::I420.fourcc(),
+            stride: 4,
+            ..Default::default()
+        };
+        let mut h = HostExt::new(KNOWN, 0, "h");
+        assert_eq!(
+            h.layout(&req, 12),
+            Err(LayoutError::NotNegotiated(WireFormat::I420)),
+            "a legacy guest"
+        );
+        h.on_hello(&hello(FORMATS));
+        let l = h.layout(&req, 12).unwrap();
+        assert_eq!(l.format, WireFormat::I420);
+        let mut without = HostExt::new(KNOWN & !FORMATS, 0, "h");
+        without.on_hello(&hello(FORMATS));
+        assert!(without.layout(&req, 12).is_err());
     }
 
     #[test]

@@ -13,9 +13,12 @@
 //! * [`write`]: zero-copy (vectored) writing of a frame request's pixels.
 //! * [`layout`]: how pixels of each wire format are laid out, and the checks a
 //!   host applies to a guest's frame.
-//! * [`nal`]: normalisation of the NAL chunks of a response to Annex-B.
+//! * [`nal`]: normalisation of the NAL chunks of a response to Annex-B,
+//!   IDR detection and the sequence parameter set.
+//! * [`profile`]: H.264 profiles and levels, and their GStreamer names.
 //! * [`ext`]: the negotiated extensions of `vsockenc`/`vsockenc-host`
-//!   (HELLO, compact frames, errors that name their frame, drain).
+//!   (HELLO, compact frames, errors that name their frame, drain, profile
+//!   negotiation, more pixel formats).
 //! * [`compact`]: the compact frame codec (changed tiles, optional LZ4) and
 //!   the frame checksum that proves a rebuilt frame bit-identical.
 
@@ -29,12 +32,14 @@ pub mod layout;
 pub mod limits;
 pub mod message;
 pub mod nal;
+pub mod profile;
 pub mod write;
 
 pub use decoder::{Decoded, Decoder};
 pub use error::ProtocolError;
 pub use ext::ExtMessage;
 pub use header::{msg_type, Header, FLAG_PIXELS, HEADER_LEN, LEGACY_SESSION_ID, MAGIC};
-pub use layout::{FrameLayout, LayoutError, WireFormat, MAX_DIMENSION};
+pub use layout::{FrameLayout, LayoutError, Plane, WireFormat, MAX_DIMENSION};
 pub use limits::Limits;
 pub use message::{error_code, ConfigRequest, ErrorMessage, FrameRequest, FrameResponse, Message};
+pub use profile::{Level, Profile};

@@ -1,4 +1,6 @@
-//! Normalising the NAL chunks of a FRAME_RESPONSE to Annex-B.
+//! Normalising the NAL chunks of a FRAME_RESPONSE to Annex-B, and reading
+//! what a guest needs from an access unit: whether it holds an IDR slice
+//! ([`has_idr`]) and its sequence parameter set ([`first_sps`], [`Sps`]).
 //!
 //! Hosts differ: the current helix host sends one chunk holding the whole
 //! access unit with start codes; an older one sent VideoToolbox's AVCC form
@@ -21,6 +23,8 @@
 //! * A bare NAL unit starts with its header byte (non-zero), so read as AVCC
 //!   its first length would be at least 16 MiB: it never parses as AVCC
 //!   unless the chunk is that large, and never looks like a start code.
+
+use crate::profile::{Level, Profile};
 
 /// The 4-byte Annex-B start code.
 pub const START_CODE: [u8; 4] = [0, 0, 0, 1];
@@ -129,4 +133,173 @@ pub fn nal_types(au: &[u8]) -> Vec<u8> {
 /// Whether an Annex-B access unit holds an IDR slice (type 5).
 pub fn has_idr(au: &[u8]) -> bool {
     nal_types(au).contains(&5)
+}
+
+/// The RBSP of a NAL unit: its bytes with every emulation prevention byte
+/// (the `03` of `00 00 03`) removed. Borrows when there is none.
+pub fn rbsp(nal: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let escaped = nal.windows(3).any(|w| w == [0, 0, 3]);
+    if !escaped {
+        return std::borrow::Cow::Borrowed(nal);
+    }
+    let mut out = Vec::with_capacity(nal.len());
+    let mut zeros = 0;
+    for &b in nal {
+        if zeros >= 2 && b == 3 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+        out.push(b);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// What `vsockenc` and `vsockenc-host` read from a sequence parameter set:
+/// the profile and level (for caps and profile negotiation) and the chroma
+/// format and bit depths (to tell a 4:2:0 8-bit stream from others).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sps {
+    /// `profile_idc` and the `constraint_set` flags byte.
+    pub profile: Profile,
+    /// `level_idc` as written; see [`Sps::level`] for the level it means.
+    pub level_idc: u8,
+    pub sps_id: u32,
+    /// 0 monochrome, 1 4:2:0, 2 4:2:2, 3 4:4:4 (1 unless a High-family
+    /// profile says otherwise).
+    pub chroma_format_idc: u32,
+    pub bit_depth_luma: u8,
+    pub bit_depth_chroma: u8,
+}
+
+/// profile_idc values whose SPS carries chroma_format_idc and bit depths.
+const PROFILES_WITH_CHROMA_INFO: [u8; 12] =
+    [100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134];
+
+impl Sps {
+    /// Parses an SPS NAL unit (header byte included, start code not,
+    /// emulation prevention bytes as they are in the stream). `None` if it
+    /// is not an SPS or its fields are cut short or out of range.
+    pub fn parse(nal: &[u8]) -> Option<Sps> {
+        if nal.first()? & 0x1f != 7 {
+            return None;
+        }
+        let data = rbsp(&nal[1..]);
+        let mut r = BitReader::new(&data);
+        let profile = Profile::new(r.byte()?, r.byte()?);
+        let level_idc = r.byte()?;
+        let sps_id = r.ue()?;
+        let (mut chroma_format_idc, mut bit_depth_luma, mut bit_depth_chroma) = (1, 8, 8);
+        if PROFILES_WITH_CHROMA_INFO.contains(&profile.idc) {
+            chroma_format_idc = r.ue()?;
+            if chroma_format_idc == 3 {
+                r.bit()?; // separate_colour_plane_flag
+            }
+            bit_depth_luma = 8 + r.ue()?;
+            bit_depth_chroma = 8 + r.ue()?;
+        }
+        if sps_id > 31 || chroma_format_idc > 3 || bit_depth_luma > 14 || bit_depth_chroma > 14 {
+            return None;
+        }
+        Some(Sps {
+            profile,
+            level_idc,
+            sps_id,
+            chroma_format_idc,
+            bit_depth_luma: bit_depth_luma as u8,
+            bit_depth_chroma: bit_depth_chroma as u8,
+        })
+    }
+
+    /// The level, with level 1b as [`Level::L1B`] however it was written.
+    pub fn level(&self) -> Level {
+        Level::from_sps(self.level_idc, self.profile)
+    }
+
+    /// GStreamer's caps name of the profile (`constrained-baseline`,
+    /// `main`, `high`, …).
+    pub fn profile_name(&self) -> Option<&'static str> {
+        self.profile.name()
+    }
+
+    /// GStreamer's caps name of the level (`1b`, `3.1`, …).
+    pub fn level_name(&self) -> Option<&'static str> {
+        self.level().name()
+    }
+}
+
+/// The first SPS of an Annex-B access unit that parses.
+pub fn first_sps(au: &[u8]) -> Option<Sps> {
+    split_annexb(au)
+        .into_iter()
+        .filter(|n| n.first().is_some_and(|h| h & 0x1f == 7))
+        .find_map(Sps::parse)
+}
+
+/// Reads bits most significant first, and Exp-Golomb codes.
+struct BitReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> BitReader<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        BitReader { data, pos: 0 }
+    }
+
+    fn bit(&mut self) -> Option<u32> {
+        let b = *self.data.get(self.pos / 8)?;
+        let v = (b >> (7 - self.pos % 8)) & 1;
+        self.pos += 1;
+        Some(v as u32)
+    }
+
+    fn bits(&mut self, n: u32) -> Option<u32> {
+        (0..n).try_fold(0u32, |acc, _| Some(acc << 1 | self.bit()?))
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        self.bits(8).map(|v| v as u8)
+    }
+
+    /// ue(v); values above 2^31 - 2 are refused.
+    fn ue(&mut self) -> Option<u32> {
+        let mut zeros = 0;
+        while self.bit()? == 0 {
+            zeros += 1;
+            if zeros > 31 {
+                return None;
+            }
+        }
+        let rest = self.bits(zeros)?;
+        ((1u64 << zeros) - 1 + rest as u64).try_into().ok()
+    }
+}
+
+#[cfg(test)]
+mod sps_tests {
+    use super::*;
+
+    #[test]
+    fn rbsp_drops_emulation_prevention_bytes_only() {
+        assert_eq!(&*rbsp(&[1, 2, 3]), &[1, 2, 3]);
+        assert!(matches!(rbsp(&[0, 0, 1]), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(&*rbsp(&[0, 0, 3, 1]), &[0, 0, 1]);
+        assert_eq!(&*rbsp(&[0, 0, 3, 0, 0, 3]), &[0, 0, 0, 0]);
+        // 00 00 03 03: the first 03 is the escape, the second data.
+        assert_eq!(&*rbsp(&[0, 0, 3, 3, 0]), &[0, 0, 3, 0]);
+        assert_eq!(&*rbsp(&[5, 0, 3, 0, 0, 3, 2]), &[5, 0, 3, 0, 0, 2]);
+    }
+
+    #[test]
+    fn exp_golomb() {
+        // 1 | 010 | 011 | 00100 | 0001000 -> 0, 1, 2, 3, 7
+        let data = [0b1010_0110, 0b0100_0001, 0b0000_0000];
+        let mut r = BitReader::new(&data);
+        assert_eq!(
+            (r.ue(), r.ue(), r.ue(), r.ue(), r.ue()),
+            (Some(0), Some(1), Some(2), Some(3), Some(7))
+        );
+        assert_eq!(BitReader::new(&[0, 0, 0, 0, 0]).ue(), None);
+    }
 }

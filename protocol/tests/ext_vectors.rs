@@ -9,10 +9,11 @@ use extsupport::{hex, OwnedFrame};
 use hxfr::compact::{self, CompactEncoder, Compression, Delta};
 use hxfr::ext::{
     self, ext_bits, ext_type, CompactFrame, CompactHeader, ErrorPts, ExtMessage, FrameChecksum,
-    Hello, HelloAck, TileEncoding,
+    Hello, HelloAck, ProfileRequest, ProfileResponse, TileEncoding,
 };
 use hxfr::layout::{FrameLayout, WireFormat};
 use hxfr::{Decoded, Decoder, FrameRequest, Header, Limits, Message, ProtocolError};
+use hxfr::{Level, Profile};
 
 /// HELLO, guest → host: version 1, COMPACT|LZ4|ERROR_PTS|DRAIN, 64x64 tiles,
 /// agent "vsockenc/0.1.0".
@@ -77,6 +78,34 @@ pub const FRAME_CHECKSUM_HEX: &str = "
 00 00 00 00 00 00 00 00 01 00 00 00 01 00 00 00
 8c ec 01 86 4c dc 63 af";
 
+/// PROFILE_REQ, guest → host: token 7, WebRTC's profile-level-id 42e01f
+/// (profile_idc 66, constraint_set0|1|2, level 3.1 at most), 1280x720 at
+/// 30/1 fps.
+pub const PROFILE_REQ_HEX: &str = "
+48 58 46 52 47 00 01 00 1c 00 00 00
+07 00 00 00 00 00 00 00 42 e0 1f 00
+00 05 00 00 d0 02 00 00 1e 00 00 00 01 00 00 00";
+
+/// PROFILE_RESP, host → guest: token 7 accepted, x264enc produces profile
+/// 66 with constraint_set0|1 (constrained baseline) at level 3.1, no text.
+pub const PROFILE_RESP_ACCEPTED_HEX: &str = "
+48 58 46 52 48 00 01 00 30 00 00 00
+07 00 00 00 00 00 00 00 00 42 c0 1f
+78 32 36 34 65 6e 63 00 00 00 00 00 00 00 00 00
+00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+00 00 00 00";
+
+/// PROFILE_RESP, host → guest: token 8 refused by openh264enc, profile and
+/// level 0, reason "openh264enc cannot produce extended" (35 bytes).
+pub const PROFILE_RESP_REFUSED_HEX: &str = "
+48 58 46 52 48 00 01 00 53 00 00 00
+08 00 00 00 00 00 00 00 01 00 00 00
+6f 70 65 6e 68 32 36 34 65 6e 63 00 00 00 00 00
+00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+23 00 00 00
+6f 70 65 6e 68 32 36 34 65 6e 63 20 63 61 6e 6e 6f 74 20
+70 72 6f 64 75 63 65 20 65 78 74 65 6e 64 65 64";
+
 fn compact_request() -> FrameRequest {
     FrameRequest {
         resource_id: 0,
@@ -116,6 +145,43 @@ fn vectors() -> Vec<(&'static str, &'static str, ExtMessage)> {
                 tile_width: 64,
                 tile_height: 64,
                 agent: "vsockenc/0.1.0".into(),
+            }),
+        ),
+        (
+            "PROFILE_REQ",
+            PROFILE_REQ_HEX,
+            ExtMessage::ProfileRequest(ProfileRequest {
+                token: 7,
+                profile: Profile::new(66, 0xe0),
+                max_level: Level(31),
+                width: 1280,
+                height: 720,
+                framerate_num: 30,
+                framerate_den: 1,
+            }),
+        ),
+        (
+            "PROFILE_RESP accepted",
+            PROFILE_RESP_ACCEPTED_HEX,
+            ExtMessage::ProfileResponse(ProfileResponse {
+                token: 7,
+                accepted: true,
+                profile: Profile::new(66, 0xc0),
+                level: Level(31),
+                encoder: "x264enc".into(),
+                reason: String::new(),
+            }),
+        ),
+        (
+            "PROFILE_RESP refused",
+            PROFILE_RESP_REFUSED_HEX,
+            ExtMessage::ProfileResponse(ProfileResponse {
+                token: 8,
+                accepted: false,
+                profile: Profile::ANY,
+                level: Level::ANY,
+                encoder: "openh264enc".into(),
+                reason: "openh264enc cannot produce extended".into(),
             }),
         ),
         (
@@ -647,5 +713,62 @@ fn docs_quote_the_vectors() {
             .iter()
             .any(|b| b.len() > 29 && error.starts_with(&b[..29])),
         "docs/protocol.md does not quote the ERROR vector"
+    );
+}
+
+/// docs/protocol.md quotes the frames of the FORMATS extension too.
+#[test]
+fn docs_quote_the_negotiated_format_vectors() {
+    let blocks = doc_byte_blocks();
+    for v in common::vectors::negotiated_formats() {
+        assert!(
+            blocks.contains(&v.bytes),
+            "docs/protocol.md does not quote the vector {:?}",
+            v.name
+        );
+    }
+}
+
+/// The PROFILE messages in detail: the profile and level read back as
+/// GStreamer names, a status other than 0 is no acceptance, the text is cut
+/// at 1024 bytes, and a text_len past the payload is refused.
+#[test]
+fn profile_messages() {
+    let (_, m) = ext_decode_one(&hex(PROFILE_REQ_HEX));
+    let ExtMessage::ProfileRequest(r) = m else {
+        panic!()
+    };
+    assert_eq!(r.profile.name(), Some("constrained-baseline"));
+    assert_eq!(r.max_level.name(), Some("3.1"));
+    let mut b = hex(PROFILE_RESP_ACCEPTED_HEX);
+    b[20] = 7; // a status this crate does not know
+    let (_, m) = ext_decode_one(&b);
+    let ExtMessage::ProfileResponse(r) = m else {
+        panic!()
+    };
+    assert!(!r.accepted);
+    let long = ExtMessage::ProfileResponse(ProfileResponse {
+        reason: "ü".repeat(600),
+        ..Default::default()
+    });
+    let (_, m) = ext_decode_one(&long.encode(1));
+    let ExtMessage::ProfileResponse(r) = m else {
+        panic!()
+    };
+    assert_eq!(r.reason, "ü".repeat(512));
+    let mut b = hex(PROFILE_RESP_REFUSED_HEX);
+    b[56] = 0x24;
+    let mut dec = Decoder::with_extensions(Limits::default());
+    let e = dec.decode_ext(&mut &b[..]).unwrap_err();
+    assert!(!e.is_fatal());
+    assert!(
+        e.to_string()
+            .contains("PROFILE_RESP: text_len 36 exceeds the 35 bytes that follow"),
+        "{e}"
+    );
+    assert_eq!(ext_type::name(ext_type::PROFILE_REQ), Some("PROFILE_REQ"));
+    assert_eq!(
+        ext_bits::describe(ext_bits::PROFILE | ext_bits::FORMATS),
+        "PROFILE|FORMATS"
     );
 }

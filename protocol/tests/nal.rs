@@ -5,7 +5,10 @@
 mod common;
 
 use common::hex;
-use hxfr::nal::{has_idr, is_avcc, nal_types, normalize_chunk, split_annexb, START_CODE};
+use hxfr::nal::{
+    first_sps, has_idr, is_avcc, nal_types, normalize_chunk, rbsp, split_annexb, Sps, START_CODE,
+};
+use hxfr::{Level, Profile};
 
 fn normalized(chunk: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -165,4 +168,119 @@ fn normalising_is_idempotent() {
         assert!(once.starts_with(&[0, 0, 1]) || once.starts_with(&START_CODE));
         assert_eq!(normalized(&once), once, "{chunk:02x?}");
     }
+}
+
+/// SPS bytes x264 wrote (GStreamer 1.22, x264 build 164) for 1280x720 at
+/// 30 fps, asked for high, constrained-baseline and main: each has `00 00
+/// 03` emulation prevention in its VUI.
+const X264_HIGH: &str =
+    "67 64 00 1f ac b4 02 80 2d d8 0b 50 10 10 14 00 00 03 00 04 00 00 03 00 f2 3c 60 ca 80";
+const X264_CONSTRAINED_BASELINE: &str =
+    "67 42 c0 1f da 01 40 16 ec 05 a8 08 08 0a 00 00 03 00 02 00 00 03 00 79 1e 30 65 40";
+const X264_MAIN: &str =
+    "67 4d 40 1f da 01 40 16 ec 05 a8 08 08 0a 00 00 03 00 02 00 00 03 00 79 1e 30 65 40";
+
+#[test]
+fn real_x264_sps_name_their_profile_and_level() {
+    for (text, profile, flags, name) in [
+        (X264_HIGH, 100, 0x00, "high"),
+        (X264_CONSTRAINED_BASELINE, 66, 0xc0, "constrained-baseline"),
+        (X264_MAIN, 77, 0x40, "main"),
+    ] {
+        let sps = Sps::parse(&hex(text)).expect(name);
+        assert_eq!(sps.profile, Profile::new(profile, flags), "{name}");
+        assert_eq!(sps.profile_name(), Some(name));
+        assert_eq!((sps.level_idc, sps.level_name()), (31, Some("3.1")));
+        assert_eq!(sps.level(), Level(31));
+        assert_eq!(
+            (
+                sps.sps_id,
+                sps.chroma_format_idc,
+                sps.bit_depth_luma,
+                sps.bit_depth_chroma
+            ),
+            (0, 1, 8, 8)
+        );
+        // The first SPS of an access unit, after an AUD.
+        let mut au = hex("00 00 00 01 09 f0 00 00 00 01");
+        au.extend_from_slice(&hex(text));
+        au.extend_from_slice(&hex("00 00 00 01 68 eb e3 cb 22 c0 00 00 01 65 88 84"));
+        assert_eq!(first_sps(&au), Some(sps));
+        assert!(has_idr(&au));
+    }
+}
+
+/// SPS written by hand from H.264 7.3.2.1.1: the fixed bytes, then
+/// seq_parameter_set_id and, in High-family profiles, chroma_format_idc
+/// and the bit depths as Exp-Golomb codes.
+#[test]
+fn hand_made_sps_fields() {
+    let parse = |t: &str| Sps::parse(&hex(t)).unwrap();
+    // Baseline, level 1, sps_id 0 ("1").
+    let s = parse("67 42 00 0a 80");
+    assert_eq!(s.profile_name(), Some("baseline"));
+    assert_eq!(
+        (s.level_name(), s.chroma_format_idc, s.bit_depth_luma),
+        (Some("1"), 1, 8)
+    );
+    // Baseline with constraint_set3 and level_idc 11: level 1b.
+    let s = parse("67 42 50 0b 80");
+    assert_eq!(
+        (s.profile_name(), s.level_name()),
+        (Some("constrained-baseline"), Some("1b"))
+    );
+    // High, level 4, sps_id 0 "1", chroma 1 "010", depths 0 "1" "1".
+    let s = parse("67 64 00 28 ac");
+    assert_eq!(
+        (s.profile_name(), s.level_name()),
+        (Some("high"), Some("4"))
+    );
+    assert_eq!(
+        (s.chroma_format_idc, s.bit_depth_luma, s.bit_depth_chroma),
+        (1, 8, 8)
+    );
+    // High with level_idc 9: 1b.
+    assert_eq!(parse("67 64 00 09 ac").level(), Level::L1B);
+    // High 4:2:2, level 3.1: sps_id 0 "1", chroma 2 "011", depths 2 "011"
+    // "011" (10 bit).
+    let s = parse("67 7a 00 1f b6 c0");
+    assert_eq!(s.profile_name(), Some("high-4:2:2"));
+    assert_eq!(
+        (s.chroma_format_idc, s.bit_depth_luma, s.bit_depth_chroma),
+        (2, 10, 10)
+    );
+    // High 4:4:4, sps_id 0 "1", chroma 3 "00100", separate_colour_plane
+    // "0", depths "1" "1".
+    let s = parse("67 f4 00 1e 91 80");
+    assert_eq!(
+        (s.profile_name(), s.chroma_format_idc),
+        (Some("high-4:4:4"), 3)
+    );
+    // sps_id 3 ("00100") in a constrained-high SPS.
+    let s = parse("67 64 0c 1f 22 c0");
+    assert_eq!((s.sps_id, s.profile_name()), (3, Some("constrained-high")));
+}
+
+/// Emulation prevention bytes are removed before the fields are read. In
+/// the fields read (up to the bit depths) a valid SPS never has two zero
+/// bytes in a row, so the escapes that matter in practice are those of the
+/// VUI further on: the parser is handed the NAL unit as it is in the
+/// stream, escapes and all.
+#[test]
+fn sps_are_parsed_as_they_are_in_the_stream() {
+    let sps = hex(X264_HIGH);
+    let unescaped = rbsp(&sps[1..]);
+    assert_eq!(unescaped.len(), sps.len() - 3, "two escapes removed");
+    assert!(!unescaped.windows(3).any(|w| w == [0, 0, 3]));
+    assert_eq!(Sps::parse(&sps).unwrap().profile_name(), Some("high"));
+}
+
+#[test]
+fn not_an_sps() {
+    assert_eq!(Sps::parse(&hex("68 eb e3 cb")), None, "a PPS");
+    assert_eq!(Sps::parse(&hex("67 64 00")), None, "cut short");
+    assert_eq!(Sps::parse(&[]), None);
+    assert_eq!(first_sps(&hex("00 00 00 01 65 88 84")), None);
+    // sps_id 33 ("00000100010"): only 0..=31 exist.
+    assert_eq!(Sps::parse(&hex("67 42 00 0a 04 20")), None);
 }

@@ -36,6 +36,8 @@ pub struct Connection {
     writer: Mutex<Stream>,
     /// Closed on purpose by the element (stop, replaced): no report.
     closing: AtomicBool,
+    /// The host refused to serve this guest (and closes the connection).
+    refused: AtomicBool,
     /// Why the connection was found broken (the first reason wins).
     broken: OnceLock<String>,
     /// A handle used only to shut the socket down from any thread.
@@ -73,6 +75,7 @@ impl Connection {
             generation,
             writer: Mutex::new(stream),
             closing: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
             broken: OnceLock::new(),
             control,
             reader: Mutex::new(None),
@@ -98,6 +101,15 @@ impl Connection {
     /// Whether the element closed it on purpose.
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
+    }
+
+    pub fn mark_refused(&self) {
+        self.refused.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the host refused to serve this guest on this connection.
+    pub fn was_refused(&self) -> bool {
+        self.refused.load(Ordering::SeqCst)
     }
 
     /// Why it broke, if it did.
@@ -157,7 +169,16 @@ impl Connection {
             }
             Err(e) => {
                 drop(w);
-                self.break_with(format!("write failed: {}", transport::describe(&e)));
+                let why = format!("write failed: {}", transport::describe(&e));
+                if transport::is_host_absent(&e) {
+                    // The host closed its end: what it sent before (an
+                    // ERROR saying why) is still to be read, and the reader
+                    // then sees the end of the stream on its own.
+                    let _ = self.broken.set(why);
+                    self.control.shutdown_write();
+                } else {
+                    self.break_with(why);
+                }
                 Err(e)
             }
         }
@@ -185,6 +206,11 @@ impl Connection {
         self.write_with(|w| m.write_to(w))
     }
 
+    /// Asks the host for a profile (extension PROFILE).
+    pub fn send_profile_request(&self, req: hxfr::ext::ProfileRequest) -> io::Result<usize> {
+        self.send_bytes(&ExtMessage::ProfileRequest(req).encode(LEGACY_SESSION_ID))
+    }
+
     /// Asks the host to answer every frame sent so far (extension DRAIN).
     pub fn send_drain(&self, token: u64) -> io::Result<usize> {
         self.send_bytes(&ExtMessage::Drain { token }.encode(LEGACY_SESSION_ID))
@@ -199,6 +225,13 @@ impl Connection {
 
     pub fn send_config(&self, cfg: &ConfigRequest) -> io::Result<usize> {
         self.send_message(&Message::ConfigRequest(*cfg))
+    }
+
+    /// A PING that only asks what kind of host this is (sent right after
+    /// the HELLO): a host that does not answer it is not dropped for that;
+    /// the keepalive has its own PINGs.
+    pub fn send_probe_ping(&self) -> io::Result<usize> {
+        self.send_message(&Message::Ping)
     }
 
     pub fn send_ping(&self) -> io::Result<usize> {

@@ -119,7 +119,7 @@ impl DeltaSender {
         else {
             return Plan::Full;
         };
-        let format = WireFormat::from_fourcc(req.format).expect("wire format");
+        let format = WireFormat::from_fourcc_ext(req.format).expect("wire format");
         let Some(prev) = hx_frame(&prev_map, format) else {
             return Plan::Full;
         };

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use super::link::Link;
 use super::output;
 use super::pending::DropReason;
+use super::profile::{Label, Wanted};
 use super::send::{FrameToSend, Sender};
 use super::settings::*;
 use super::state::Shared;
@@ -22,8 +23,15 @@ use super::stats;
 use super::stream_lock;
 use super::transport;
 use super::CAT;
+use hxfr::profile::Level;
 
-const SINK_FORMATS: [gst_video::VideoFormat; 5] = [
+/// How long negotiation waits for the host to say whether it speaks the
+/// protocol extensions (one round trip; a legacy host answers the PING
+/// right after the HELLO without a HELLO_ACK).
+const NEGOTIATION_WAIT: Duration = Duration::from_secs(2);
+
+/// The formats every HXFR host takes.
+const LEGACY_FORMATS: [gst_video::VideoFormat; 5] = [
     gst_video::VideoFormat::Bgrx,
     gst_video::VideoFormat::Bgra,
     gst_video::VideoFormat::Rgbx,
@@ -31,10 +39,43 @@ const SINK_FORMATS: [gst_video::VideoFormat; 5] = [
     gst_video::VideoFormat::Nv12,
 ];
 
+/// Those and the formats a host takes after accepting the FORMATS
+/// extension (what decoders and cameras produce).
+const SINK_FORMATS: [gst_video::VideoFormat; 9] = [
+    gst_video::VideoFormat::Bgrx,
+    gst_video::VideoFormat::Bgra,
+    gst_video::VideoFormat::Rgbx,
+    gst_video::VideoFormat::Rgba,
+    gst_video::VideoFormat::Nv12,
+    gst_video::VideoFormat::I420,
+    gst_video::VideoFormat::Yv12,
+    gst_video::VideoFormat::Yuy2,
+    gst_video::VideoFormat::Uyvy,
+];
+
+/// Raw video caps of `formats` in system memory and as DMA-BUFs.
+fn sink_caps(formats: &[gst_video::VideoFormat]) -> gst::Caps {
+    let raw = gst_video::VideoCapsBuilder::new()
+        .format_list(formats.iter().copied())
+        .width_range(1..=8192)
+        .height_range(1..=8192)
+        .build();
+    let dmabuf = gst_video::VideoCapsBuilder::new()
+        .features([gst_allocators::CAPS_FEATURE_MEMORY_DMABUF])
+        .format_list(formats.iter().copied())
+        .width_range(1..=8192)
+        .height_range(1..=8192)
+        .build();
+    let mut caps = raw;
+    caps.merge(dmabuf);
+    caps
+}
+
 /// What exists only between `start()` and `stop()`.
 struct Running {
     shared: Arc<Shared>,
     link: Arc<Link>,
+    live: Arc<Live>,
     /// Used by the streaming thread only.
     sender: Arc<Mutex<Sender>>,
     info: Option<gst_video::VideoInfo>,
@@ -161,6 +202,84 @@ impl VsockEnc {
         Ok(())
     }
 
+    /// The profile and level the output caps state. With a host that
+    /// takes PROFILE requests, each profile downstream accepts is asked for
+    /// in downstream's order, and the first the host can produce is what the
+    /// caps say; `Err` names why none can be. Otherwise (a legacy host, no
+    /// host yet) nothing is stated now, and the output task labels the
+    /// stream from its first SPS.
+    fn choose_label(
+        &self,
+        link: &Link,
+        size: (u32, u32),
+        fps: (u32, u32),
+        settings: &Settings,
+    ) -> Result<Label, String> {
+        let allowed = self.obj().src_pad().allowed_caps();
+        let wanted = allowed
+            .as_ref()
+            .map(|c| Wanted::from_caps(c))
+            .unwrap_or(Wanted {
+                profiles: Vec::new(),
+                max_level: Level::ANY,
+            });
+        if link.extended(NEGOTIATION_WAIT) != Some(true) {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "profile not negotiable with this host; downstream wants {wanted:?}: the stream is labelled from its SPS"
+            );
+            return Ok(Label::default());
+        }
+        let mut refusals = Vec::new();
+        for (name, profile) in wanted.requests() {
+            let answer = link.ask_profile(
+                profile,
+                wanted.max_level,
+                size,
+                fps,
+                settings.response_timeout(),
+            )?;
+            let Some(r) = answer else {
+                return Ok(Label::default());
+            };
+            if !r.accepted {
+                refusals.push(r.reason.clone());
+                continue;
+            }
+            let mut label = Label::of_stream(r.profile, r.level);
+            // A downstream that asked for `baseline` may not list the more
+            // specific `constrained-baseline` the host makes: the name it
+            // asked for is true of the stream too.
+            if let (Some(asked), Some(allowed)) = (name, &allowed) {
+                let mut probe = gst::Caps::builder("video/x-h264").build();
+                label.apply(&mut probe);
+                if !probe.can_intersect(allowed) {
+                    label.profile = Some(asked.to_string());
+                }
+            }
+            gst::info!(
+                CAT,
+                imp = self,
+                "host {} produces profile {:?} level {:?} with {} (downstream accepts {:?}, up to level {:?})",
+                link.addr,
+                label.profile,
+                label.level,
+                r.encoder,
+                wanted.profiles,
+                wanted.max_level.name()
+            );
+            return Ok(label);
+        }
+        Err(format!(
+            "downstream accepts profile {} up to level {}; the host at {} refused: {}",
+            wanted.profiles.join(", "),
+            wanted.max_level.name().unwrap_or("any"),
+            link.addr,
+            refusals.join("; ")
+        ))
+    }
+
     fn set_flushing(&self, flushing: bool) {
         if let Some(shared) = self.shared() {
             shared.lock().flushing = flushing;
@@ -205,19 +324,19 @@ impl ObjectImpl for VsockEnc {
                     .build(),
                 glib::ParamSpecInt::builder("keyframe-interval")
                     .nick("Keyframe interval")
-                    .blurb("Ask the host for a keyframe every this many frames (0 = never forced; the host encoder's own GOP applies)")
+                    .blurb("Ask the host for a keyframe every this many frames (0 = never forced; the host encoder's own GOP applies). Live: a change while PLAYING counts from the last keyframe")
                     .minimum(0)
                     .maximum(i32::MAX)
                     .default_value(DEFAULT_KEYFRAME_INTERVAL)
-                    .mutable_ready()
+                    .mutable_playing()
                     .build(),
                 glib::ParamSpecInt::builder("bitrate")
                     .nick("Bitrate")
-                    .blurb("Target bitrate in kbit/s, sent to the host in CONFIG_REQ (as bit/s). Like x264enc; the C gstvsockenc took bit/s here and ignored it")
+                    .blurb("Target bitrate in kbit/s, sent to the host in CONFIG_REQ (as bit/s). Like x264enc; the C gstvsockenc took bit/s here and ignored it. Live: a change while PLAYING reaches the host at once (vsockenc-host applies it to the running encoder)")
                     .minimum(1)
                     .maximum(MAX_BITRATE)
                     .default_value(DEFAULT_BITRATE)
-                    .mutable_ready()
+                    .mutable_playing()
                     .build(),
                 glib::ParamSpecUInt::builder("response-timeout")
                     .nick("Response timeout")
@@ -284,7 +403,7 @@ impl ObjectImpl for VsockEnc {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("Counters (vsockenc-stats): frames-sent, frames-returned, frames-dropped and dropped-* by reason, late-responses, bytes-sent, bytes-received, in-flight, reconnects, host-errors, latency-mean-us, latency-max-us")
+                    .blurb(&stats::blurb())
                     .read_only()
                     .build(),
             ]
@@ -301,9 +420,27 @@ impl ObjectImpl for VsockEnc {
             "cid" => s.cid = value.get().expect("type checked upstream"),
             "port" => s.port = value.get().expect("type checked upstream"),
             "keyframe-interval" => {
-                s.keyframe_interval = value.get().expect("type checked upstream")
+                s.keyframe_interval = value.get().expect("type checked upstream");
+                if let Some(r) = self.running.lock().as_ref() {
+                    r.live.set_keyframe_interval(s.keyframe_interval);
+                }
             }
-            "bitrate" => s.bitrate_kbps = value.get().expect("type checked upstream"),
+            "bitrate" => {
+                s.bitrate_kbps = value.get().expect("type checked upstream");
+                // Not under the settings lock: this may write to the host.
+                let running = self
+                    .running
+                    .lock()
+                    .as_ref()
+                    .map(|r| (r.live.clone(), r.link.clone()));
+                drop(s);
+                if let Some((live, link)) = running {
+                    live.set_bitrate_kbps(value.get().expect("type checked upstream"));
+                    link.set_bitrate(live.bitrate_bps());
+                }
+                gst::debug!(CAT, imp = self, "bitrate set");
+                return;
+            }
             "response-timeout" => {
                 s.response_timeout_ms = value.get().expect("type checked upstream")
             }
@@ -381,19 +518,7 @@ impl ElementImpl for VsockEnc {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let raw = gst_video::VideoCapsBuilder::new()
-                .format_list(SINK_FORMATS)
-                .width_range(1..=8192)
-                .height_range(1..=8192)
-                .build();
-            let dmabuf = gst_video::VideoCapsBuilder::new()
-                .features([gst_allocators::CAPS_FEATURE_MEMORY_DMABUF])
-                .format_list(SINK_FORMATS)
-                .width_range(1..=8192)
-                .height_range(1..=8192)
-                .build();
-            let mut sink_caps = raw;
-            sink_caps.merge(dmabuf);
+            let sink_caps = sink_caps(&SINK_FORMATS);
             let src_caps = gst::Caps::builder("video/x-h264")
                 .field("stream-format", "byte-stream")
                 .field("alignment", "au")
@@ -463,12 +588,20 @@ impl VideoEncoderImpl for VsockEnc {
         gst::info!(CAT, imp = self, "connecting to {addr}");
         if let Err(e) = link.connect() {
             let why = transport::describe(&e);
+            if transport::is_not_a_socket(&e) {
+                // Waiting cannot help: the daemon never replaces a file
+                // that is not a socket.
+                return Err(gst::error_msg!(
+                    gst::ResourceError::OpenReadWrite,
+                    ["cannot connect to {addr}: {why}; {}", addr.remedy_for(&e)]
+                ));
+            }
             if !settings.wait_for_host {
                 return Err(gst::error_msg!(
                     gst::ResourceError::OpenReadWrite,
                     [
                         "no vsockenc-host listening on {addr} ({why}); {}",
-                        addr.remedy()
+                        addr.remedy_for(&e)
                     ]
                 ));
             }
@@ -488,10 +621,12 @@ impl VideoEncoderImpl for VsockEnc {
                 ["cannot start the link thread: {e}"]
             ));
         }
+        let live = Arc::new(Live::new(&settings));
         *self.running.lock() = Some(Running {
             shared,
             link,
-            sender: Arc::new(Mutex::new(Sender::new(settings))),
+            sender: Arc::new(Mutex::new(Sender::new(settings, live.clone()))),
+            live,
             info: None,
         });
         Ok(())
@@ -515,29 +650,18 @@ impl VideoEncoderImpl for VsockEnc {
         state: &gst_video::VideoCodecState<'static, gst_video::video_codec_state::Readable>,
     ) -> Result<(), gst::LoggableError> {
         let info = state.info().clone();
-        let (shared, link) = {
+        let (shared, link, live) = {
             let r = self.running.lock();
             let r = r
                 .as_ref()
                 .ok_or_else(|| gst::loggable_error!(CAT, "set_format before start"))?;
-            (r.shared.clone(), r.link.clone())
+            (r.shared.clone(), r.link.clone(), r.live.clone())
         };
         let settings = self.settings.lock().clone();
         self.drain_for_new_caps(&shared, settings.response_timeout())
             .map_err(|e| gst::loggable_error!(CAT, "new caps while {e:?}"))?;
 
         let obj = self.obj();
-        let caps = gst::Caps::builder("video/x-h264")
-            .field("stream-format", "byte-stream")
-            .field("alignment", "au")
-            .build();
-        let output_state = obj
-            .set_output_state(caps, Some(state))
-            .map_err(|_| gst::loggable_error!(CAT, "cannot set the output state"))?;
-        obj.negotiate(output_state).map_err(|_| {
-            gst::loggable_error!(CAT, "downstream refused video/x-h264 byte-stream au")
-        })?;
-
         let fps = info.fps();
         let (num, den) = if fps.numer() > 0 && fps.denom() > 0 {
             (fps.numer() as u32, fps.denom() as u32)
@@ -547,7 +671,7 @@ impl VideoEncoderImpl for VsockEnc {
         link.set_config(hxfr::ConfigRequest {
             width: info.width(),
             height: info.height(),
-            bitrate: settings.bitrate_bps(),
+            bitrate: live.bitrate_bps(),
             framerate_num: num,
             framerate_den: den,
             profile: 0,
@@ -555,23 +679,67 @@ impl VideoEncoderImpl for VsockEnc {
             realtime: true,
         });
 
-        // A frame leaves the element one host round trip after it came in,
-        // at most after the response timeout; a realtime host encoder
-        // answers within about one frame interval. The minimum is raised
-        // later if the measured round trip is longer (output.rs).
-        let frame = (num > 0)
-            .then(|| gst::ClockTime::SECOND.mul_div_floor(den as u64, num as u64))
-            .flatten()
-            .unwrap_or(gst::ClockTime::ZERO);
-        let max = gst::ClockTime::from_mseconds(settings.response_timeout_ms as u64).max(frame);
-        obj.set_latency(frame, max);
-        shared.lock().latency = Some((frame, frame, max));
-        gst::info!(CAT, imp = self, "format {info:?}; latency {frame} .. {max}");
+        let label = self
+            .choose_label(&link, (info.width(), info.height()), (num, den), &settings)
+            .map_err(|why| {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Negotiation,
+                    ("no H.264 profile that downstream accepts can be produced"),
+                    ["{why}"]
+                );
+                gst::loggable_error!(CAT, "{why}")
+            })?;
+        let mut caps = gst::Caps::builder("video/x-h264")
+            .field("stream-format", "byte-stream")
+            .field("alignment", "au")
+            .build();
+        label.apply(&mut caps);
+        let output_state = obj
+            .set_output_state(caps.clone(), Some(state))
+            .map_err(|_| gst::loggable_error!(CAT, "cannot set the output state"))?;
+        obj.negotiate(output_state)
+            .map_err(|_| gst::loggable_error!(CAT, "downstream refused {caps}"))?;
+        shared.lock().label = label;
+
+        // The element holds no frame back: what it adds is the host's
+        // answer time. Nothing is measured yet on the first caps, so the
+        // minimum starts at what earlier answers showed (0 at first) and
+        // the output task raises it as answers come (output.rs). A frame
+        // leaves at the latest when its response times out.
+        let max = gst::ClockTime::from_mseconds(settings.response_timeout_ms as u64);
+        let min = {
+            let mut st = shared.lock();
+            let min = st
+                .latency
+                .map_or(gst::ClockTime::ZERO, |(min, _)| min.min(max));
+            st.latency = Some((min, max));
+            min
+        };
+        obj.set_latency(min, max);
+        gst::info!(CAT, imp = self, "format {info:?}; latency {min} .. {max}");
 
         if let Some(r) = self.running.lock().as_mut() {
             r.info = Some(info);
         }
         Ok(())
+    }
+
+    /// Upstream is offered the formats the host takes: all of them when it
+    /// accepted the FORMATS extension (or when no host is there yet: a
+    /// frame the host turns out not to take is converted, convert.rs), the
+    /// legacy ones for a legacy host.
+    fn caps(&self, filter: Option<&gst::Caps>) -> gst::Caps {
+        let legacy_host = self
+            .link()
+            .and_then(|l| l.takes_negotiated_formats(NEGOTIATION_WAIT))
+            == Some(false);
+        if !legacy_host {
+            return self.parent_caps(filter);
+        }
+        gst::debug!(CAT, imp = self, "the host takes the legacy formats only");
+        self.obj()
+            .proxy_getcaps(Some(&sink_caps(&LEGACY_FORMATS)), filter)
     }
 
     fn propose_allocation(

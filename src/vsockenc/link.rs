@@ -22,13 +22,15 @@ use std::time::{Duration, Instant};
 
 use gst::glib;
 use gst::prelude::*;
-use hxfr::ext::ext_bits;
+use hxfr::ext::{ext_bits, ProfileResponse};
+use hxfr::profile::{Level, Profile};
 use hxfr::ConfigRequest;
 use parking_lot::Mutex;
 
 use super::connection::Connection;
 use super::delta::TILE;
 use super::receiver::{self, ReaderContext, ReaderEvents};
+use super::report::{self, Kind, Limiter};
 use super::settings::Settings;
 use super::state::Shared;
 use super::transport::{self, Address};
@@ -46,9 +48,13 @@ pub struct Link {
     shared: Arc<Shared>,
     element: glib::WeakRef<VsockEnc>,
     generation: AtomicU64,
+    /// The connection whose host did not answer the HELLO in time.
+    unanswered: AtomicU64,
     /// The CONFIG_REQ of the current caps, sent on every new connection.
     config: Mutex<Option<ConfigRequest>>,
     thread: Mutex<Option<(JoinHandle<()>, mpsc::Receiver<()>)>>,
+    /// Rate limits of the warnings posted about the host.
+    limiter: Mutex<Limiter>,
 }
 
 enum Due {
@@ -64,8 +70,10 @@ impl Link {
             shared,
             element: element.downgrade(),
             generation: AtomicU64::new(0),
+            unanswered: AtomicU64::new(0),
             config: Mutex::new(None),
             thread: Mutex::new(None),
+            limiter: Mutex::new(Limiter::default()),
         })
     }
 
@@ -84,10 +92,18 @@ impl Link {
         // answers the HELLO (a legacy host never does) this is legacy HXFR.
         let mut sent = 0u64;
         let requested = s.requested_extensions();
+        let mut pinged = false;
         if requested != 0 {
             match conn.send_hello(requested, TILE, AGENT) {
                 Ok(n) => sent += n as u64,
                 Err(e) => log_weak!(warning, self.element, "HELLO to {} failed: {e}", self.addr),
+            }
+            // Answered after the HELLO_ACK by vsockenc-host, and without
+            // one by a legacy host: within one round trip the element knows
+            // which (GuestExt::on_pong), without waiting for a timeout.
+            if let Ok(n) = conn.send_probe_ping() {
+                sent += n as u64;
+                pinged = true;
             }
         }
         let config = *self.config.lock();
@@ -113,6 +129,7 @@ impl Link {
             }
             st.table.stats.extensions = 0;
             st.table.stats.bytes_sent += sent;
+            st.table.stats.pings_sent += pinged as u64;
             st.table.request_keyframe();
             (st.link.replace(conn.clone()), reconnected)
         };
@@ -140,6 +157,102 @@ impl Link {
             if reconnected { ", a reconnect" } else { "" }
         );
         Ok(reconnected)
+    }
+
+    /// Whether the current host accepted the protocol extensions: waits up
+    /// to `timeout` for its answer to the HELLO (one round trip: see
+    /// `GuestExt::on_pong`). `None` without a connection, or when the host
+    /// did not answer in time.
+    pub fn extended(&self, timeout: Duration) -> Option<bool> {
+        if self.settings.requested_extensions() == 0 {
+            return Some(false);
+        }
+        let give_up = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        loop {
+            let conn = st.usable_link()?;
+            if let Some(known) = conn.ext.lock().extended() {
+                return Some(known);
+            }
+            // A host that did not answer once is not waited for again on
+            // the same connection (caps queries come many at a time).
+            if st.stop || self.unanswered.load(Ordering::Relaxed) == conn.generation {
+                return None;
+            }
+            if Instant::now() >= give_up {
+                self.unanswered.store(conn.generation, Ordering::Relaxed);
+                log_weak!(
+                    warning,
+                    self.element,
+                    "{} did not answer HELLO or PING within {} ms: negotiating as with a legacy host",
+                    self.addr,
+                    timeout.as_millis()
+                );
+                return None;
+            }
+            self.shared.wait_streaming(&mut st, Some(give_up));
+        }
+    }
+
+    /// Whether the current host takes I420, YV12, YUY2 and UYVY (the
+    /// FORMATS extension), after waiting up to `timeout` for its answer to
+    /// the HELLO. `None` when that is not known (no connection).
+    pub fn takes_negotiated_formats(&self, timeout: Duration) -> Option<bool> {
+        match self.extended(timeout)? {
+            false => Some(false),
+            true => {
+                let conn = self.shared.lock().usable_link()?;
+                let formats = conn.ext.lock().formats();
+                Some(formats)
+            }
+        }
+    }
+
+    /// Asks the current host for `profile` (at most `max_level`) for
+    /// frames of `size` at `fps`, and waits up to `timeout` for its answer.
+    /// `Ok(None)`: the host cannot be asked (no connection, a legacy host,
+    /// or no PROFILE extension). `Err`: no answer in time.
+    pub fn ask_profile(
+        &self,
+        profile: Profile,
+        max_level: Level,
+        size: (u32, u32),
+        fps: (u32, u32),
+        timeout: Duration,
+    ) -> Result<Option<ProfileResponse>, String> {
+        let Some(conn) = self.shared.lock().usable_link() else {
+            return Ok(None);
+        };
+        let Some(req) = conn
+            .ext
+            .lock()
+            .profile_request(profile, max_level, size, fps)
+        else {
+            return Ok(None);
+        };
+        let token = req.token;
+        match conn.send_profile_request(req) {
+            Ok(n) => self.shared.lock().table.stats.bytes_sent += n as u64,
+            Err(e) => return Err(format!("cannot ask {} for a profile: {e}", self.addr)),
+        }
+        let give_up = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(r) = conn.ext.lock().profile_response(token) {
+                return Ok(Some(r.clone()));
+            }
+            if st.stop || conn.is_closed() {
+                return Err(format!("the connection to {} ended", self.addr));
+            }
+            if Instant::now() >= give_up {
+                return Err(format!(
+                    "{} did not answer the profile request within {} ms",
+                    self.addr,
+                    timeout.as_millis()
+                ));
+            }
+            self.shared.wait_streaming(&mut st, Some(give_up));
+        }
     }
 
     /// Schedules connection attempts from `at` on (the link thread makes
@@ -274,10 +387,31 @@ impl Link {
         ka.max(self.settings.response_timeout())
     }
 
+    /// A new bitrate while running: the host hears of it at once (a new
+    /// CONFIG_REQ) when the caps are known; otherwise the next `set_format`
+    /// sends it.
+    pub fn set_bitrate(&self, bps: u32) {
+        let cfg = {
+            let mut c = self.config.lock();
+            let Some(cfg) = c.as_mut() else { return };
+            if cfg.bitrate == bps {
+                return;
+            }
+            cfg.bitrate = bps;
+            *cfg
+        };
+        log_weak!(info, self.element, "bitrate now {} kbit/s", bps / 1000);
+        self.send_config(cfg);
+    }
+
     /// Stores the CONFIG_REQ and sends it if connected. Never waits for an
     /// answer: no legacy host sends one.
     pub fn set_config(&self, cfg: ConfigRequest) {
         *self.config.lock() = Some(cfg);
+        self.send_config(cfg);
+    }
+
+    fn send_config(&self, cfg: ConfigRequest) {
         let conn = self.shared.lock().usable_link();
         let Some(c) = conn else { return };
         match c.send_config(&cfg) {
@@ -382,6 +516,17 @@ impl Link {
     }
 }
 
+impl Link {
+    /// Whether a warning of `kind` goes on the bus now (see
+    /// [`report::Limiter`]): the text to append about what was held back.
+    fn admit(&self, kind: Kind) -> Option<String> {
+        self.limiter
+            .lock()
+            .admit(kind, Instant::now())
+            .map(report::held_back)
+    }
+}
+
 impl ReaderEvents for Link {
     fn host_error(&self, conn: &Connection, code: i32, message: &str, pts: Option<i64>) {
         let frame = pts.map_or("no frame in flight".to_string(), |p| {
@@ -396,6 +541,9 @@ impl ReaderEvents for Link {
             "host {} reported error {code}: \"{message}\" ({frame})",
             conn.addr
         );
+        let Some(held) = self.admit(Kind::HostError) else {
+            return;
+        };
         gst::element_warning!(
             el,
             gst::StreamError::Encode,
@@ -404,7 +552,7 @@ impl ReaderEvents for Link {
                 conn.addr,
                 message
             ),
-            ["error code {code}; {frame}; the next frame is sent as a keyframe"]
+            ["error code {code}; {frame}; the next frame is sent as a keyframe{held}"]
         );
     }
 
@@ -413,12 +561,65 @@ impl ReaderEvents for Link {
             return;
         };
         gst::warning!(crate::vsockenc::CAT, obj = el, "from {}: {what}", conn.addr);
+        let Some(held) = self.admit(Kind::BadMessage) else {
+            return;
+        };
         gst::element_warning!(
             el,
             gst::StreamError::Decode,
             ("bad message from vsockenc host at {}", conn.addr),
-            ["{what}; the stream goes on (a frame without answer is dropped at its timeout)"]
+            [
+                "{what}; the stream goes on (a frame without answer is dropped at its timeout; \
+                 a host whose answers keep being malformed is disconnected){held}"
+            ]
         );
+    }
+
+    fn refused(&self, conn: &Connection, why: &str) {
+        // The host closes the connection after this; the loss that follows
+        // says nothing new.
+        conn.mark_refused();
+        let Some(el) = self.element.upgrade() else {
+            return;
+        };
+        gst::warning!(
+            crate::vsockenc::CAT,
+            obj = el,
+            "host {} refused this guest: {why}",
+            conn.addr
+        );
+        let Some(held) = self.admit(Kind::Refused) else {
+            return;
+        };
+        let next = if self.settings.reconnect {
+            format!(
+                "frames are dropped; the element asks again every {} ms (reconnect-interval)",
+                self.settings.reconnect_interval_ms
+            )
+        } else {
+            "set reconnect=true to keep asking".to_string()
+        };
+        gst::element_warning!(
+            el,
+            gst::ResourceError::OpenReadWrite,
+            (
+                "vsockenc host at {} does not serve this guest: {}",
+                conn.addr,
+                why
+            ),
+            ["{next}{held}"]
+        );
+    }
+
+    fn answering_again(&self, conn: &Connection) {
+        if let Some(el) = self.element.upgrade() {
+            gst::element_info!(
+                el,
+                gst::ResourceError::Read,
+                ("vsockenc host at {} answers again", conn.addr),
+                ["frames are being encoded again after some got no answer in time"]
+            );
+        }
     }
 
     fn lost(&self, conn: &Connection, why: &str, lost: &[i64]) {
@@ -450,12 +651,24 @@ impl ReaderEvents for Link {
             return;
         };
         if retry_at.is_some() {
+            gst::warning!(
+                crate::vsockenc::CAT,
+                obj = el,
+                "lost connection to {}: {why} ({dropped})",
+                conn.addr
+            );
+            if conn.was_refused() {
+                return;
+            }
+            let Some(held) = self.admit(Kind::Lost) else {
+                return;
+            };
             gst::element_warning!(
                 el,
                 gst::ResourceError::Read,
                 ("lost connection to vsockenc host at {}: {}", conn.addr, why),
                 [
-                    "{dropped}; reconnecting every {} ms (frames are dropped until then)",
+                    "{dropped}; reconnecting every {} ms (frames are dropped until then){held}",
                     self.settings.reconnect_interval_ms
                 ]
             );

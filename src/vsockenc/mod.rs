@@ -28,9 +28,12 @@
 //! src-pad task that finishes frames); `send` (the send path); `link`
 //! (connect, reconnect, keepalive, what the element reports about the
 //! host); `receiver` (the reader thread: responses matched to frames);
-//! `connection` (one socket: writer, negotiation state); `pending` (the
-//! frames in flight: matching, ordering, timeouts, drops); `packing`
-//! (pixels to the wire), `delta` (compact frames), `dmabuf` (virtio-gpu
+//! `report` (rate-limited warnings, the host's health); `connection`
+//! (one socket: writer, negotiation state); `pending` (the
+//! frames in flight: matching, ordering, timeouts, drops); `profile`
+//! (profile and level: downstream, host, stream); `packing`
+//! (pixels to the wire), `convert` (NV12 for a host that does not take a
+//! format), `delta` (compact frames), `dmabuf` (virtio-gpu
 //! resource ids), `transport` (addresses, sockets), `stream_lock`,
 //! `settings`, `stats`.
 
@@ -69,6 +72,7 @@ macro_rules! log_weak {
 }
 
 mod connection;
+mod convert;
 mod delta;
 mod dmabuf;
 mod imp;
@@ -76,7 +80,9 @@ mod link;
 mod output;
 mod packing;
 mod pending;
+mod profile;
 mod receiver;
+mod report;
 mod send;
 mod settings;
 mod state;

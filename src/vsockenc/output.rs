@@ -18,7 +18,8 @@ use gst::glib;
 use gst::prelude::*;
 use gst_video::prelude::*;
 
-use super::pending::{Outcome, Ready};
+use super::pending::{DropReason, Outcome, Ready};
+use super::profile::Label;
 use super::state::{Shared, State};
 use super::{VsockEnc, CAT};
 
@@ -46,7 +47,7 @@ pub fn stop(el: &VsockEnc) {
 /// One iteration: waits for ready frames and finishes them. False when the
 /// element is stopping or flushing.
 fn iterate(el: &VsockEnc, shared: &Shared) -> bool {
-    let ready = {
+    let (ready, went_silent) = {
         let mut st = shared.lock();
         loop {
             if st.stop || st.flushing {
@@ -56,16 +57,40 @@ fn iterate(el: &VsockEnc, shared: &Shared) -> bool {
             if st.table.has_ready(now) {
                 let ready = st.table.pop_ready(now);
                 st.finishing += ready.len();
-                break ready;
+                let mut timeouts = 0;
+                let mut news = false;
+                for r in &ready {
+                    if r.outcome == Outcome::Dropped(DropReason::Timeout) {
+                        timeouts += 1;
+                        news |= st.health.timed_out(r.wire_pts);
+                    }
+                }
+                let went_silent = news.then(|| {
+                    let addr = st.link.as_ref().map(|c| c.addr.to_string());
+                    (timeouts, addr.unwrap_or_else(|| "(no connection)".into()))
+                });
+                break (ready, went_silent);
             }
             let until = st.table.earliest_deadline();
             shared.wait_output(&mut st, until);
         }
     };
+    if let Some((n, addr)) = went_silent {
+        gst::element_warning!(
+            el,
+            gst::ResourceError::Read,
+            ("vsockenc host at {} stopped answering", addr),
+            [
+                "{n} frame(s) got no answer within response-timeout and were dropped; \
+                 frames are dropped (and the next one is sent as a keyframe) until the host \
+                 answers again (this is reported once, and once more when it recovers)"
+            ]
+        );
+    }
     let n = ready.len();
     let mut ret = Ok(gst::FlowSuccess::Ok);
     for r in ready {
-        let res = finish_one(el, r);
+        let res = check_label(el, shared, &r).and_then(|_| finish_one(el, r));
         if res.is_err() && ret.is_ok() {
             ret = res;
         }
@@ -86,11 +111,79 @@ fn iterate(el: &VsockEnc, shared: &Shared) -> bool {
         gst::info!(
             CAT,
             obj = el,
-            "host answers slower than reported: latency now {min} .. {max}"
+            "measured host answer time: latency now {min} .. {max}"
         );
         el.set_latency(min, max);
     }
     true
+}
+
+/// Before a keyframe leaves: the profile and level its SPS states must be
+/// what the src caps say. When they are not (a legacy host, which could not
+/// be asked, or a host that changed its mind) the caps are corrected, if
+/// downstream accepts the stream as it is; otherwise the stream stops with
+/// an error that says why. A stream is never pushed mislabelled.
+fn check_label(el: &VsockEnc, shared: &Shared, r: &Ready) -> Result<(), gst::FlowError> {
+    let Outcome::Encoded(enc) = &r.outcome else {
+        return Ok(());
+    };
+    if !enc.keyframe {
+        return Ok(());
+    }
+    let Some(sps) = hxfr::nal::first_sps(&enc.data) else {
+        return Ok(());
+    };
+    let (profile, level) = (sps.profile, sps.level());
+    if shared.lock().label.matches(profile, level) {
+        return Ok(());
+    }
+    let label = Label::of_stream(profile, level);
+    let Some(old) = el.output_state() else {
+        return Ok(());
+    };
+    let mut caps = old.caps_owned().unwrap_or_else(|| {
+        gst::Caps::builder("video/x-h264")
+            .field("stream-format", "byte-stream")
+            .field("alignment", "au")
+            .build()
+    });
+    label.apply(&mut caps);
+    let accepted = el
+        .src_pad()
+        .peer()
+        .is_none_or(|peer| peer.query_accept_caps(&caps));
+    if !accepted {
+        gst::element_error!(
+            el,
+            gst::StreamError::Format,
+            (
+                "the host produces H.264 profile {} level {}, which downstream does not accept",
+                label.profile.as_deref().unwrap_or("(unknown)"),
+                label.level.as_deref().unwrap_or("(unknown)")
+            ),
+            [
+                "downstream accepts {}; a legacy host cannot be asked for a profile: run vsockenc-host (extensions=true) or configure the host's encoder",
+                el.src_pad()
+                    .peer()
+                    .map(|p| p.query_caps(None).to_string())
+                    .unwrap_or_default()
+            ]
+        );
+        return Err(gst::FlowError::NotNegotiated);
+    }
+    gst::info!(
+        CAT,
+        obj = el,
+        "the stream is profile {:?} level {:?}: output caps now {caps}",
+        label.profile,
+        label.level
+    );
+    el.set_output_state(caps, Some(&old)).map_err(|_| {
+        gst::error!(CAT, obj = el, "cannot set the output state");
+        gst::FlowError::NotNegotiated
+    })?;
+    shared.lock().label = label;
+    Ok(())
 }
 
 fn finish_one(el: &VsockEnc, r: Ready) -> Result<gst::FlowSuccess, gst::FlowError> {
@@ -131,27 +224,21 @@ fn finish_one(el: &VsockEnc, r: Ready) -> Result<gst::FlowSuccess, gst::FlowErro
     }
 }
 
-/// A higher minimum latency when the measured mean response time exceeds
-/// the reported one (rounded up to whole frames, capped at the maximum), so
-/// live sinks are told the truth. Only ever grows.
+/// The minimum latency the element reports is the host's measured answer
+/// time (the mean of the recent answers, rounded up to a millisecond), and
+/// nothing more: the element itself holds no frame back. It starts at 0 and
+/// is raised as answers are measured; it never shrinks (a live pipeline
+/// would re-time its sinks on every dip), and stays under the maximum.
 fn latency_update(st: &mut State) -> Option<(gst::ClockTime, gst::ClockTime)> {
-    const MIN_SAMPLES: u64 = 16;
-    if st.table.stats.latency_samples() < MIN_SAMPLES {
+    /// Answers measured before the first estimate: the first one includes
+    /// the host encoder's start-up.
+    const MIN_SAMPLES: usize = 8;
+    let mean_us = st.table.stats.recent_latency_mean_us(MIN_SAMPLES)?;
+    let (min, max) = st.latency?;
+    let measured = gst::ClockTime::from_mseconds(mean_us.div_ceil(1000)).min(max);
+    if measured <= min {
         return None;
     }
-    let mean = gst::ClockTime::from_useconds(st.table.stats.latency_mean_us());
-    let (frame, min, max) = st.latency?;
-    if mean <= min {
-        return None;
-    }
-    let new_min = match frame.nseconds() {
-        0 => mean,
-        f => gst::ClockTime::from_nseconds(mean.nseconds().div_ceil(f) * f),
-    }
-    .min(max);
-    if new_min <= min {
-        return None;
-    }
-    st.latency = Some((frame, new_min, max));
-    Some((new_min, max))
+    st.latency = Some((measured, max));
+    Some((measured, max))
 }

@@ -10,6 +10,12 @@
 //!   wherever they are in memory); a padded one goes out as one slice per
 //!   row, which `writev` gathers without a user-space copy.
 //!
+//! * I420/YV12 (negotiated, FORMATS): three planes, the chroma ones with
+//!   stride `ceil(stride / 2)` on the wire. A buffer whose strides already
+//!   fit goes out as three slices; otherwise the stride is chosen so that
+//!   every row fits in its source row and rows go out one slice each.
+//! * YUY2/UYVY (negotiated): one plane, sent as it is, like RGB.
+//!
 //! See `hxfr::layout` for the wire layout the host checks.
 
 use hxfr::WireFormat;
@@ -43,8 +49,46 @@ pub fn wire_format(f: gst_video::VideoFormat) -> Option<WireFormat> {
         V::Bgrx | V::Bgra => Some(WireFormat::Bgra),
         V::Rgbx | V::Rgba => Some(WireFormat::Rgba),
         V::Nv12 => Some(WireFormat::Nv12),
+        V::I420 => Some(WireFormat::I420),
+        V::Yv12 => Some(WireFormat::Yv12),
+        V::Yuy2 => Some(WireFormat::Yuy2),
+        V::Uyvy => Some(WireFormat::Uyvy),
         _ => None,
     }
+}
+
+/// One plane of `rows` rows at `stride` on the wire, from a source plane:
+/// one slice when the strides agree, one slice per row otherwise (`stride`
+/// must not exceed the source's).
+fn plane_slices(p: Plane<'_>, rows: usize, stride: usize) -> Vec<&[u8]> {
+    if rows == 0 {
+        return Vec::new();
+    }
+    if p.stride == stride && p.data.len() >= stride * rows {
+        return vec![&p.data[..stride * rows]];
+    }
+    (0..rows)
+        .map(|i| &p.data[i * p.stride..i * p.stride + stride])
+        .collect()
+}
+
+/// Checks that `p` holds `rows` rows of `row` visible bytes, each
+/// followed by room up to `stride` bytes in its source row.
+fn check_plane(
+    name: &str,
+    p: &Plane,
+    rows: usize,
+    row: usize,
+    stride: usize,
+) -> Result<(), String> {
+    if p.stride < row || stride > p.stride || p.data.len() < p.stride * (rows - 1) + stride {
+        return Err(format!(
+            "{name} plane of {} bytes with stride {} cannot hold {rows} rows of {row} bytes sent at stride {stride}",
+            p.data.len(),
+            p.stride
+        ));
+    }
+    Ok(())
 }
 
 /// Lays out `planes` for the wire. Errors say what does not fit.
@@ -97,6 +141,37 @@ pub fn pack<'a>(
             };
             Ok(Packed {
                 stride: row as u32,
+                slices,
+            })
+        }
+        WireFormat::Yuy2 | WireFormat::Uyvy => {
+            let p = planes.first().ok_or("frame has no plane")?;
+            let row = 4 * w.div_ceil(2);
+            check_plane("packed 4:2:2", p, h, row, p.stride)?;
+            Ok(Packed {
+                stride: p.stride as u32,
+                slices: plane_slices(*p, h, p.stride),
+            })
+        }
+        WireFormat::I420 | WireFormat::Yv12 => {
+            let [y, u, v] = match planes {
+                [y, u, v, ..] => [*y, *u, *v],
+                _ => return Err(format!("{format} frame without three planes")),
+            };
+            // The widest wire stride every source row has room for: chroma
+            // rows go out at ceil(stride / 2), so it is at most twice the
+            // narrower chroma stride.
+            let stride = y.stride.min(2 * u.stride.min(v.stride));
+            let (c_rows, c_row) = format.plane_size(1, width, height);
+            let c_stride = format.plane_stride(1, stride as u32);
+            check_plane("Y", &y, h, w, stride)?;
+            check_plane("first chroma", &u, c_rows, c_row, c_stride)?;
+            check_plane("second chroma", &v, c_rows, c_row, c_stride)?;
+            let mut slices = plane_slices(y, h, stride);
+            slices.extend(plane_slices(u, c_rows, c_stride));
+            slices.extend(plane_slices(v, c_rows, c_stride));
+            Ok(Packed {
+                stride: stride as u32,
                 slices,
             })
         }
@@ -184,6 +259,97 @@ mod tests {
         .unwrap();
         assert_eq!(p.slices.len(), 2);
         assert_eq!(p.len(), 12);
+    }
+
+    #[test]
+    fn i420_with_gstreamer_strides_is_laid_out_as_the_host_reads_it() {
+        // Width 100: GStreamer's Y stride 100, chroma stride 52, not 50.
+        let (w, h) = (100u32, 4u32);
+        let y: Vec<u8> = (0..100 * 4).map(|i| i as u8).collect();
+        let u: Vec<u8> = (0..52 * 2).map(|i| 200 - i as u8).collect();
+        let v: Vec<u8> = (0..52 * 2).map(|i| 100 + i as u8).collect();
+        let planes = [
+            Plane {
+                data: &y,
+                stride: 100,
+            },
+            Plane {
+                data: &u,
+                stride: 52,
+            },
+            Plane {
+                data: &v,
+                stride: 52,
+            },
+        ];
+        let p = pack(WireFormat::I420, w, h, &planes).unwrap();
+        assert_eq!(p.stride, 100, "chroma goes out at 50 bytes a row");
+        let bytes = concat(&p);
+        let layout = FrameLayout::new(WireFormat::I420, w, h, p.stride, bytes.len()).unwrap();
+        for (i, src) in [&u, &v].iter().enumerate() {
+            let wire = layout.plane(i + 1);
+            for row in 0..2 {
+                let got = &bytes[wire.offset + row * wire.stride..][..50];
+                assert_eq!(
+                    got,
+                    &src[row * 52..row * 52 + 50],
+                    "chroma plane {i} row {row}"
+                );
+            }
+        }
+        assert_eq!(&bytes[..100], &y[..100]);
+    }
+
+    #[test]
+    fn i420_whose_strides_fit_goes_out_as_three_slices() {
+        let y = vec![1u8; 64 * 2];
+        let c = vec![2u8; 32];
+        let planes = [
+            Plane {
+                data: &y,
+                stride: 64,
+            },
+            Plane {
+                data: &c,
+                stride: 32,
+            },
+            Plane {
+                data: &c,
+                stride: 32,
+            },
+        ];
+        let p = pack(WireFormat::I420, 64, 2, &planes).unwrap();
+        assert_eq!(p.slices.len(), 3);
+        assert!(FrameLayout::new(WireFormat::I420, 64, 2, p.stride, p.len()).is_ok());
+    }
+
+    #[test]
+    fn packed_yuv_goes_out_with_its_stride() {
+        let data = vec![7u8; 20 * 3];
+        let p = pack(
+            WireFormat::Yuy2,
+            5,
+            3,
+            &[Plane {
+                data: &data,
+                stride: 20,
+            }],
+        )
+        .unwrap();
+        assert_eq!(p.stride, 20);
+        assert_eq!(p.slices.len(), 1);
+        assert!(FrameLayout::new(WireFormat::Yuy2, 5, 3, 20, p.len()).is_ok());
+        let short = vec![0u8; 10];
+        assert!(pack(
+            WireFormat::Uyvy,
+            5,
+            3,
+            &[Plane {
+                data: &short,
+                stride: 10
+            }]
+        )
+        .is_err());
     }
 
     #[test]

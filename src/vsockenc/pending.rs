@@ -229,21 +229,27 @@ impl Table {
     }
 
     /// For hosts that answer with their own PTS counter: give the response
-    /// to the oldest frame still waiting on that connection.
-    pub fn complete_oldest(&mut self, generation: u64, encoded: Encoded, now: Instant) -> bool {
+    /// to the oldest frame still waiting on that connection. Returns that
+    /// frame's wire PTS.
+    pub fn complete_oldest(
+        &mut self,
+        generation: u64,
+        encoded: Encoded,
+        now: Instant,
+    ) -> Option<i64> {
         let Some(e) = self
             .entries
             .iter_mut()
             .find(|e| e.outcome.is_none() && e.generation == generation)
         else {
             self.stats.late_responses += 1;
-            return false;
+            return None;
         };
         self.stats.frames_returned += 1;
         self.stats
             .record_latency(now.saturating_duration_since(e.sent_at));
         e.outcome = Some(Outcome::Encoded(encoded));
-        true
+        Some(e.wire_pts)
     }
 
     /// An ERROR carries no PTS: hosts encode in order, so it is taken to be
@@ -535,7 +541,7 @@ mod tests {
         let now = Instant::now();
         t.insert_sent(0, 0, now, T, 1);
         assert_eq!(t.complete(12345, enc(true), now), Match::Unknown);
-        assert!(t.complete_oldest(1, enc(true), now));
+        assert_eq!(t.complete_oldest(1, enc(true), now), Some(0));
         assert_eq!(ids(&t.pop_ready(now)), vec![0]);
     }
 

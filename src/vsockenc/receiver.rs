@@ -29,6 +29,11 @@ pub struct ReaderContext {
     pub element: glib::WeakRef<VsockEnc>,
 }
 
+/// Malformed answers in a row (no valid answer between them) after which
+/// the host is taken to be broken: the connection is dropped and made
+/// again, instead of every frame waiting for its timeout.
+const MALFORMED_IN_A_ROW: u32 = 4;
+
 /// What the reader tells the element about.
 pub trait ReaderEvents: Send + Sync {
     /// The host sent an ERROR; `pts` is the frame it was taken to be about.
@@ -39,6 +44,33 @@ pub trait ReaderEvents: Send + Sync {
     /// The connection is gone; the frames in flight with these wire PTS
     /// were lost. Not called when the element closed the connection itself.
     fn lost(&self, conn: &Connection, why: &str, dropped: &[i64]);
+    /// The host answers again after frames had timed out.
+    fn answering_again(&self, conn: &Connection);
+    /// The host refused to serve this guest (ERROR `REFUSED`).
+    fn refused(&self, conn: &Connection, why: &str);
+}
+
+/// Counts malformed answers in a row.
+#[derive(Default)]
+struct Malformed {
+    in_a_row: u32,
+}
+
+impl Malformed {
+    /// A bad answer; `Some(why)` when the host is to be dropped.
+    fn bad(&mut self, what: &str) -> Option<String> {
+        self.in_a_row += 1;
+        (self.in_a_row >= MALFORMED_IN_A_ROW).then(|| {
+            format!(
+                "{} malformed answers in a row (the last: {what}); the host is taken to be broken",
+                self.in_a_row
+            )
+        })
+    }
+
+    fn good(&mut self) {
+        self.in_a_row = 0;
+    }
 }
 
 pub fn run(conn: Arc<Connection>, mut stream: Stream, cx: ReaderContext) {
@@ -67,8 +99,12 @@ fn read_loop(conn: &Connection, stream: &mut Stream, cx: &ReaderContext) -> Stri
     // accepted our HELLO sends them.
     let mut decoder = Decoder::with_extensions(hxfr::Limits::default());
     let mut counted = 0u64;
+    let mut malformed = Malformed::default();
     loop {
-        if conn.is_closed() {
+        // Not `is_closed`: after a failed write to a host that went away,
+        // what it sent before (an ERROR saying why) is still read; the read
+        // then ends the loop with the end of the stream.
+        if conn.is_closing() {
             return "closed".into();
         }
         let res = decoder.read_from_ext(stream);
@@ -77,14 +113,14 @@ fn read_loop(conn: &Connection, stream: &mut Stream, cx: &ReaderContext) -> Stri
             cx.shared.lock().table.stats.bytes_received += offset - counted;
             counted = offset;
         }
-        match res {
+        let bad = match res {
             Ok(Some(Decoded::Ext(_, msg))) => {
                 conn.note_read();
-                handle_ext(conn, msg, cx);
+                handle_ext(conn, msg, cx)
             }
             Ok(Some(Decoded::Legacy(_, msg))) => {
                 conn.note_read();
-                handle(conn, msg, cx);
+                handle(conn, msg, cx)
             }
             Ok(None) => return "the host closed the connection".into(),
             Err(e) if e.is_timeout() => continue,
@@ -92,20 +128,47 @@ fn read_loop(conn: &Connection, stream: &mut Stream, cx: &ReaderContext) -> Stri
             // breakage for that long: start over on a new connection.
             Err(e @ hxfr::ProtocolError::PayloadTooLarge { .. }) => return e.to_string(),
             Err(e) if !e.is_fatal() => {
-                cx.events
-                    .protocol_warning(conn, &format!("skipped a bad message: {e}"));
+                let what = format!("skipped a bad message: {e}");
+                cx.events.protocol_warning(conn, &what);
+                Answer::Bad(what)
             }
             Err(hxfr::ProtocolError::Io(e)) if transport::is_host_absent(&e) => {
                 return format!("connection lost ({})", transport::describe(&e));
             }
             Err(e) => return e.to_string(),
+        };
+        match bad {
+            Answer::Good => malformed.good(),
+            Answer::Bad(what) => {
+                if let Some(why) = malformed.bad(&what) {
+                    return why;
+                }
+            }
+            Answer::Other => {}
         }
     }
 }
 
-fn handle(conn: &Connection, msg: Message, cx: &ReaderContext) {
+/// What a message says about the host's answers.
+enum Answer {
+    /// A frame was answered.
+    Good,
+    /// A malformed answer.
+    Bad(String),
+    /// Anything else.
+    Other,
+}
+
+fn handle(conn: &Connection, msg: Message, cx: &ReaderContext) -> Answer {
     match msg {
-        Message::FrameResponse(r) => handle_response(conn, r, cx),
+        Message::FrameResponse(r) => return handle_response(conn, r, cx),
+        Message::Error(e) if e.code == hxfr::error_code::REFUSED => {
+            // Not about a frame: the host does not serve this guest (its
+            // client limit, its access rules) and closes the connection.
+            cx.shared.lock().table.stats.host_errors += 1;
+            cx.events.refused(conn, &e.message);
+            return Answer::Good;
+        }
         Message::Error(e) => {
             // The host's copy of our last frame may be gone: next frame full.
             conn.ext.lock().invalidate();
@@ -116,8 +179,23 @@ fn handle(conn: &Connection, msg: Message, cx: &ReaderContext) {
             };
             cx.shared.wake_completed();
             cx.events.host_error(conn, e.code, &e.message, pts);
+            return Answer::Good;
         }
-        Message::Pong => cx.shared.lock().table.stats.pongs_received += 1,
+        Message::Pong => {
+            let settled = conn.ext.lock().on_pong();
+            cx.shared.lock().table.stats.pongs_received += 1;
+            if settled {
+                log_weak!(
+                    info,
+                    cx.element,
+                    "host {} answered PING but not HELLO: a legacy host; speaking legacy HXFR",
+                    conn.addr
+                );
+                // Negotiation waits decide on this under the state mutex.
+                let _st = cx.shared.lock();
+                cx.shared.wake_streaming();
+            }
+        }
         Message::ConfigResponse(_) | Message::Skipped { .. } => {}
         other => log_weak!(
             debug,
@@ -127,9 +205,10 @@ fn handle(conn: &Connection, msg: Message, cx: &ReaderContext) {
             conn.addr
         ),
     }
+    Answer::Other
 }
 
-fn handle_response(conn: &Connection, r: FrameResponse, cx: &ReaderContext) {
+fn handle_response(conn: &Connection, r: FrameResponse, cx: &ReaderContext) -> Answer {
     let now = Instant::now();
     let data = r.annexb();
     if data.is_empty() {
@@ -139,21 +218,43 @@ fn handle_response(conn: &Connection, r: FrameResponse, cx: &ReaderContext) {
             st.table.fail_oldest(conn.generation, DropReason::HostError);
         }
         cx.shared.wake_completed();
-        cx.events
-            .protocol_warning(conn, &format!("empty FRAME_RESPONSE for pts {}", r.pts));
-        return;
+        let what = format!("empty FRAME_RESPONSE for pts {}", r.pts);
+        cx.events.protocol_warning(conn, &what);
+        return Answer::Bad(what);
     }
-    let keyframe = r.is_keyframe || nal::has_idr(&data);
+    // A keyframe is an access unit with an IDR slice, whatever the host
+    // says: hosts have flagged every I-frame (x264's scene cuts), and a
+    // decoder, muxer or segmenter starting at a non-IDR I-frame may need
+    // parameter sets or references it never saw.
+    let keyframe = nal::has_idr(&data);
+    if keyframe != r.is_keyframe {
+        log_weak!(
+            trace,
+            cx.element,
+            "host {} flags pts {} keyframe={} but the access unit {} an IDR slice",
+            conn.addr,
+            r.pts,
+            r.is_keyframe,
+            if keyframe { "holds" } else { "holds no" }
+        );
+    }
     let encoded = Encoded { data, keyframe };
-    let matched = {
+    let (matched, recovered) = {
         let mut st = cx.shared.lock();
         let t = &mut st.table;
-        match t.lookup(r.pts) {
+        let matched = match t.lookup(r.pts) {
             // A host that numbers responses itself: fall back to arrival order.
             Match::Unknown => t.complete_oldest(conn.generation, encoded, now),
-            _ => t.complete(r.pts, encoded, now) == Match::Matched,
-        }
+            _ => (t.complete(r.pts, encoded, now) == Match::Matched).then_some(r.pts),
+        };
+        (
+            matched.is_some(),
+            matched.is_some_and(|w| st.health.answered(w)),
+        )
     };
+    if recovered {
+        cx.events.answering_again(conn);
+    }
     if matched {
         cx.shared.wake_completed();
     } else {
@@ -165,14 +266,16 @@ fn handle_response(conn: &Connection, r: FrameResponse, cx: &ReaderContext) {
             r.pts
         );
     }
+    Answer::Good
 }
 
 /// Extension messages: only a host that accepted our HELLO sends them.
-fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) {
+fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) -> Answer {
     match msg {
         ExtMessage::HelloAck(ack) => {
             let accepted = conn.ext.lock().on_ack(&ack);
             cx.shared.lock().table.stats.extensions = accepted;
+            cx.shared.wake_streaming();
             log_weak!(
                 info,
                 cx.element,
@@ -198,6 +301,24 @@ fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) {
             };
             cx.shared.wake_completed();
             cx.events.host_error(conn, e.code, &e.message, pts);
+            return Answer::Good;
+        }
+        ExtMessage::ProfileResponse(r) => {
+            log_weak!(
+                debug,
+                cx.element,
+                "host {} answered profile request {}: accepted {} profile {:?} level {:?} ({})",
+                conn.addr,
+                r.token,
+                r.accepted,
+                r.profile.name(),
+                r.level.name(),
+                r.reason
+            );
+            conn.ext.lock().on_profile_response(r);
+            // `set_format` waits for it under the state mutex.
+            let _st = cx.shared.lock();
+            cx.shared.wake_streaming();
         }
         ExtMessage::DrainDone { token } => {
             conn.ext.lock().on_drain_done(token);
@@ -230,4 +351,5 @@ fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) {
             conn.addr
         ),
     }
+    Answer::Other
 }

@@ -18,11 +18,12 @@ use hxfr::message::FRAME_REQUEST_FIXED;
 use hxfr::{FrameRequest, WireFormat, HEADER_LEN, LEGACY_SESSION_ID};
 
 use super::connection::Connection;
+use super::convert::ToNv12;
 use super::delta::{self, DeltaSender, Plan};
 use super::dmabuf::ResourceLookup;
 use super::packing::{self, Plane};
 use super::pending::DropReason;
-use super::settings::Settings;
+use super::settings::{Live, Settings};
 use super::state::Shared;
 use super::{VsockEnc, CAT};
 
@@ -41,21 +42,27 @@ pub struct FrameToSend<'a> {
 
 pub struct Sender {
     settings: Settings,
+    live: std::sync::Arc<Live>,
     /// Frames sent since the last forced keyframe (`u64::MAX`: force the
     /// next one).
     frames_since_key: u64,
     dmabuf: ResourceLookup,
     /// The frame the host holds (compact frames are sent against it).
     delta: DeltaSender,
+    to_nv12: ToNv12,
+    conversion_reported: bool,
 }
 
 impl Sender {
-    pub fn new(settings: Settings) -> Sender {
+    pub fn new(settings: Settings, live: std::sync::Arc<Live>) -> Sender {
         Sender {
             settings,
+            live,
             frames_since_key: u64::MAX,
             dmabuf: ResourceLookup::default(),
             delta: DeltaSender::default(),
+            to_nv12: ToNv12::default(),
+            conversion_reported: false,
         }
     }
 
@@ -99,6 +106,42 @@ impl Sender {
             gst::error!(CAT, obj = el, "format {:?} cannot be sent", f.info.format());
             gst::FlowError::NotNegotiated
         })?;
+        // A negotiated format the current host does not take: convert it
+        // here rather than send what the host would misread (convert.rs).
+        let converted;
+        let (f, format) = if format.is_negotiated() && !conn.ext.lock().formats() {
+            converted = self.to_nv12.convert(f.input, f.info).map_err(|e| {
+                gst::element_error!(
+                    el,
+                    gst::StreamError::Format,
+                    (
+                        "cannot convert frame {} for the host at {}: {e}",
+                        f.frame_id,
+                        conn.addr
+                    )
+                );
+                gst::FlowError::Error
+            })?;
+            if !self.conversion_reported {
+                self.conversion_reported = true;
+                gst::warning!(
+                    CAT,
+                    obj = el,
+                    "the host at {} does not take {:?} frames (a legacy host, or one without the FORMATS extension): converting them to NV12 in the guest (logged once)",
+                    conn.addr,
+                    f.info.format()
+                );
+            }
+            shared.lock().table.stats.frames_converted += 1;
+            let f = FrameToSend {
+                input: &converted.0,
+                info: &converted.1,
+                ..f
+            };
+            (f, WireFormat::Nv12)
+        } else {
+            (f, format)
+        };
 
         let resource_id = self.dmabuf_resource_id(el, f.input);
         let vframe = match resource_id {
@@ -209,7 +252,7 @@ impl Sender {
         slices: &[&[u8]],
     ) -> std::io::Result<(usize, bool)> {
         let cur = vframe
-            .zip(WireFormat::from_fourcc(req.format))
+            .zip(WireFormat::from_fourcc_ext(req.format))
             .and_then(|(vf, format)| delta::hx_frame(vf, format));
         let (index, ref_index, verify, lz4, keep) = {
             let mut ext = conn.ext.lock();
@@ -273,7 +316,7 @@ impl Sender {
     /// Whether this frame goes out with force_keyframe, counting frames for
     /// `keyframe-interval`.
     fn keyframe_due(&mut self, requested: bool) -> bool {
-        let interval = self.settings.keyframe_interval;
+        let interval = self.live.keyframe_interval();
         let since = self.frames_since_key;
         let due = requested || since == u64::MAX || (interval > 0 && since + 1 >= interval as u64);
         self.frames_since_key = if due { 0 } else { since + 1 };
@@ -318,14 +361,21 @@ mod tests {
 
     #[test]
     fn keyframes_are_forced_every_interval_and_after_a_request() {
-        let mut s = Sender::new(Settings {
+        let settings = Settings {
             keyframe_interval: 3,
             ..Settings::default()
-        });
+        };
+        let live = std::sync::Arc::new(Live::new(&settings));
+        let mut s = Sender::new(settings, live.clone());
         let due: Vec<bool> = (0..7).map(|_| s.keyframe_due(false)).collect();
         assert_eq!(due, [true, false, false, true, false, false, true]);
         assert!(!s.keyframe_due(false));
         assert!(s.keyframe_due(true), "a request forces one at once");
         assert!(!s.keyframe_due(false), "and restarts the count");
+        // A change while running counts from the last keyframe.
+        live.set_keyframe_interval(2);
+        assert!(s.keyframe_due(false));
+        live.set_keyframe_interval(0);
+        assert!((0..100).all(|_| !s.keyframe_due(false)), "0: never forced");
     }
 }

@@ -1,8 +1,9 @@
 //! Property defaults and the `Settings` the element reads when it starts.
 
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-use crate::vsockenc::transport::Address;
+use super::transport::Address;
 
 pub const DEFAULT_SOCKET_PATH: Option<&str> = None;
 pub const DEFAULT_TCP_HOST: Option<&str> = None;
@@ -128,13 +129,47 @@ impl Settings {
         } else {
             0
         };
-        COMPACT | LZ4 | ERROR_PTS | DRAIN | verify
+        COMPACT | LZ4 | ERROR_PTS | DRAIN | PROFILE | FORMATS | verify
+    }
+}
+
+/// The settings that may change while the element runs (PLAYING
+/// included). The element reads them at the moment they matter: the
+/// keyframe interval for every frame, the bitrate for every CONFIG_REQ.
+#[derive(Debug)]
+pub struct Live {
+    keyframe_interval: AtomicI32,
+    bitrate_kbps: AtomicI32,
+}
+
+impl Live {
+    pub fn new(s: &Settings) -> Live {
+        Live {
+            keyframe_interval: AtomicI32::new(s.keyframe_interval),
+            bitrate_kbps: AtomicI32::new(s.bitrate_kbps),
+        }
+    }
+
+    pub fn keyframe_interval(&self) -> i32 {
+        self.keyframe_interval.load(Ordering::Relaxed)
+    }
+
+    pub fn set_keyframe_interval(&self, v: i32) {
+        self.keyframe_interval.store(v, Ordering::Relaxed);
     }
 
     /// Bits per second for CONFIG_REQ.
     pub fn bitrate_bps(&self) -> u32 {
-        (self.bitrate_kbps.max(0) as u64 * 1000).min(u32::MAX as u64) as u32
+        kbps_to_bps(self.bitrate_kbps.load(Ordering::Relaxed))
     }
+
+    pub fn set_bitrate_kbps(&self, v: i32) {
+        self.bitrate_kbps.store(v, Ordering::Relaxed);
+    }
+}
+
+fn kbps_to_bps(kbps: i32) -> u32 {
+    (kbps.max(0) as u64 * 1000).min(u32::MAX as u64) as u32
 }
 
 #[cfg(test)]
@@ -159,7 +194,9 @@ mod tests {
 
     #[test]
     fn bitrate_is_kbit_per_second() {
-        let s = Settings::default();
-        assert_eq!(s.bitrate_bps(), 4_000_000);
+        let live = Live::new(&Settings::default());
+        assert_eq!(live.bitrate_bps(), 4_000_000);
+        live.set_bitrate_kbps(500);
+        assert_eq!(live.bitrate_bps(), 500_000);
     }
 }

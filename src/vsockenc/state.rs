@@ -63,6 +63,8 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::connection::Connection;
 use super::pending::Table;
+use super::profile::Label;
+use super::report::Health;
 
 /// What every waiter decides on. See the module doc.
 pub struct State {
@@ -87,8 +89,12 @@ pub struct State {
     /// Frames the output task has popped and not finished yet: the table
     /// is only really empty when this is 0 too.
     pub finishing: usize,
-    /// Latency reported to the pipeline: (frame duration, min, max).
-    pub latency: Option<(gst::ClockTime, gst::ClockTime, gst::ClockTime)>,
+    /// Latency reported to the pipeline: (min, max).
+    pub latency: Option<(gst::ClockTime, gst::ClockTime)>,
+    /// Whether the host answers (for the one warning when it stops).
+    pub health: Health,
+    /// The profile and level the current output caps state.
+    pub label: Label,
 }
 
 impl Default for State {
@@ -103,6 +109,8 @@ impl Default for State {
             connected_at: None,
             finishing: 0,
             latency: None,
+            health: Health::default(),
+            label: Label::default(),
         }
     }
 }

@@ -1,10 +1,74 @@
 //! Counters of the element, exposed as the read-only `stats` structure.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::vsockenc::pending::DropReason;
+use super::pending::DropReason;
+
+/// Answer times kept for the latency the element reports.
+const RECENT_LATENCIES: usize = 32;
 
 pub const STATS_NAME: &str = "vsockenc-stats";
+
+/// Every field of the `stats` structure and what it counts, for the
+/// property's blurb (gst-inspect-1.0).
+const FIELDS: &[(&str, &str)] = &[
+    ("frames-sent", "frames written to the host"),
+    ("frames-returned", "frames the host answered in time"),
+    (
+        "frames-dropped",
+        "frames without output: the sum of dropped-*",
+    ),
+    ("dropped-timeout", "no answer within response-timeout"),
+    ("dropped-host-error", "the host reported an error"),
+    (
+        "dropped-disconnect",
+        "the connection broke with the frame in flight",
+    ),
+    ("dropped-no-host", "no connection to send on"),
+    (
+        "dropped-awaiting-keyframe",
+        "encoded, but after a drop and not a keyframe",
+    ),
+    (
+        "late-responses",
+        "answers that came after their frame's timeout",
+    ),
+    ("bytes-sent", "bytes written to the host"),
+    ("bytes-received", "bytes read from the host"),
+    ("in-flight", "frames at the host now"),
+    ("reconnects", "connections made after the first"),
+    ("host-errors", "ERROR messages from the host"),
+    ("pings-sent", "keep-alive PINGs"),
+    ("pongs-received", "their answers"),
+    ("latency-mean-us", "mean time from request to answer"),
+    ("latency-max-us", "longest time from request to answer"),
+    ("wire-bytes", "bytes of frame messages on the wire"),
+    (
+        "raw-bytes",
+        "what those frames cost as plain FRAME_REQUESTs",
+    ),
+    ("compact-frames", "frames sent as changed tiles only"),
+    (
+        "checksum-matches",
+        "host checksums equal to the frame sent (verify-frames)",
+    ),
+    ("checksum-mismatches", "host checksums that differ"),
+    (
+        "frames-converted",
+        "frames converted to NV12 in the guest for a host that does not take their format",
+    ),
+    ("extensions", "protocol extension bits the host accepted"),
+];
+
+/// The `stats` property's blurb: every field with what it counts.
+pub fn blurb() -> String {
+    let fields: Vec<String> = FIELDS.iter().map(|(n, d)| format!("{n} ({d})")).collect();
+    format!(
+        "Counters of the current (or last) run, a {STATS_NAME} structure: {}",
+        fields.join(", ")
+    )
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
@@ -32,11 +96,16 @@ pub struct Stats {
     /// (`verify-frames`).
     pub checksum_matches: u64,
     pub checksum_mismatches: u64,
+    /// Frames converted to NV12 in the guest for a host that does not take
+    /// their format.
+    pub frames_converted: u64,
     /// Extensions the host accepted on the current connection.
     pub extensions: u32,
     latency_sum_us: u64,
     latency_count: u64,
     pub latency_max_us: u64,
+    /// The most recent answer times, in microseconds.
+    recent_latency_us: VecDeque<u64>,
 }
 
 impl Stats {
@@ -63,11 +132,17 @@ impl Stats {
         self.latency_sum_us = self.latency_sum_us.saturating_add(us);
         self.latency_count += 1;
         self.latency_max_us = self.latency_max_us.max(us);
+        if self.recent_latency_us.len() == RECENT_LATENCIES {
+            self.recent_latency_us.pop_front();
+        }
+        self.recent_latency_us.push_back(us);
     }
 
-    /// Responses whose latency was recorded.
-    pub fn latency_samples(&self) -> u64 {
-        self.latency_count
+    /// Mean of the most recent answer times, once there are at least
+    /// `min_samples` of them.
+    pub fn recent_latency_mean_us(&self, min_samples: usize) -> Option<u64> {
+        let n = self.recent_latency_us.len();
+        (n >= min_samples.max(1)).then(|| self.recent_latency_us.iter().sum::<u64>() / n as u64)
     }
 
     pub fn latency_mean_us(&self) -> u64 {
@@ -101,6 +176,7 @@ impl Stats {
             .field("compact-frames", self.compact_frames)
             .field("checksum-matches", self.checksum_matches)
             .field("checksum-mismatches", self.checksum_mismatches)
+            .field("frames-converted", self.frames_converted)
             .field("extensions", self.extensions)
             .build()
     }
@@ -109,4 +185,30 @@ impl Stats {
 /// The `stats` property value before the element ever ran.
 pub fn empty_structure() -> gst::Structure {
     Stats::default().to_structure(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_blurb_names_every_field_in_order() {
+        gst::init().unwrap();
+        let s = empty_structure();
+        let names: Vec<&str> = s.fields().map(|f| f.as_str()).collect();
+        let documented: Vec<&str> = FIELDS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, documented);
+        let b = blurb();
+        assert!(names.iter().all(|n| b.contains(n)));
+    }
+
+    #[test]
+    fn recent_latency_needs_enough_samples() {
+        let mut s = Stats::default();
+        for ms in [30, 5, 5, 5] {
+            s.record_latency(Duration::from_millis(ms));
+        }
+        assert_eq!(s.recent_latency_mean_us(8), None);
+        assert_eq!(s.recent_latency_mean_us(4), Some(11_250));
+    }
 }

@@ -1,7 +1,9 @@
 //! Where the host daemon is and how to reach it: address selection, connect
 //! with a timeout, and the socket options each transport needs.
 //!
-//! * Unix socket: nothing to tune.
+//! * Unix socket: the connect is bounded too (a daemon that is frozen or
+//!   whose backlog is full never accepts), and a path that exists but is not
+//!   a socket is named as such.
 //! * TCP: `TCP_NODELAY`, because a small FRAME_REQUEST prefix waiting for
 //!   Nagle would add a round trip to every frame.
 //! * AF_VSOCK: `SO_VM_SOCKETS_CONNECT_TIMEOUT` (the kernel default is 2 s and
@@ -81,6 +83,16 @@ impl fmt::Display for Address {
 }
 
 impl Address {
+    /// What to tell a user whose connect failed with `e`.
+    pub fn remedy_for(&self, e: &io::Error) -> String {
+        if is_not_a_socket(e) {
+            return format!(
+                "set socket-path to the socket vsockenc-host listens on (`vsockenc-host --listen unix:PATH`), not {self}"
+            );
+        }
+        self.remedy()
+    }
+
     /// What to tell a user whose host is not there.
     pub fn remedy(&self) -> String {
         let listen = match self {
@@ -122,6 +134,15 @@ impl Stream {
             Stream::Tcp(s) => s.set_write_timeout(d),
             Stream::Vsock(s) => s.set_write_timeout(d),
         }
+    }
+
+    /// Makes further writes fail; a reader still gets what the peer sent.
+    pub fn shutdown_write(&self) {
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(Shutdown::Write),
+            Stream::Tcp(s) => s.shutdown(Shutdown::Write),
+            Stream::Vsock(s) => s.shutdown(Shutdown::Write),
+        };
     }
 
     /// Wakes a reader blocked on this socket (any clone) and makes further
@@ -207,8 +228,79 @@ pub fn is_host_absent(e: &io::Error) -> bool {
     )
 }
 
+/// What `connect` says when `socket-path` names something that is not a
+/// socket (a regular file, a directory).
+#[derive(Debug)]
+pub struct NotASocket {
+    pub what: &'static str,
+}
+
+impl fmt::Display for NotASocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the path is {}, not a socket", self.what)
+    }
+}
+
+impl std::error::Error for NotASocket {}
+
+/// Whether a connect error means the address names something that is not a
+/// socket: starting a host daemon there would not help.
+pub fn is_not_a_socket(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<NotASocket>())
+}
+
+fn connect_unix(path: &std::path::Path, timeout: Duration) -> io::Result<UnixStream> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let ft = meta.file_type();
+        if !ft.is_socket() {
+            let what = if ft.is_dir() {
+                "a directory"
+            } else if ft.is_file() {
+                "a regular file"
+            } else {
+                "a special file"
+            };
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                NotASocket { what },
+            ));
+        }
+    }
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // A blocking Unix connect waits for room in the listener's backlog for
+    // at most the send timeout: that is the connect timeout.
+    setsockopt(&fd, sockopt::SendTimeout, &timeval(timeout))?;
+    let addr = socket::UnixAddr::new(path)?;
+    match socket::connect(fd.as_raw_fd(), &addr) {
+        Ok(()) => {}
+        Err(Errno::EAGAIN) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "timed out: the daemon accepts no connection (frozen, or its backlog is full)",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    setsockopt(&fd, sockopt::SendTimeout, &timeval(Duration::ZERO))?;
+    Ok(UnixStream::from(fd))
+}
+
+fn timeval(d: Duration) -> TimeVal {
+    TimeVal::microseconds(d.as_micros().min(i64::MAX as u128) as i64)
+}
+
 /// A short description of a connect failure for messages.
 pub fn describe(e: &io::Error) -> String {
+    if e.get_ref().is_some() {
+        // Ours (not a socket, a daemon that does not accept): it says it.
+        return e.to_string();
+    }
     match e.raw_os_error().map(Errno::from_raw) {
         Some(Errno::ECONNREFUSED) => "connection refused".into(),
         Some(Errno::ENOENT) => "no such socket file".into(),
@@ -222,7 +314,7 @@ pub fn describe(e: &io::Error) -> String {
 /// Opens a connection to `addr`, giving up after `timeout`.
 pub fn connect(addr: &Address, timeout: Duration) -> io::Result<Stream> {
     match addr {
-        Address::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path)?)),
+        Address::Unix(path) => connect_unix(path, timeout).map(Stream::Unix),
         Address::Tcp { host, port } => {
             let mut last = io::Error::new(
                 io::ErrorKind::NotFound,

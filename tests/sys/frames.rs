@@ -146,7 +146,7 @@ impl FrameCollector {
 }
 
 /// One encoded access unit as it left the pipeline.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AccessUnit {
     pub pts: Option<gst::ClockTime>,
     pub data: Vec<u8>,

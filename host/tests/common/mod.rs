@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 use gst_video::prelude::*;
-use hxfr::{Decoder, FrameRequest, FrameResponse, Header, Message, WireFormat};
+use hxfr::ext::{ExtMessage, Hello, ProfileRequest, ProfileResponse};
+use hxfr::{Decoded, Decoder, FrameRequest, FrameResponse, Header, Message, WireFormat};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vsockenc-host");
 /// Generous bound for anything a loaded 2-core machine should finish.
@@ -662,6 +663,206 @@ pub fn stream_frames(
         out.push(client.recv_response());
     }
     out
+}
+
+/// A guest that says HELLO and speaks the extensions it was granted.
+pub struct ExtGuest {
+    pub stream: TcpStream,
+    decoder: Decoder,
+}
+
+impl ExtGuest {
+    pub fn connect(daemon: &Daemon) -> ExtGuest {
+        let s = TcpStream::connect(daemon.tcp()).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.set_write_timeout(Some(WAIT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        ExtGuest {
+            stream: s,
+            decoder: Decoder::with_extensions(hxfr::Limits::default()),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn send_frame(&mut self, req: &FrameRequest, pixels: &[u8]) {
+        hxfr::write::write_frame_request(&mut self.stream, 1, req, &[pixels]).unwrap();
+    }
+
+    /// Says HELLO asking for `ext` and returns the accepted bits.
+    pub fn hello(&mut self, ext: u32) -> u32 {
+        self.send(
+            &ExtMessage::Hello(Hello {
+                version: 1,
+                extensions: ext,
+                agent: "host-test".into(),
+                ..Default::default()
+            })
+            .encode(1),
+        );
+        match self.recv() {
+            Decoded::Ext(_, ExtMessage::HelloAck(a)) => a.extensions,
+            other => panic!("expected HELLO_ACK, got {other:?}"),
+        }
+    }
+
+    pub fn recv(&mut self) -> Decoded {
+        match self.decoder.read_from_ext(&mut self.stream) {
+            Ok(Some(d)) => d,
+            Ok(None) => panic!("connection closed"),
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+
+    pub fn recv_response(&mut self) -> FrameResponse {
+        match self.recv() {
+            Decoded::Legacy(_, Message::FrameResponse(r)) => r,
+            other => panic!("expected FRAME_RESPONSE, got {other:?}"),
+        }
+    }
+
+    /// Sends a PROFILE_REQ and returns its answer.
+    pub fn ask_profile(&mut self, req: ProfileRequest) -> ProfileResponse {
+        self.send(&ExtMessage::ProfileRequest(req).encode(1));
+        match self.recv() {
+            Decoded::Ext(_, ExtMessage::ProfileResponse(r)) => {
+                assert_eq!(r.token, req.token, "the answer names its request");
+                r
+            }
+            other => panic!("expected PROFILE_RESP, got {other:?}"),
+        }
+    }
+
+    /// Sends `frames` (pixels, request) with up to `in_flight` outstanding
+    /// and returns the responses in order.
+    pub fn stream(
+        &mut self,
+        frames: &[(Vec<u8>, FrameRequest)],
+        in_flight: usize,
+    ) -> Vec<FrameResponse> {
+        let mut out = Vec::new();
+        let mut sent = 0;
+        while out.len() < frames.len() {
+            while sent < frames.len() && sent - out.len() < in_flight {
+                let (px, req) = &frames[sent];
+                self.send_frame(req, px);
+                sent += 1;
+            }
+            out.push(self.recv_response());
+        }
+        out
+    }
+}
+
+/// Decodes Annex-B access units with avdec_h264 into raw `format` (a
+/// GStreamer format name) and returns each picture's planes, tightly
+/// packed.
+pub fn decode_to(aus: &[Vec<u8>], format: &str) -> Vec<Vec<Vec<u8>>> {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src format=time caps=video/x-h264,stream-format=byte-stream,alignment=au \
+         ! h264parse ! avdec_h264 ! videoconvert ! video/x-raw,format={format} \
+         ! appsink name=sink sync=false"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    for (i, au) in aus.iter().enumerate() {
+        let mut b = gst::Buffer::from_slice(au.clone());
+        b.get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(33 * i as u64));
+        src.push_buffer(b).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    let mut out = Vec::new();
+    while let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_seconds(30)) {
+        let info = gst_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
+        let frame =
+            gst_video::VideoFrame::from_buffer_readable(sample.buffer_owned().unwrap(), &info)
+                .unwrap();
+        let planes = (0..frame.n_planes())
+            .map(|p| {
+                let stride = frame.plane_stride()[p as usize] as usize;
+                let data = frame.plane_data(p).unwrap();
+                let (w, h) = plane_size(&info, p);
+                (0..h)
+                    .flat_map(|y| data[y * stride..][..w].to_vec())
+                    .collect::<Vec<u8>>()
+            })
+            .collect();
+        out.push(planes);
+        if sink.is_eos() {
+            break;
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    out
+}
+
+/// Bytes per row and rows of plane `p` of `info`.
+fn plane_size(info: &gst_video::VideoInfo, p: u32) -> (usize, usize) {
+    let fi = info.format_info();
+    // The first component stored in this plane gives its subsampling.
+    let comp = (0..fi.n_components())
+        .find(|&c| fi.plane()[c as usize] == p)
+        .unwrap();
+    let w = fi.scale_width(comp as u8, info.width()) as usize;
+    let h = fi.scale_height(comp as u8, info.height()) as usize;
+    let pixel_stride = fi.pixel_stride()[comp as usize] as usize;
+    (w * pixel_stride, h)
+}
+
+/// NAL types of the slices of an access unit with their slice types (0 P,
+/// 1 B, 2 I, 3 SP, 4 SI).
+pub fn slice_types(au: &[u8]) -> Vec<(u8, u32)> {
+    hxfr::nal::split_annexb(au)
+        .into_iter()
+        .filter(|n| matches!(n.first().map(|h| h & 0x1f), Some(1 | 5)))
+        .map(|n| {
+            let rbsp = hxfr::nal::rbsp(&n[1..]);
+            let mut bits = Bits {
+                data: &rbsp,
+                pos: 0,
+            };
+            let _first_mb = bits.ue();
+            (n[0] & 0x1f, bits.ue() % 5)
+        })
+        .collect()
+}
+
+struct Bits<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Bits<'_> {
+    fn bit(&mut self) -> u32 {
+        let b = self.data[self.pos / 8] >> (7 - self.pos % 8) & 1;
+        self.pos += 1;
+        b as u32
+    }
+
+    fn ue(&mut self) -> u32 {
+        let mut zeros = 0;
+        while self.bit() == 0 {
+            zeros += 1;
+        }
+        (0..zeros).fold(1u32, |v, _| v << 1 | self.bit()) - 1
+    }
 }
 
 /// A client that streams frames until told to stop, then checks that every

@@ -358,3 +358,84 @@ pub fn all() -> Vec<Vector> {
         unknown(),
     ]
 }
+
+/// An I420 FRAME_REQUEST (FORMATS extension): 3x3, stride 4, so the chroma
+/// planes have ceil(4/2) = 2 bytes per row and ceil(3/2) = 2 rows; padding
+/// bytes are `ee`.
+pub fn frame_request_i420() -> Vector {
+    let bytes = hex("
+        48 58 46 52  01  01  01 00  40 00 00 00   # FRAME_REQUEST, flags PIXELS, session 1, payload 64 = 44 + 20
+        00 00 00 00                              # resource_id 0: pixels follow
+        03 00 00 00  03 00 00 00                 # 3 x 3
+        59 55 31 32                              # YU12 (I420)
+        04 00 00 00                              # stride 4 (Y); U and V: 2
+        00 00 00 00 00 00 00 00                  # pts 0
+        55 a0 fc 01 00 00 00 00                  # duration 33333333 ns
+        00                                       # force_keyframe 0
+        00 00 00 00 00 00 00                     # reserved
+        10 11 12 ee  13 14 15 ee  16 17 18 ee    # Y: 3 rows of 4 bytes
+        80 81  82 83                             # U: 2 rows of 2 bytes
+        90 91  92 93                             # V: 2 rows of 2 bytes
+    ");
+    let pixels = bytes[56..].to_vec();
+    v(
+        "frame_request_i420",
+        bytes,
+        (0x01, 0x01, 1, 64),
+        Message::FrameRequest {
+            request: FrameRequest {
+                width: 3,
+                height: 3,
+                format: 0x3231_5559,
+                stride: 4,
+                duration: 33_333_333,
+                ..Default::default()
+            },
+            pixels: Some(pixels),
+        },
+        true,
+    )
+}
+
+/// A YUY2 FRAME_REQUEST (FORMATS extension): 3x2, stride 8 = 4 x ceil(3/2);
+/// the second luma sample of each row's last macropixel lies outside the
+/// picture (`ee`).
+pub fn frame_request_yuy2() -> Vector {
+    let bytes = hex("
+        48 58 46 52  01  01  01 00  3c 00 00 00   # FRAME_REQUEST, flags PIXELS, session 1, payload 60 = 44 + 16
+        00 00 00 00                              # resource_id 0
+        03 00 00 00  02 00 00 00                 # 3 x 2
+        59 55 59 56                              # YUYV (YUY2)
+        08 00 00 00                              # stride 8
+        00 00 00 00 00 00 00 00                  # pts 0
+        55 a0 fc 01 00 00 00 00                  # duration 33333333 ns
+        00                                       # force_keyframe 0
+        00 00 00 00 00 00 00                     # reserved
+        10 80 11 90  12 81 ee 91                 # row 0: Y0 U Y1 V, Y2 U (Y3) V
+        13 82 14 92  15 83 ee 93                 # row 1
+    ");
+    let pixels = bytes[56..].to_vec();
+    v(
+        "frame_request_yuy2",
+        bytes,
+        (0x01, 0x01, 1, 60),
+        Message::FrameRequest {
+            request: FrameRequest {
+                width: 3,
+                height: 2,
+                format: 0x5659_5559,
+                stride: 8,
+                duration: 33_333_333,
+                ..Default::default()
+            },
+            pixels: Some(pixels),
+        },
+        true,
+    )
+}
+
+/// The frames of the FORMATS extension (kept out of [`all`]: a legacy host
+/// refuses them).
+pub fn negotiated_formats() -> Vec<Vector> {
+    vec![frame_request_i420(), frame_request_yuy2()]
+}
