@@ -478,9 +478,12 @@ impl Reader<'_> {
                     ),
                 };
                 crate::warn_limited!(crate::log::REFUSALS, "{}: refused: {text}", self.peer);
+                // Not about this frame but about the guest: a plain ERROR,
+                // which a vsockenc guest reads as "not served" (and stops
+                // asking for a while), then the connection closes.
                 let e = ErrorMessage::new(error_code::REFUSED, text);
                 self.stats.failed(r.reason());
-                let _ = self.queue(Outgoing::Now(self.ext.frame_error(sid, pts, index, e)));
+                let _ = self.send_error(sid, e);
                 false
             }
             Refused::Budget(short) => {
