@@ -855,8 +855,12 @@ fn access(bin: &str, extra: &[String]) {
             return;
         }
     };
+    // The second listener is the restricted one: wait for its line.
+    let t = Instant::now();
+    while d.count("listening on tcp:") < 2 && t.elapsed() < Duration::from_secs(10) {
+        thread::sleep(Duration::from_millis(20));
+    }
     let addr: SocketAddr = {
-        // The second listener is the restricted one.
         let log = d.log.lock().unwrap();
         log.iter()
             .filter_map(|l| {

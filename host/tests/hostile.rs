@@ -314,7 +314,12 @@ fn running_out_of_descriptors_refuses_with_an_error_not_a_stall() {
         Some(48),
     );
     let addr = d.tcp();
+    // The healthy guest is served before the crowd comes.
     let healthy = Healthy::start(addr);
+    let t = Instant::now();
+    while healthy.first_answer_after().is_none() && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let t0 = Instant::now();
     let clients: Vec<_> = (0..40)
         .map(|i| {
@@ -430,11 +435,13 @@ fn access_rules_let_the_allowed_in_and_keep_the_others_out() {
         assert!(e.message.contains("does not serve"), "{e:?}");
         assert!(c.recv_or_closed().is_none());
     };
+    let healthy = Healthy::start(tcp[0]);
     served(Client::tcp(tcp[0]));
     denied(Client::tcp(tcp[1]));
     served(Client::unix(&open_sock));
     served(Client::unix(&gid_sock));
     denied(Client::unix(&shut_sock));
+    assert!(healthy.finish() >= 10);
     let log = d.log();
     assert!(log.contains("only from=127.0.0.0/8"), "{log}");
     assert!(
@@ -593,4 +600,67 @@ fn pixel_rate_paces_a_greedy_guest_and_metrics_show_it() {
         ),
         Some(1.0)
     );
+}
+
+fn proc_count(pid: i32, what: &str) -> u64 {
+    match what {
+        "fds" => std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count() as u64,
+        field => std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap(),
+    }
+}
+
+/// Case 6 (kept): connection churn leaves no descriptor, thread or memory
+/// behind.
+#[test]
+fn churn_leaves_no_descriptors_threads_or_memory_behind() {
+    let d = Daemon::start(&["--listen", "tcp:127.0.0.1:0", "--encoder", "x264enc"]);
+    let addr = d.tcp();
+    let pid = d.pid();
+    // Warm: one guest encoded a frame and left.
+    let mut warm = Client::tcp(addr);
+    let f = test_frame(Fmt::Nv12, 64, 48, 64, 0, 1);
+    assert_eq!(stream_frames(&mut warm, &[(f, 1, false)], 1).len(), 1);
+    drop(warm);
+    d.wait_log("disconnected; frames in 1 out 1");
+    std::thread::sleep(Duration::from_millis(300));
+    let (fds0, threads0, rss0) = (
+        proc_count(pid, "fds"),
+        proc_count(pid, "Threads:"),
+        d.rss_kib(),
+    );
+    let h = hello(ext_bits::ERROR_PTS);
+    for i in 0..1000 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let _ = s.write_all(&h);
+        if i % 100 == 0 {
+            // Some also encode a frame.
+            let mut c = Client::tcp(addr);
+            let f = test_frame(Fmt::Nv12, 64, 48, 64, i, 2);
+            assert_eq!(stream_frames(&mut c, &[(f, 7, false)], 1).len(), 1);
+        }
+    }
+    let t = Instant::now();
+    loop {
+        let (fds, threads, rss) = (
+            proc_count(pid, "fds"),
+            proc_count(pid, "Threads:"),
+            d.rss_kib(),
+        );
+        if fds <= fds0 && threads <= threads0 && rss <= rss0 * 12 / 10 {
+            break;
+        }
+        assert!(
+            t.elapsed() < WAIT,
+            "after the churn: fds {fds0} -> {fds}, threads {threads0} -> {threads}, RSS {rss0} -> {rss} KiB"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
