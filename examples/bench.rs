@@ -16,8 +16,19 @@
 //!    p50/p99);
 //! 6. `memory`: peak RSS of the guest and the daemon over a 5,000-frame run,
 //!    first against last thousand frames;
+//! 7. `side`: guest CPU per frame and frames/s of vsockenc side by side with
+//!    the C element (`../shared/baseline`) and a minimal writer (one copy of
+//!    each frame into the socket), 720p and 1080p, BGRx and NV12, Unix socket
+//!    and TCP, each run a process of its own, interleaved, medians; frames/s
+//!    against a 30 ms host; the answer time an instant host sees;
+//! 8. `shm`: guest CPU per 1080p BGRx and NV12 frame with shared-memory
+//!    frames, with the socket path and with the C element
+//!    (`../shared/baseline`), each as its own `gst-launch-1.0` process
+//!    against an instant peer, rotated within each repetition; and 4K NV12
+//!    frames per second through shared memory;
 //!
-//! then prints each target of issue 6 as met or not, with the figures.
+//! then prints each target of issues 6, 15 and 16 as met or not, with the
+//! figures.
 //!
 //! ```sh
 //! scripts/bench.sh              # release build + full run + docs/bench-results.json + plot
@@ -35,6 +46,8 @@ mod args;
 mod daemon;
 #[path = "bench/frames.rs"]
 mod frames;
+#[path = "bench/guest.rs"]
+mod guest;
 #[path = "bench/json.rs"]
 mod json;
 #[path = "bench/peer.rs"]
@@ -43,6 +56,10 @@ mod peer;
 mod pipeline;
 #[path = "bench/sections.rs"]
 mod sections;
+#[path = "bench/shm.rs"]
+mod shm;
+#[path = "bench/side.rs"]
+mod side;
 #[path = "bench/sys.rs"]
 mod sys;
 #[path = "bench/transport.rs"]
@@ -64,6 +81,9 @@ fn main() {
             Ok(())
         }
         args::Mode::Peer { listen, latency } => init().and_then(|_| peer::run(&listen, latency)),
+        // The guest registers (or not) the plugin itself: the C element
+        // must be the only vsockenc in its process.
+        args::Mode::Guest(spec) => guest::child(spec),
         args::Mode::Bench(o) => init().and_then(|_| sections::run_all(o)),
     };
     if let Err(e) = res {

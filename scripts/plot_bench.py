@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
-"""Plots vsockenc throughput against simulated host latency, one line per
-max-in-flight, one panel per pixel format, from the benchmark's JSON.
+"""Plots from the benchmark's JSON:
 
-usage: plot_bench.py bench-results.json out.png
+- vsockenc throughput against simulated host latency, one line per
+  max-in-flight, one panel per pixel format (section 2), to OUT;
+- guest CPU per frame of vsockenc, the C element and the minimal writer,
+  one group of bars per size, format and transport (section 7), to CPU_OUT.
+
+Either is skipped (with a note) when its section is not in the JSON.
+
+usage: plot_bench.py bench-results.json OUT.png [CPU_OUT.png]
 """
 import json
 import sys
@@ -13,12 +19,47 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def main(src, dst):
+def guest_cpu(res, dst):
+    side = res.get("side_by_side") or {}
+    rows = side.get("rows") or []
+    if not rows:
+        print("plot_bench.py: no side_by_side rows: guest CPU plot skipped")
+        return
+    kinds = [("vsockenc", "vsockenc", "tab:green"),
+             ("c_element", "C gstvsockenc", "tab:red"),
+             ("writer", "minimal writer (one copy into the socket)", "tab:gray")]
+    labels = [f"{r['size']}\n{r['format']} {r['transport']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(rows)), 4.8))
+    width = 0.27
+    for i, (key, label, color) in enumerate(kinds):
+        vals = [(r.get(key) or {}).get("cpu_ms_per_frame") or 0 for r in rows]
+        xs = [x + (i - 1) * width for x in range(len(rows))]
+        ax.bar(xs, vals, width, label=label, color=color)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("guest CPU per frame (ms, user + system)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    m = res.get("machine", {})
+    ax.set_title(
+        f"guest CPU per frame against an instant host; median of {side.get('reps', '?')} "
+        f"interleaved runs; {m.get('nproc', '?')} cores, {m.get('cpu_model', '')}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(dst, dpi=110)
+    print(f"plot_bench.py: wrote {dst}")
+
+
+def main(src, dst, cpu_dst=None):
     with open(src) as f:
         res = json.load(f)
+    if cpu_dst:
+        guest_cpu(res, cpu_dst)
     rows = res.get("vsockenc_throughput") or []
     if not rows:
-        sys.exit("plot_bench.py: no vsockenc_throughput rows in " + src)
+        print("plot_bench.py: no vsockenc_throughput rows: throughput plot skipped")
+        return
     limits = {
         r["format"]: r["fps"]
         for r in res.get("transport_limit", [])
@@ -66,6 +107,6 @@ def main(src, dst):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

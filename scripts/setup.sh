@@ -26,10 +26,14 @@ declare -A PACKAGE_GROUPS=(
             gstreamer1.0-nice python3 python3-prometheus-client"
     # (python3-prometheus-client: the daemon's metrics test parses a scrape
     # with the Prometheus project's own OpenMetrics parser.)
-    # Booting a real guest under QEMU (scripts/vm/, the real-guest tests).
-    [vm]="qemu-system-x86 linux-image-amd64 busybox-static cpio"
+    # Booting a real guest under QEMU (scripts/vm/, the real-guest tests;
+    # the ivshmem tests bring up the guest's user networking with modprobe
+    # and ip from the machine's root).
+    [vm]="qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2"
     # The meson build and install check (meson.build, scripts/check-install.sh).
     [meson]="meson ninja-build"
+    # The benchmark's plots (scripts/bench.sh, scripts/plot_bench.py).
+    [bench]="python3-matplotlib"
 )
 # Oldest Rust the workspace builds with (Cargo.toml rust-version).
 MIN_RUST="1.92"

@@ -234,6 +234,12 @@ struct GuestRun {
 }
 
 fn run_guest(run: &RunDir, script: &str) -> GuestRun {
+    run_guest_with(run, script, &[])
+}
+
+/// `run_guest` with more environment for run-guest.sh (VSOCKENC_VM_IVSHMEM,
+/// VSOCKENC_VM_NET).
+fn run_guest_with(run: &RunDir, script: &str, env: &[(&str, &str)]) -> GuestRun {
     let script_path = run.path.join("guest.sh");
     fs::write(&script_path, script).expect("write guest script");
     let start = Instant::now();
@@ -241,6 +247,7 @@ fn run_guest(run: &RunDir, script: &str) -> GuestRun {
         .arg(&run.path)
         .arg(&script_path)
         .env("VSOCKENC_VM_TIMEOUT", VM_TIMEOUT_SECS.to_string())
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(fs::File::create(run.path.join("run-guest.out")).unwrap())
         .stderr(fs::File::create(run.path.join("run-guest.err")).unwrap())
@@ -576,4 +583,187 @@ fn real_guest_vsock_loopback_daemon_and_pipeline_in_guest() {
     );
     report_timing(&run, "cid1 loopback, daemon in guest", FRAMES_B, &gr);
     check_output(&run, FRAMES_B);
+}
+
+/// Starts `vsockenc-host` on the machine with `args`, logging to
+/// RUNDIR/host.log, and waits until it listens on every `--listen`.
+fn start_daemon(run: &RunDir, art: &Artifacts, args: &[String]) -> ChildGuard {
+    let daemon = Command::new(&art.host_bin)
+        .args(args)
+        .args(["--log-level", "info", "--stats-interval", "0"])
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(run.path.join("host.out")).unwrap())
+        .stderr(fs::File::create(run.path.join("host.log")).unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("spawn vsockenc-host");
+    let mut daemon = ChildGuard(daemon);
+    let listeners = args.iter().filter(|a| *a == "--listen").count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_lossy(&run.path.join("host.log"))
+        .matches("listening on")
+        .count()
+        < listeners
+    {
+        if let Ok(Some(st)) = daemon.0.try_wait() {
+            panic!("vsockenc-host exited early ({st})\n{}", diagnostics(run));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "vsockenc-host did not start listening\n{}",
+            diagnostics(run)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon
+}
+
+/// A file in /dev/shm backing the guest's ivshmem-plain device (removed on
+/// drop). 64 MiB: a power of two, room for many 320x240 slots.
+struct IvshmemFile(PathBuf);
+
+impl IvshmemFile {
+    fn new(name: &str) -> IvshmemFile {
+        let p = PathBuf::from(format!(
+            "/dev/shm/vsockenc-rg-{name}-{}",
+            std::process::id()
+        ));
+        fs::File::create(&p)
+            .and_then(|f| f.set_len(64 << 20))
+            .expect("create the ivshmem backing file in /dev/shm");
+        IvshmemFile(p)
+    }
+}
+
+impl Drop for IvshmemFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// The guest-side lines that bring up QEMU user networking (the machine's
+/// 127.0.0.1 is 10.0.2.2).
+const GUEST_NETWORK: &str = "modprobe virtio_net && ip link set eth0 up && \
+     ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 || \
+     { echo 'cannot bring up eth0'; exit 4; }\n";
+
+/// Checks what both sides say about shared memory: the element's stats
+/// (in its log at GST_DEBUG=vsockenc:4) count every frame as a
+/// zero-copy slot, and the daemon mapped the bound file.
+fn check_shm_used(run: &RunDir, frames: u32, region: &IvshmemFile) {
+    let log = read_lossy(&run.path.join("pipeline.log"));
+    let stat = |name: &str| -> Option<u64> {
+        let rest = log.split(&format!("{name}=(guint64)")).nth(1)?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    assert_eq!(
+        stat("shm-frames"),
+        Some(frames as u64),
+        "every frame by slot\n{}",
+        diagnostics(run)
+    );
+    assert_eq!(
+        (stat("checksum-matches"), stat("checksum-mismatches")),
+        (Some(frames as u64), Some(0)),
+        "the daemon encoded exactly the guest's pixels (verify-frames)\n{}",
+        diagnostics(run)
+    );
+    assert_eq!(
+        stat("shm-copied-frames"),
+        Some(0),
+        "upstream wrote into the ivshmem pool\n{}",
+        diagnostics(run)
+    );
+    let host = read_lossy(&run.path.join("host.log"));
+    assert!(
+        host.contains(&format!("shared memory in use: {}", region.0.display())),
+        "the daemon mapped the bound file\n{}",
+        diagnostics(run)
+    );
+}
+
+#[test]
+fn real_guest_ivshmem_over_vhost_vsock() {
+    let art = artifacts();
+    prepare();
+    let run = RunDir::new("ivs-vsock");
+    setup_run_dir(&run, &art);
+    let region = IvshmemFile::new("vsock");
+    let listen = format!("unix:{}", run.path.join("vm.vsock_5000").display());
+    let daemon = start_daemon(
+        &run,
+        &art,
+        &[
+            "--listen".into(),
+            listen.clone(),
+            "--ivshmem".into(),
+            format!("{listen}={}", region.0.display()),
+        ],
+    );
+    let script = format!(
+        "#!/bin/sh\n{}export GST_DEBUG=2,vsockenc:4\n{}exit $rc\n",
+        guest_env_lines(&run),
+        pipeline_lines(
+            &run,
+            FRAMES_A,
+            &format!("cid=2 port=5000 verify-frames=true {GUEST_ELEMENT_TIMEOUTS}")
+        )
+    );
+    let ivs = region.0.display().to_string();
+    let gr = run_guest_with(&run, &script, &[("VSOCKENC_VM_IVSHMEM", &ivs)]);
+    drop(daemon);
+    assert_guest_ok(&run, &gr);
+    report_timing(&run, "ivshmem, cid2->host daemon", FRAMES_A, &gr);
+    check_shm_used(&run, FRAMES_A, &region);
+    check_output(&run, FRAMES_A);
+}
+
+#[test]
+fn real_guest_ivshmem_over_user_networking_tcp() {
+    let art = artifacts();
+    prepare();
+    let run = RunDir::new("ivs-tcp");
+    setup_run_dir(&run, &art);
+    let region = IvshmemFile::new("tcp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("tcp:127.0.0.1:{port}");
+    let daemon = start_daemon(
+        &run,
+        &art,
+        &[
+            "--listen".into(),
+            listen.clone(),
+            "--ivshmem".into(),
+            format!("{listen}={}", region.0.display()),
+        ],
+    );
+    let script = format!(
+        "#!/bin/sh\n{}{GUEST_NETWORK}export GST_DEBUG=2,vsockenc:4\n{}exit $rc\n",
+        guest_env_lines(&run),
+        pipeline_lines(
+            &run,
+            FRAMES_A,
+            &format!(
+                "tcp-host=10.0.2.2 tcp-port={port} verify-frames=true {GUEST_ELEMENT_TIMEOUTS}"
+            )
+        )
+    );
+    let ivs = region.0.display().to_string();
+    let gr = run_guest_with(
+        &run,
+        &script,
+        &[("VSOCKENC_VM_IVSHMEM", &ivs), ("VSOCKENC_VM_NET", "user")],
+    );
+    drop(daemon);
+    assert_guest_ok(&run, &gr);
+    report_timing(&run, "ivshmem, user-networking TCP", FRAMES_A, &gr);
+    check_shm_used(&run, FRAMES_A, &region);
+    check_output(&run, FRAMES_A);
 }

@@ -12,8 +12,8 @@ writes JSON.
 
 options:
   --quick                few frames per run: a smoke test in well under a minute
-  --sections LIST        comma-separated subset of: transport,element,cpu,daemon,memory
-                         (or 1..6; 3, the in-flight ratio, comes with element)
+  --sections LIST        comma-separated subset of: transport,element,cpu,daemon,memory,side,shm
+                         (or 1..8; 3, the in-flight ratio, comes with element)
                          default: all
   --duration SECS        seconds per throughput run (default 1.5, quick 0.5)
   --reps N               repetitions of each throughput run; the median counts
@@ -28,6 +28,9 @@ options:
   --memory-size WxH      frame size of the memory run (default 1280x720)
   --daemon-frames N      frames of the daemon throughput run (default 300, quick 40)
   --work-dir DIR         where sockets and temporary files go (default: a fresh dir in /tmp)
+  --baseline DIR         the C element's directory for section shm (default ../shared/baseline
+                         beside the repository)
+  --shm-frames N         frames per run of section shm (default 300, quick 60)
   -h, --help             this text
 ";
 
@@ -39,6 +42,13 @@ pub struct Options {
     pub cpu: bool,
     pub daemon: bool,
     pub memory: bool,
+    /// Section 7: side by side with the C element and the minimal writer.
+    pub side: bool,
+    /// Section 8: shared-memory frames against the socket path and the C
+    /// element.
+    pub shm: bool,
+    pub baseline: PathBuf,
+    pub shm_frames: u64,
     pub duration: Duration,
     pub reps: usize,
     pub formats: Vec<String>,
@@ -61,6 +71,8 @@ pub enum Mode {
         listen: String,
         latency: Duration,
     },
+    /// Internal: one guest-side run in a process of its own (guest.rs).
+    Guest(crate::guest::Spec),
     Help,
 }
 
@@ -73,6 +85,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
         cpu: true,
         daemon: true,
         memory: true,
+        side: true,
+        shm: true,
+        baseline: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/baseline")),
+        shm_frames: 300,
         duration: Duration::from_millis(1500),
         reps: 3,
         formats: vec!["BGRx".into(), "NV12".into()],
@@ -92,6 +108,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
     let mut peer_listen = None;
     let mut peer_latency = Duration::ZERO;
     let mut is_peer = false;
+    let mut guest: Option<crate::guest::Spec> = None;
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
@@ -104,6 +121,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
                 o.cpu = false;
                 o.daemon = false;
                 o.memory = false;
+                o.side = false;
+                o.shm = false;
                 for s in list.split(',').map(str::trim) {
                     match s {
                         "1" | "transport" => o.transport = true,
@@ -111,12 +130,16 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
                         "4" | "cpu" => o.cpu = true,
                         "5" | "daemon" => o.daemon = true,
                         "6" | "memory" => o.memory = true,
+                        "7" | "side" => o.side = true,
+                        "8" | "shm" => o.shm = true,
                         "all" => {
                             o.transport = true;
                             o.element = true;
                             o.cpu = true;
                             o.daemon = true;
                             o.memory = true;
+                            o.side = true;
+                            o.shm = true;
                         }
                         other => return Err(format!("unknown section {other:?}")),
                     }
@@ -147,6 +170,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
                 }
             }
             "--latencies" => o.latencies_ms = list(&value("--latencies")?, "--latencies")?,
+            "--in-flight" if guest.is_some() => {
+                let v = value("--in-flight")?;
+                guest.as_mut().unwrap().in_flight =
+                    v.parse().map_err(|e| format!("--in-flight: {e}"))?;
+            }
             "--in-flight" => {
                 o.in_flight = list(&value("--in-flight")?, "--in-flight")?;
                 if o.in_flight.iter().any(|n| !(1..=64).contains(n)) {
@@ -180,7 +208,57 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
                 );
             }
             "--work-dir" => o.work_dir = Some(value("--work-dir")?.into()),
+            "--baseline" => o.baseline = value("--baseline")?.into(),
+            "--shm-frames" => {
+                o.shm_frames = value("--shm-frames")?
+                    .parse::<u64>()
+                    .map_err(|e| format!("--shm-frames: {e}"))?
+                    .max(10)
+            }
             "--peer" => is_peer = true,
+            // Internal: a guest run (guest.rs); the parent passes all of these.
+            "--guest" => {
+                guest = Some(crate::guest::Spec {
+                    kind: crate::guest::Kind::parse(&value("--guest")?)?,
+                    addr: String::new(),
+                    format: crate::frames::Format::Nv12,
+                    width: 0,
+                    height: 0,
+                    frames: 0,
+                    in_flight: 1,
+                    pace_fps: None,
+                })
+            }
+            "--pace" => {
+                let v: f64 = value("--pace")?
+                    .parse()
+                    .map_err(|e| format!("--pace: {e}"))?;
+                guest.as_mut().ok_or("--pace after --guest")?.pace_fps = (v > 0.0).then_some(v);
+            }
+            "--connect" => {
+                let v = value("--connect")?;
+                guest.as_mut().ok_or("--connect after --guest")?.addr = v;
+            }
+            "--format" => {
+                let v = value("--format")?;
+                guest.as_mut().ok_or("--format after --guest")?.format = match v.as_str() {
+                    "BGRx" => crate::frames::Format::Bgrx,
+                    "NV12" => crate::frames::Format::Nv12,
+                    other => return Err(format!("--format: unknown {other:?}")),
+                };
+            }
+            "--size" => {
+                let v = value("--size")?;
+                let (w, h) = v.split_once('x').ok_or("--size WxH")?;
+                let g = guest.as_mut().ok_or("--size after --guest")?;
+                g.width = w.parse().map_err(|e| format!("--size: {e}"))?;
+                g.height = h.parse().map_err(|e| format!("--size: {e}"))?;
+            }
+            "--frames" => {
+                let v = value("--frames")?;
+                guest.as_mut().ok_or("--frames after --guest")?.frames =
+                    v.parse().map_err(|e| format!("--frames: {e}"))?;
+            }
             "--listen" => peer_listen = Some(value("--listen")?),
             "--latency-ms" => {
                 let ms: f64 = value("--latency-ms")?
@@ -190,6 +268,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
             }
             other => return Err(format!("unknown option {other:?}\n\n{USAGE}")),
         }
+    }
+    if let Some(g) = guest {
+        return Ok(Mode::Guest(g));
     }
     if is_peer {
         let listen = peer_listen.ok_or("--peer needs --listen")?;
@@ -203,6 +284,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
         o.reps = 1;
         o.memory_frames = 300;
         o.daemon_frames = 40;
+        o.shm_frames = o.shm_frames.min(60);
     }
     if let Some(d) = duration {
         o.duration = d;

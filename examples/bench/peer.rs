@@ -108,7 +108,7 @@ where
 /// One IDR access unit (SPS, PPS, slice) of a 64x64 frame from x264, so
 /// anything that parses the output finds real H.264. Falls back to a
 /// hand-made IDR NAL if x264enc is missing.
-fn tiny_access_unit() -> Vec<u8> {
+pub fn tiny_access_unit() -> Vec<u8> {
     let encoded = (|| -> Result<Vec<u8>> {
         let p = gst::parse::launch(
             "videotestsrc num-buffers=1 ! video/x-raw,format=I420,width=64,height=64 ! \

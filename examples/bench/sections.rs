@@ -30,13 +30,13 @@ struct Target {
 }
 
 #[derive(Default)]
-struct Report {
-    json: Vec<(String, J)>,
+pub struct Report {
+    pub json: Vec<(String, J)>,
     targets: Vec<Target>,
 }
 
 impl Report {
-    fn target(&mut self, name: &str, goal: String, measured: String, met: Option<bool>) {
+    pub fn target(&mut self, name: &str, goal: String, measured: String, met: Option<bool>) {
         self.targets.push(Target {
             name: name.into(),
             goal,
@@ -47,11 +47,11 @@ impl Report {
 }
 
 /// Prints as it goes (stdout), so a long run shows progress.
-fn say(s: &str) {
+pub fn say(s: &str) {
     println!("{s}");
 }
 
-fn note(s: &str) {
+pub fn note(s: &str) {
     eprintln!("[bench] {s}");
 }
 
@@ -115,6 +115,12 @@ pub fn run_all(o: Options) -> Result<()> {
         section_or_error(&mut r, "daemon", |r| {
             daemon_section(&o, &work, &frames[Format::Nv12.name()], r)
         });
+    }
+    if o.side {
+        section_or_error(&mut r, "side", |r| crate::side::section(&o, &work, r));
+    }
+    if o.shm {
+        section_or_error(&mut r, "shm", |r| shm_section(&o, &work, r));
     }
     if let Some(m) = memory {
         section_or_error(&mut r, "memory", |r| {
@@ -190,6 +196,143 @@ pub fn run_all(o: Options) -> Result<()> {
     if o.work_dir.is_none() {
         let _ = std::fs::remove_dir_all(&work);
     }
+    Ok(())
+}
+
+/// Section 7 (see `shm.rs`): the element's guest CPU per 1080p frame with
+/// shared memory, the socket path and the C element, and 4K NV12 through
+/// shared memory.
+fn shm_section(o: &Options, work: &Path, r: &mut Report) -> Result<()> {
+    use crate::shm::{Setup, Variant};
+    let exe = std::env::current_exe()?;
+    // <target>/<profile>/examples/bench
+    let plugin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("libgstvsockenc.so"))
+        .context("no profile directory")?;
+    let setup = Setup::new(work, &plugin, &o.baseline)?;
+    setup.start_peer()?;
+    let reps = o.reps.max(1);
+    let n = o.shm_frames;
+    say(&format!(
+        "\n== 7. shm: guest CPU per frame, 1920x1080, {n} frames per run, median of {reps} rotations =="
+    ));
+    say("  (each pipeline its own process, long run minus short run; the host an instant peer)");
+    say(
+        "  format  variant                                     CPU ms/frame  element ms/frame  fps",
+    );
+    let mut rows = Vec::new();
+    let mut element_ms: HashMap<(String, Variant), f64> = HashMap::new();
+    for format in ["BGRx", "NV12"] {
+        let mut samples: HashMap<Variant, Vec<crate::shm::Sample>> = HashMap::new();
+        for _ in 0..reps {
+            for v in Variant::ALL {
+                let s = setup.run(v, format, (WIDTH, HEIGHT), n)?;
+                samples.entry(v).or_default().push(s);
+            }
+        }
+        let median = |v: Variant| median_by(samples[&v].clone(), |s| s.cpu_ms_per_frame());
+        let source = median(Variant::Source).cpu_ms_per_frame();
+        for v in Variant::ALL {
+            let s = median(v);
+            let own = (s.cpu_ms_per_frame() - source).max(0.0);
+            if v != Variant::Source {
+                element_ms.insert((format.to_string(), v), own);
+            }
+            say(&format!(
+                "  {format:6}  {:42}  {:12.3}  {:>16}  {:5.0}",
+                v.label(),
+                s.cpu_ms_per_frame(),
+                if v == Variant::Source {
+                    "-".to_string()
+                } else {
+                    format!("{own:.3}")
+                },
+                s.fps()
+            ));
+            rows.push(J::obj([
+                ("format", J::str(format.to_string())),
+                ("variant", J::str(v.key().to_string())),
+                ("cpu_ms_per_frame", J::num(s.cpu_ms_per_frame())),
+                ("element_ms_per_frame", J::num(own)),
+                ("fps", J::num(s.fps())),
+                (
+                    "all_cpu_ms_per_frame",
+                    J::Arr(
+                        samples[&v]
+                            .iter()
+                            .map(|s| J::num(s.cpu_ms_per_frame()))
+                            .collect(),
+                    ),
+                ),
+            ]));
+        }
+        let (shm, c) = (
+            element_ms[&(format.to_string(), Variant::Shm)],
+            element_ms[&(format.to_string(), Variant::CElement)],
+        );
+        r.target(
+            &format!("16: guest CPU per 1080p {format} frame, shared memory vs C element"),
+            "at most 0.25x".into(),
+            format!(
+                "{shm:.3} ms vs {c:.3} ms = {:.2}x (with max-in-flight=1 like the C element {:.3} ms = {:.2}x; socket path {:.3} ms)",
+                shm / c,
+                element_ms[&(format.to_string(), Variant::ShmOne)],
+                element_ms[&(format.to_string(), Variant::ShmOne)] / c,
+                element_ms[&(format.to_string(), Variant::Socket)]
+            ),
+            Some(shm <= 0.25 * c),
+        );
+    }
+    // 4K NV12: does the guest keep up 60 fps through shared memory?
+    let frames_4k = if o.quick { 60 } else { 600 };
+    let mut k4 = Vec::new();
+    for _ in 0..reps {
+        for v in [Variant::Source, Variant::Shm] {
+            k4.push((v, setup.run(v, "NV12", (3840, 2160), frames_4k)?));
+        }
+    }
+    let pick = |v: Variant| {
+        median_by(
+            k4.iter()
+                .filter(|(w, _)| *w == v)
+                .map(|(_, s)| *s)
+                .collect(),
+            |s| s.fps(),
+        )
+    };
+    let (src, shm) = (pick(Variant::Source), pick(Variant::Shm));
+    say(&format!(
+        "  4K NV12 through shared memory, {frames_4k} frames: {:.0} fps, {:.2} ms CPU per frame (the source alone: {:.0} fps, {:.2} ms)",
+        shm.fps(),
+        shm.cpu_ms_per_frame(),
+        src.fps(),
+        src.cpu_ms_per_frame()
+    ));
+    r.target(
+        "16: 4K NV12 at 60 fps through shared memory against an instant peer",
+        "at least 60 fps".into(),
+        format!("{:.0} fps", shm.fps()),
+        Some(shm.fps() >= 60.0),
+    );
+    r.json.push((
+        "shm".into(),
+        J::obj([
+            ("frames", J::num(n as f64)),
+            ("rows", J::Arr(rows)),
+            (
+                "nv12_4k",
+                J::obj([
+                    ("frames", J::num(frames_4k as f64)),
+                    ("shm_fps", J::num(shm.fps())),
+                    ("shm_cpu_ms_per_frame", J::num(shm.cpu_ms_per_frame())),
+                    ("source_fps", J::num(src.fps())),
+                    ("source_cpu_ms_per_frame", J::num(src.cpu_ms_per_frame())),
+                ]),
+            ),
+        ]),
+    ));
     Ok(())
 }
 

@@ -26,6 +26,7 @@ use crate::log::{DESCRIPTOR_ERRORS, REFUSALS};
 use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::quota::Quotas;
+use crate::shm;
 use crate::shutdown::{Signals, SHUTDOWN};
 use crate::stats::{ClientStats, Registry};
 
@@ -53,6 +54,8 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     /// Client threads running, for the shutdown to wait on.
     pub active: Arc<(Mutex<u32>, Condvar)>,
+    /// The shared-memory files bound to guests (`--ivshmem`).
+    pub bindings: shm::Bindings,
 }
 
 impl Server {
@@ -152,6 +155,13 @@ impl Server {
             return;
         }
         let key = PeerKey::of(&peer);
+        let shm = shm::Access {
+            fd_passing: conn.passes_fds(),
+            bound: self
+                .bindings
+                .for_connection(&s.listener.addr, &peer)
+                .map(|p| p.to_path_buf()),
+        };
         let conn = Arc::new(conn);
         let evicted = match self.admission.arrive(
             id,
@@ -200,7 +210,7 @@ impl Server {
             quota,
             fds: self.fds.clone(),
         };
-        self.spawn(conn, name, span, stats, place);
+        self.spawn(conn, name, span, stats, place, shm);
     }
 
     fn spawn(
@@ -210,6 +220,7 @@ impl Server {
         span: Span,
         stats: Arc<ClientStats>,
         place: Place,
+        shm: shm::Access,
     ) {
         let (cfg, active) = (self.cfg.clone(), self.active.clone());
         let admission = self.admission.clone();
@@ -220,7 +231,7 @@ impl Server {
             .spawn(move || {
                 let _entered = span.enter();
                 let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    client::serve(conn, name.clone(), cfg, stats, place, &SHUTDOWN)
+                    client::serve(conn, name.clone(), cfg, stats, place, &SHUTDOWN, shm)
                 }));
                 if res.is_err() {
                     error!(

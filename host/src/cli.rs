@@ -69,6 +69,18 @@ the clients); a frame that does not fit within 2 s gets ERROR -10 naming
 the budget. Out of file descriptors, new guests get ERROR -10 saying so
 (the soft limit is raised to the hard one at start).
 
+Shared memory: a guest whose pixels are in memory the daemon can map sends
+only a short description per frame. Over a Unix socket the guest passes a
+sealed memfd; QEMU/KVM guests use an ivshmem-plain device whose backing file
+the operator binds here, never a path the guest names:
+  --ivshmem unix:/run/vm1.vsock_5000=/dev/shm/vm1-vsockenc
+  --ivshmem tcp:127.0.0.1:15940=/dev/shm/vm2-vsockenc  (one port per VM)
+  --ivshmem cid=4=/dev/shm/vm4-vsockenc                 (kernel vhost-vsock)
+The guest proves it sees the same region (a random header it wrote there)
+before any frame uses it; every slot it names is checked against the region.
+Log lines: 'shared memory in use: ...' per connection, and the statistics
+count 'shared-memory frames'.
+
 Encoders (--encoder auto): the first usable of vtenc_h264_hw, nvh264enc,
 vah264enc, vaapih264enc, qsvh264enc, x264enc, openh264enc. Each known encoder
 is set up for low latency (no B-frames, zero-latency tuning, bitrate from the
@@ -117,6 +129,13 @@ pub struct Cli {
     /// (,cid=3,...; see below) (repeatable; see below for the default).
     #[arg(long = "listen", value_name = "ADDR[,OPTION=VALUE...]")]
     pub listen: Vec<ListenSpec>,
+
+    /// Binds a shared-memory region (the backing file of a guest's
+    /// ivshmem-plain device) to the guests of a listener (SCOPE: the
+    /// address as given to --listen) or to one vsock CID (SCOPE: cid=N);
+    /// repeatable. See below.
+    #[arg(long, value_name = "SCOPE=PATH")]
+    pub ivshmem: Vec<crate::shm::Binding>,
 
     /// `auto` or a GStreamer H.264 encoder element factory (e.g. x264enc).
     #[arg(long, value_name = "auto|FACTORY", default_value = "auto")]

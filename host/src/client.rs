@@ -28,6 +28,7 @@ use hxfr::ext::{
     ext_bits, ext_type, CompactFrame, ExtMessage, HostExt, ProfileRequest, PTS_UNKNOWN,
 };
 use hxfr::message::FRAME_REQUEST_FIXED;
+use hxfr::shm::{RegionKind, ShmFrame, ShmOffer, ShmRelease};
 use hxfr::{
     error_code, msg_type, ConfigRequest, Decoded, Decoder, ErrorMessage, FrameLayout, FrameRequest,
     Header, Limits, Message, ProtocolError, FLAG_PIXELS, HEADER_LEN,
@@ -44,6 +45,7 @@ use crate::log::ratelimit::{ConnLimits, RateLimit};
 use crate::metrics::Metrics;
 use crate::profile::{Negotiator, Outcome, Target};
 use crate::quota::Bucket;
+use crate::shm::{self, HostShm, SlotFrame};
 use crate::stats::ClientStats;
 use intake::Intake;
 pub use intake::Pace;
@@ -110,8 +112,9 @@ enum Refused {
 /// What this daemon offers a guest that says HELLO: everything it knows
 /// (FRAME_CHECKSUM only to a guest that asks for it; PROFILE and FORMATS
 /// work with any encoder: the answer to a profile request comes from the
-/// encoder itself).
-const SUPPORTED_EXTENSIONS: u32 = ext_bits::KNOWN;
+/// encoder itself), shared memory only where the connection can have it
+/// ([`HostShm::supported`]).
+const SUPPORTED_EXTENSIONS: u32 = ext_bits::KNOWN & !ext_bits::SHM;
 
 /// Why the reader stopped.
 enum End {
@@ -131,6 +134,7 @@ pub fn serve(
     stats: Arc<ClientStats>,
     place: Place,
     shutdown: &AtomicBool,
+    shm_access: shm::Access,
 ) {
     if let Err(e) = conn
         .set_read_timeout(POLL)
@@ -167,6 +171,22 @@ pub fn serve(
         }
     };
 
+    let shm = HostShm::new(shm_access);
+    let release_writer = {
+        let (conn, peer, dead, timeout) =
+            (conn.clone(), peer.clone(), dead.clone(), cfg.write_timeout);
+        Box::new(move || {
+            let (c, d) = (conn.clone(), dead.clone());
+            shm::release::spawn(peer, dead, move |bytes| {
+                let _w = c.write_lock();
+                let r = writer::write_bounded(&c, bytes, timeout, &d);
+                if r.is_err() {
+                    c.shutdown();
+                }
+                r
+            })
+        })
+    };
     let mut reader = Reader {
         conn: &conn,
         peer: &peer,
@@ -176,7 +196,7 @@ pub fn serve(
         dead: &dead,
         session: None,
         ext: HostExt::new(
-            SUPPORTED_EXTENSIONS,
+            SUPPORTED_EXTENSIONS | shm.supported(),
             cfg.limits.max_pixel_bytes,
             concat!("vsockenc-host/", env!("CARGO_PKG_VERSION")),
         ),
@@ -196,6 +216,8 @@ pub fn serve(
         body_grant: None,
         reference_grant: None,
         session_grant: None,
+        shm,
+        release_writer: Some(release_writer),
     };
     let end = reader.run(shutdown);
     let session = reader.session.take();
@@ -215,6 +237,8 @@ pub fn serve(
     let was_client = reader.client;
     drop(reader);
     let _ = writer.join();
+    // Ends the release writer too.
+    dead.store(true, Ordering::SeqCst);
     conn.shutdown();
     place.admission.leave(place.id);
     if was_client {
@@ -262,6 +286,10 @@ struct Reader<'a> {
     reference_grant: Option<Grant>,
     /// Pays for the encoding session's own memory.
     session_grant: Option<Grant>,
+    /// Shared-memory frames (inert unless the guest offers a region).
+    shm: HostShm,
+    /// Starts the thread that sends SHM_RELEASE, at the first region.
+    release_writer: Option<Box<dyn FnOnce() -> Option<std::sync::mpsc::Sender<ShmRelease>>>>,
 }
 
 impl Reader<'_> {
@@ -414,6 +442,17 @@ impl Reader<'_> {
     fn on_header(&mut self, h: &Header, shutdown: &AtomicBool) -> Header {
         let compact = h.msg_type == ext_type::COMPACT_FRAME;
         let pixels = h.msg_type == msg_type::FRAME_REQUEST && h.flags & FLAG_PIXELS != 0;
+        if h.msg_type == ext_type::SHM_FRAME {
+            // The pixels are in the guest's region: a slot, no memory.
+            if let Err(r) = self.take_slot() {
+                self.refused = Some(Refused::Slot(r));
+                return Header {
+                    msg_type: SKIPPED_FRAME,
+                    ..*h
+                };
+            }
+            return *h;
+        }
         if !compact && h.msg_type != msg_type::FRAME_REQUEST {
             return *h;
         }
@@ -587,6 +626,10 @@ impl Reader<'_> {
                 }
             },
             ExtMessage::CompactFrame(cf) => self.compact_frame(sid, header, cf),
+            ExtMessage::ShmOffer(o) if self.ext.has(ext_bits::SHM) => self.shm_offer(sid, &o),
+            ExtMessage::ShmFrame(f) if self.ext.has(ext_bits::SHM) => {
+                self.shm_frame(sid, header, f)
+            }
             ExtMessage::Drain { token } => {
                 // Flush the encoder so that every frame received so far is
                 // answered; DRAIN_DONE is queued behind all those answers.
@@ -787,6 +830,112 @@ impl Reader<'_> {
             }
         }
         let key = SessionKey::of(&layout);
+        self.encode(sid, &req, key, index, Input::Owned(layout, pixels))
+    }
+
+    /// Takes the slot of an SHM_FRAME after checking its description
+    /// against the region, then encodes it like a full frame, without a
+    /// copy. A bad description is refused (ERROR_PTS) and changes nothing.
+    fn shm_frame(&mut self, sid: u16, header: Header, f: ShmFrame) -> bool {
+        let index = self.ext.next_frame();
+        // A slot is no reference for compact frames: the guest owns it.
+        self.ext.forget_reference();
+        ClientStats::add(&self.stats.frames_in, 1);
+        let req = f.request;
+        let slot = match self
+            .shm
+            .take_frame(&f, index, self.ext.has(ext_bits::FORMATS))
+        {
+            Ok(s) => s,
+            Err(why) => {
+                let e = ErrorMessage::new(
+                    error_code::INVALID_MESSAGE,
+                    format!(
+                        "frame pts={} (shared-memory slot {}): {why}",
+                        req.pts, f.slot
+                    ),
+                );
+                return self.reject(sid, req.pts, index, e);
+            }
+        };
+        ClientStats::add(&self.stats.shm_frames, 1);
+        ClientStats::add(
+            &self.stats.frame_wire_bytes,
+            HEADER_LEN as u64 + header.payload_size as u64,
+        );
+        let l = slot.layout;
+        let raw = l
+            .format
+            .frame_bytes(l.height, l.format.min_stride(l.width) as u32);
+        ClientStats::add(
+            &self.stats.frame_raw_bytes,
+            (HEADER_LEN + FRAME_REQUEST_FIXED) as u64 + raw,
+        );
+        if self.ext.has(ext_bits::FRAME_CHECKSUM) {
+            if let Some(m) = slot
+                .frame()
+                .map(|fr| self.ext.checksum_of(sid, req.pts, index, false, &fr))
+            {
+                if !self.queue(Outgoing::Now(m)) {
+                    return false;
+                }
+            }
+        }
+        let key = SessionKey {
+            format: l.format,
+            width: l.width,
+            height: l.height,
+        };
+        self.encode(sid, &req, key, index, Input::Slot(slot))
+    }
+
+    /// Answers an SHM_OFFER: the region is mapped and its header compared
+    /// with the offer's before any frame may use it.
+    fn shm_offer(&mut self, sid: u16, offer: &ShmOffer) -> bool {
+        let fd = match offer.kind {
+            RegionKind::Memfd => self.conn.take_passed_fd(),
+            RegionKind::Bound => None,
+        };
+        let ack = self.shm.on_offer(offer, fd);
+        if ack.accepted {
+            if self.shm.needs_release_writer() {
+                match self.release_writer.take().and_then(|start| start()) {
+                    Some(tx) => self.shm.set_release_writer(tx),
+                    None => {
+                        error!(
+                            "{}: cannot start the shared-memory release writer; closing",
+                            self.peer
+                        );
+                        return false;
+                    }
+                }
+            }
+            info!(
+                "{}: shared memory in use: {} (offer {}); frames arrive as slot descriptions",
+                self.peer,
+                self.shm.describe().unwrap_or_default(),
+                offer.token
+            );
+        } else {
+            self.complain(format_args!(
+                "shared-memory offer {} ({}) refused: {}; the guest sends pixels over the socket",
+                offer.token, offer.kind, ack.reason
+            ));
+        }
+        self.queue(Outgoing::Now(ExtMessage::ShmAck(ack).encode(sid)))
+    }
+
+    /// Starts (or continues) the encoding session for `key` and queues the
+    /// frame's answer, then hands the frame to the encoder (paced by the
+    /// peer's pixel-rate quota).
+    fn encode(
+        &mut self,
+        sid: u16,
+        req: &FrameRequest,
+        key: SessionKey,
+        index: u32,
+        input: Input,
+    ) -> bool {
         self.retire_outdated_session(&key);
         if self.session.is_none() {
             self.session_grant = None;
@@ -841,10 +990,16 @@ impl Reader<'_> {
             reply: reply_tx,
             arrived: Instant::now(),
         };
-        self.pace(&layout);
+        self.pace(key.width, key.height);
         let force = std::mem::take(&mut self.force_keyframe) || req.force_keyframe;
         let session = self.session.as_mut().unwrap();
-        let mut failure = session.encode(&layout, pixels, job, force).err();
+        let mut failure = match input {
+            Input::Owned(layout, pixels) => session.encode(&layout, pixels, job, force),
+            Input::Slot(slot) => {
+                session.encode_buffer(job, force, |pts, d| slot.into_buffer(pts, d))
+            }
+        }
+        .err();
         if let Some(why) = session.take_error() {
             crate::log_conn_limited!(
                 self.warnings,
@@ -965,11 +1120,11 @@ impl Reader<'_> {
 
     /// Holds the reader until the peer's pixel-rate quota lets this frame
     /// through: the guest is paced, not refused.
-    fn pace(&self, layout: &FrameLayout) {
+    fn pace(&self, width: u32, height: u32) {
         let Some(bucket) = &self.place.quota else {
             return;
         };
-        let pixels = layout.width as u64 * layout.height as u64;
+        let pixels = width as u64 * height as u64;
         let wait = bucket.lock().unwrap().take(pixels, Instant::now());
         if wait.is_zero() {
             return;
@@ -1029,6 +1184,15 @@ pub fn session_memory(key: &SessionKey) -> u64 {
 
 const SESSION_FRAMES: u64 = 10;
 const SESSION_FIXED: u64 = 4 << 20;
+
+/// The pixels of a frame to encode.
+enum Input {
+    /// Read from the socket (or rebuilt from a compact frame), paid from
+    /// the budget.
+    Owned(FrameLayout, Charged),
+    /// In a shared-memory slot: the guest's memory.
+    Slot(SlotFrame),
+}
 
 /// Whether a decoding error is about a frame message (it then takes a
 /// frame index).

@@ -4,9 +4,16 @@
 //! transport-agnostic. On Linux, writes use `MSG_NOSIGNAL`: writing to a
 //! connection whose guest has gone returns `EPIPE` instead of raising
 //! SIGPIPE. Elsewhere the Rust runtime's ignored SIGPIPE gives the same.
+//!
+//! Unix connections are read with `recvmsg`, so that descriptors a guest
+//! passes (`SCM_RIGHTS`: the memfd of shared-memory frames) are kept for
+//! the message they came with ([`Conn::take_passed_fd`]); a few at most,
+//! the rest are closed at once.
 
-use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -18,11 +25,26 @@ const SEND_FLAGS: MsgFlags = MsgFlags::MSG_NOSIGNAL;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 const SEND_FLAGS: MsgFlags = MsgFlags::empty();
 
+/// Descriptors the guest passes are close-on-exec from the start.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const RECV_FLAGS: MsgFlags = MsgFlags::MSG_CMSG_CLOEXEC;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const RECV_FLAGS: MsgFlags = MsgFlags::empty();
+
 /// More buffers than this in one `sendmsg` fail with EMSGSIZE (IOV_MAX).
 const MAX_IOVECS: usize = 1024;
 
+/// Descriptors kept from the guest at most (more are closed).
+const MAX_PASSED_FDS: usize = 4;
+
 pub struct Conn {
     fd: OwnedFd,
+    /// Descriptors passed with `SCM_RIGHTS` (Unix sockets only), oldest
+    /// first; `None` on other transports.
+    passed: Option<Mutex<VecDeque<OwnedFd>>>,
+    /// Held while one complete message is written, so that writers on
+    /// two threads never interleave their bytes.
+    writing: Mutex<()>,
 }
 
 impl Conn {
@@ -31,7 +53,59 @@ impl Conn {
     pub fn new(fd: OwnedFd) -> io::Result<Conn> {
         let flags = OFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFL)?);
         fcntl(&fd, FcntlArg::F_SETFL(flags.difference(OFlag::O_NONBLOCK)))?;
-        Ok(Conn { fd })
+        let unix = socket::getsockname::<SockaddrStorage>(fd.as_raw_fd())
+            .is_ok_and(|a| a.as_unix_addr().is_some());
+        Ok(Conn {
+            fd,
+            passed: unix.then(Mutex::default),
+            writing: Mutex::new(()),
+        })
+    }
+
+    /// Whether the guest can pass descriptors on this connection.
+    pub fn passes_fds(&self) -> bool {
+        self.passed.is_some()
+    }
+
+    /// The oldest descriptor the guest passed and nobody took yet.
+    pub fn take_passed_fd(&self) -> Option<OwnedFd> {
+        self.passed.as_ref()?.lock().unwrap().pop_front()
+    }
+
+    /// Taken around the writing of one whole message.
+    pub fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.writing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn recv_with_fds(
+        &self,
+        buf: &mut [u8],
+        passed: &Mutex<VecDeque<OwnedFd>>,
+    ) -> io::Result<usize> {
+        let mut space = nix::cmsg_space!([RawFd; MAX_PASSED_FDS]);
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg =
+            socket::recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(&mut space), RECV_FLAGS)?;
+        let n = msg.bytes;
+        let mut fds = Vec::new();
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let socket::ControlMessageOwned::ScmRights(raw) = c {
+                    // SAFETY: the kernel just installed these descriptors
+                    // in this process for us; nobody else owns them.
+                    fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+                }
+            }
+        }
+        if !fds.is_empty() {
+            let mut q = passed.lock().unwrap();
+            for fd in fds {
+                if q.len() < MAX_PASSED_FDS {
+                    q.push_back(fd);
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// Reads fail with `WouldBlock` after `d` without data.
@@ -59,7 +133,10 @@ fn timeval(d: Duration) -> TimeVal {
 
 impl Read for &Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        Ok(socket::recv(self.fd.as_raw_fd(), buf, MsgFlags::empty())?)
+        match &self.passed {
+            Some(passed) => self.recv_with_fds(buf, passed),
+            None => Ok(socket::recv(self.fd.as_raw_fd(), buf, MsgFlags::empty())?),
+        }
     }
 }
 
@@ -119,6 +196,35 @@ mod tests {
         assert_eq!(&buf[..4], b"abcd");
         peer.write_all(b"xyz").unwrap();
         assert_eq!((&c).read(&mut buf).unwrap(), 3);
+    }
+
+    #[test]
+    fn descriptors_passed_by_the_guest_are_kept_in_order() {
+        use nix::sys::socket::{sendmsg, ControlMessage};
+        let (c, peer) = pair();
+        assert!(c.passes_fds());
+        let files: Vec<std::fs::File> = (0..2)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        for f in &files {
+            let fds = [f.as_raw_fd()];
+            sendmsg::<()>(
+                peer.as_raw_fd(),
+                &[IoSlice::new(b"x")],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+        }
+        let mut buf = [0u8; 8];
+        let mut got = 0;
+        while got < 2 {
+            got += (&c).read(&mut buf).unwrap();
+        }
+        assert!(c.take_passed_fd().is_some());
+        assert!(c.take_passed_fd().is_some());
+        assert!(c.take_passed_fd().is_none());
     }
 
     #[test]

@@ -429,9 +429,25 @@ impl Session {
         job: Job,
         force_keyframe: bool,
     ) -> Result<(), (Job, String)> {
+        self.encode_buffer(job, force_keyframe, |pts, duration| {
+            frame_buffer(layout, pixels, pts, duration)
+        })
+    }
+
+    /// Queues one frame whose buffer `make` builds for the session's
+    /// timestamps (a slot of shared memory, wrapped without a copy).
+    pub fn encode_buffer<F>(
+        &mut self,
+        job: Job,
+        force_keyframe: bool,
+        make: F,
+    ) -> Result<(), (Job, String)>
+    where
+        F: FnOnce(gst::ClockTime, gst::ClockTime) -> Result<gst::Buffer, glib::BoolError>,
+    {
         let pts = self.frame_duration * self.counter;
         self.counter += 1;
-        let buffer = match frame_buffer(layout, pixels, pts, self.frame_duration) {
+        let buffer = match make(pts, self.frame_duration) {
             Ok(b) => b,
             Err(e) => return Err((job, format!("cannot wrap the pixels: {e}"))),
         };

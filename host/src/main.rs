@@ -20,6 +20,8 @@
 //!   trial frame that proves the encoder honours them.
 //! * `peer.rs`: who is connected (address, credentials, CID) and the
 //!   per-connection log span.
+//! * `shm/`: shared-memory frames: bound regions (`--ivshmem`), the
+//!   handshake, slot checks, slots wrapped as buffers and released.
 //! * `stats.rs`: per-client statistics.
 //! * `shutdown.rs`: SIGINT/SIGTERM.
 //! * `log/`: log output (human, JSON, journald), filters, rate limits.
@@ -40,6 +42,7 @@ mod peer;
 mod pixels;
 mod profile;
 mod quota;
+mod shm;
 mod shutdown;
 mod stats;
 
@@ -96,6 +99,18 @@ fn run(cli: Cli, signals: Signals) -> anyhow::Result<()> {
     let choice = encoder::choose(&cli.encoder)?;
     info!("encoder: {} ({})", choice.factory, choice.reason);
 
+    let bindings = shm::Bindings(cli.ivshmem.clone());
+    let addrs: Vec<ListenAddr> = cli.listen.iter().map(|s| s.addr.clone()).collect();
+    bindings.check(&addrs).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for b in &bindings.0 {
+        if !b.path.exists() {
+            warn!(
+                "--ivshmem {}: {} does not exist yet (QEMU creates it when the VM starts)",
+                b.path.display(),
+                b.path.display()
+            );
+        }
+    }
     let served = bind_all(&cli)?;
     for s in &served {
         info!("listening on {}", s.listener.addr);
@@ -175,6 +190,7 @@ fn run(cli: Cli, signals: Signals) -> anyhow::Result<()> {
         fds,
         metrics,
         active: Arc::new((Mutex::new(0u32), Condvar::new())),
+        bindings,
     };
     server.run(&served, &signals);
 

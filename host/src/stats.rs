@@ -48,6 +48,8 @@ pub struct ClientStats {
     pub frame_raw_bytes: Count,
     /// Frames rebuilt from a COMPACT_FRAME.
     pub compact_frames: Count,
+    /// Frames whose pixels were in a shared-memory slot (SHM_FRAME).
+    pub shm_frames: Count,
     latency: Mutex<Latency>,
     /// The guest's counters for the metrics endpoint.
     pub guest: GuestMetrics,
@@ -117,7 +119,7 @@ impl ClientStats {
         let (mean, p99) = self.latency_us();
         let (wire, raw) = (get(&self.frame_wire_bytes), get(&self.frame_raw_bytes));
         format!(
-            "frames in {} out {}, encode latency mean {:.1} ms p99 {:.1} ms, bytes in {} out {}, errors {}, frame bytes on the wire {wire} for {raw} raw ({:.1}%), {} compact frames",
+            "frames in {} out {}, encode latency mean {:.1} ms p99 {:.1} ms, bytes in {} out {}, errors {}, frame bytes on the wire {wire} for {raw} raw ({:.1}%), {} compact frames, {} shared-memory frames",
             get(&self.frames_in),
             get(&self.frames_out),
             mean as f64 / 1000.0,
@@ -127,6 +129,7 @@ impl ClientStats {
             get(&self.errors),
             if raw > 0 { 100.0 * wire as f64 / raw as f64 } else { 100.0 },
             get(&self.compact_frames),
+            get(&self.shm_frames),
         )
     }
 }

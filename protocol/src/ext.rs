@@ -25,6 +25,7 @@
 //! | FRAME_CHECKSUM 0x46 | 24 | pts i64 @12, frame_index u32 @20, flags u32 @24, checksum u64 @28 |
 //! | PROFILE_REQ 0x47 | 28 | token u64 @12, profile_idc u8 @20, constraint flags u8 @21, max_level u8 @22, reserved u8, width u32 @24, height u32 @28, framerate_num u32 @32, framerate_den u32 @36 |
 //! | PROFILE_RESP 0x48 | 48 + text | token u64 @12, status u8 @20, profile_idc u8 @21, constraint flags u8 @22, level u8 @23, encoder 32 bytes NUL-padded @24, text_len u32 @56, text (UTF-8) @60 |
+//! | SHM_OFFER .. SHM_RELEASE 0x49..0x4C | | see [`crate::shm`] |
 //!
 //! Like the legacy messages, a payload may be longer than its fixed part (a
 //! newer peer may append fields); the extra bytes are ignored.
@@ -33,6 +34,7 @@ pub use crate::ext_state::{ChecksumCheck, GuestExt, HostExt};
 use crate::header::{Header, HEADER_LEN};
 use crate::message::{get_i64, get_u32, put_u32, FrameRequest, FRAME_REQUEST_FIXED};
 use crate::profile::{Level, Profile};
+use crate::shm::{self, ShmAck, ShmFrame, ShmOffer, ShmRelease};
 
 /// Version of the extension protocol this crate speaks.
 pub const EXT_VERSION: u16 = 1;
@@ -49,13 +51,17 @@ pub mod ext_type {
     pub const FRAME_CHECKSUM: u8 = 0x46;
     pub const PROFILE_REQ: u8 = 0x47;
     pub const PROFILE_RESP: u8 = 0x48;
+    pub const SHM_OFFER: u8 = crate::shm::SHM_OFFER;
+    pub const SHM_ACK: u8 = crate::shm::SHM_ACK;
+    pub const SHM_FRAME: u8 = crate::shm::SHM_FRAME;
+    pub const SHM_RELEASE: u8 = crate::shm::SHM_RELEASE;
     /// First and last code reserved for extensions.
     pub const FIRST: u8 = 0x40;
     pub const LAST: u8 = 0x4F;
 
     /// Whether `t` is one of the codes this crate decodes as an extension.
     pub fn is_known(t: u8) -> bool {
-        (HELLO..=PROFILE_RESP).contains(&t)
+        (HELLO..=SHM_RELEASE).contains(&t)
     }
 
     /// Human-readable name, `None` for anything else.
@@ -70,6 +76,10 @@ pub mod ext_type {
             FRAME_CHECKSUM => "FRAME_CHECKSUM",
             PROFILE_REQ => "PROFILE_REQ",
             PROFILE_RESP => "PROFILE_RESP",
+            SHM_OFFER => "SHM_OFFER",
+            SHM_ACK => "SHM_ACK",
+            SHM_FRAME => "SHM_FRAME",
+            SHM_RELEASE => "SHM_RELEASE",
             _ => return None,
         })
     }
@@ -96,8 +106,12 @@ pub mod ext_bits {
     /// [`crate::WireFormat::NEGOTIATED`] (I420, YV12, YUY2, UYVY), always as
     /// full FRAME_REQUESTs.
     pub const FORMATS: u32 = 1 << 6;
+    /// Shared-memory frames (SHM_OFFER, SHM_ACK, SHM_FRAME, SHM_RELEASE;
+    /// [`crate::shm`]): pixels stay in a region both sides map.
+    pub const SHM: u32 = 1 << 7;
     /// Every bit this crate knows.
-    pub const KNOWN: u32 = COMPACT | LZ4 | ERROR_PTS | DRAIN | FRAME_CHECKSUM | PROFILE | FORMATS;
+    pub const KNOWN: u32 =
+        COMPACT | LZ4 | ERROR_PTS | DRAIN | FRAME_CHECKSUM | PROFILE | FORMATS | SHM;
 
     /// Names of the bits set in `mask`, for logs (`"COMPACT|LZ4"`, `"none"`).
     pub fn describe(mask: u32) -> String {
@@ -109,6 +123,7 @@ pub mod ext_bits {
             (FRAME_CHECKSUM, "FRAME_CHECKSUM"),
             (PROFILE, "PROFILE"),
             (FORMATS, "FORMATS"),
+            (SHM, "SHM"),
         ];
         let mut parts: Vec<String> = names
             .iter()
@@ -413,6 +428,10 @@ pub enum ExtMessage {
     FrameChecksum(FrameChecksum),
     ProfileRequest(ProfileRequest),
     ProfileResponse(ProfileResponse),
+    ShmOffer(ShmOffer),
+    ShmAck(ShmAck),
+    ShmFrame(ShmFrame),
+    ShmRelease(ShmRelease),
 }
 
 impl ExtMessage {
@@ -427,6 +446,10 @@ impl ExtMessage {
             ExtMessage::FrameChecksum(_) => ext_type::FRAME_CHECKSUM,
             ExtMessage::ProfileRequest(_) => ext_type::PROFILE_REQ,
             ExtMessage::ProfileResponse(_) => ext_type::PROFILE_RESP,
+            ExtMessage::ShmOffer(_) => ext_type::SHM_OFFER,
+            ExtMessage::ShmAck(_) => ext_type::SHM_ACK,
+            ExtMessage::ShmFrame(_) => ext_type::SHM_FRAME,
+            ExtMessage::ShmRelease(_) => ext_type::SHM_RELEASE,
         }
     }
 
@@ -505,6 +528,14 @@ impl ExtMessage {
                 payload.extend_from_slice(&(text.len() as u32).to_le_bytes());
                 payload.extend_from_slice(text.as_bytes());
             }
+            ExtMessage::ShmOffer(o) => shm::encode_offer(o, &mut payload),
+            ExtMessage::ShmAck(a) => shm::encode_ack(
+                a,
+                &mut payload,
+                cut_at_char_boundary(&a.reason, shm::SHM_ACK_MAX_TEXT),
+            ),
+            ExtMessage::ShmFrame(f) => return f.encode(session_id).to_vec(),
+            ExtMessage::ShmRelease(r) => shm::encode_release(r, &mut payload),
         }
         let header = Header::new(self.msg_type(), 0, session_id, payload.len() as u32);
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
@@ -526,6 +557,10 @@ pub(crate) fn fixed_part(t: u8) -> Option<(usize, bool)> {
         ext_type::FRAME_CHECKSUM => (FRAME_CHECKSUM_FIXED, false),
         ext_type::PROFILE_REQ => (PROFILE_REQ_FIXED, false),
         ext_type::PROFILE_RESP => (PROFILE_RESP_FIXED, true),
+        ext_type::SHM_OFFER => (shm::SHM_OFFER_FIXED, false),
+        ext_type::SHM_ACK => (shm::SHM_ACK_FIXED, true),
+        ext_type::SHM_FRAME => (shm::SHM_FRAME_FIXED, false),
+        ext_type::SHM_RELEASE => (shm::SHM_RELEASE_FIXED, false),
         _ => return None,
     })
 }
@@ -620,6 +655,10 @@ pub(crate) fn decode_body(t: u8, f: &[u8], tail: Vec<u8>) -> Result<ExtMessage, 
                 reason: String::from_utf8_lossy(&tail[..text_len]).into_owned(),
             })
         }
+        ext_type::SHM_OFFER => ExtMessage::ShmOffer(shm::decode_offer(f)?),
+        ext_type::SHM_ACK => ExtMessage::ShmAck(shm::decode_ack(f, &tail)?),
+        ext_type::SHM_FRAME => ExtMessage::ShmFrame(ShmFrame::decode_fixed(f)),
+        ext_type::SHM_RELEASE => ExtMessage::ShmRelease(shm::decode_release(f)),
         t => unreachable!("0x{t:02x} is not a known extension type"),
     })
 }

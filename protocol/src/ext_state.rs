@@ -195,15 +195,26 @@ impl HostExt {
             return None;
         }
         let frame = Frame::from_wire(layout, pixels).ok()?;
-        Some(
-            ExtMessage::FrameChecksum(FrameChecksum {
-                pts,
-                frame_index: index,
-                flags: if rebuilt { CHECKSUM_FLAG_REBUILT } else { 0 },
-                checksum: compact::checksum(&frame),
-            })
-            .encode(session_id),
-        )
+        Some(self.checksum_of(session_id, pts, index, rebuilt, &frame))
+    }
+
+    /// The FRAME_CHECKSUM of `frame` (planes anywhere, e.g. in a
+    /// shared-memory slot).
+    pub fn checksum_of(
+        &self,
+        session_id: u16,
+        pts: i64,
+        index: u32,
+        rebuilt: bool,
+        frame: &Frame<'_>,
+    ) -> Vec<u8> {
+        ExtMessage::FrameChecksum(FrameChecksum {
+            pts,
+            frame_index: index,
+            flags: if rebuilt { CHECKSUM_FLAG_REBUILT } else { 0 },
+            checksum: compact::checksum(frame),
+        })
+        .encode(session_id)
     }
 }
 

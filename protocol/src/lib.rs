@@ -19,6 +19,8 @@
 //! * [`ext`]: the negotiated extensions of `vsockenc`/`vsockenc-host`
 //!   (HELLO, compact frames, errors that name their frame, drain, profile
 //!   negotiation, more pixel formats).
+//! * [`shm`]: shared-memory frames: the region handshake, slot
+//!   descriptions and their checks.
 //! * [`compact`]: the compact frame codec (changed tiles, optional LZ4) and
 //!   the frame checksum that proves a rebuilt frame bit-identical.
 
@@ -33,6 +35,7 @@ pub mod limits;
 pub mod message;
 pub mod nal;
 pub mod profile;
+pub mod shm;
 pub mod write;
 
 pub use decoder::{Decoded, Decoder};

@@ -130,9 +130,55 @@ pub fn nal_types(au: &[u8]) -> Vec<u8> {
         .collect()
 }
 
-/// Whether an Annex-B access unit holds an IDR slice (type 5).
+/// The offset just after the next start code (`00 00 01`) at or after
+/// `from`.
+fn next_start(au: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i + 3 <= au.len() {
+        match au[i + 2] {
+            // `00 00 01` ends here.
+            1 if au[i] == 0 && au[i + 1] == 0 => return Some(i + 3),
+            // A byte that cannot be in the middle of a start code lets the
+            // search skip ahead.
+            0 => i += 1,
+            _ => i += 3,
+        }
+    }
+    None
+}
+
+/// The NAL units before the first slice of an Annex-B access unit, and
+/// that slice's header byte: what a caller looking for parameter sets or
+/// the picture type needs, found without scanning the slice data (most of
+/// an access unit).
+fn before_first_slice(au: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
+    let mut next = next_start(au, 0);
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let s = next?;
+        let header = *au.get(s)?;
+        if matches!(header & 0x1f, 1 | 5) {
+            // A slice: report its header byte only, and stop.
+            done = true;
+            return Some(&au[s..s + 1]);
+        }
+        next = next_start(au, s);
+        let mut end = next.map_or(au.len(), |n| n - 3);
+        while end > s && next.is_some() && au[end - 1] == 0 {
+            end -= 1;
+        }
+        Some(&au[s..end])
+    })
+}
+
+/// Whether an Annex-B access unit holds an IDR slice (type 5). All slices
+/// of a picture are IDR or none are, so the first slice decides; the slice
+/// data is not scanned.
 pub fn has_idr(au: &[u8]) -> bool {
-    nal_types(au).contains(&5)
+    before_first_slice(au).any(|n| n.first().is_some_and(|h| h & 0x1f == 5))
 }
 
 /// The RBSP of a NAL unit: its bytes with every emulation prevention byte
@@ -230,8 +276,8 @@ impl Sps {
 
 /// The first SPS of an Annex-B access unit that parses.
 pub fn first_sps(au: &[u8]) -> Option<Sps> {
-    split_annexb(au)
-        .into_iter()
+    // Parameter sets come before the slices of their access unit.
+    before_first_slice(au)
         .filter(|n| n.first().is_some_and(|h| h & 0x1f == 7))
         .find_map(Sps::parse)
 }
@@ -279,6 +325,37 @@ impl<'a> BitReader<'a> {
 #[cfg(test)]
 mod sps_tests {
     use super::*;
+
+    #[test]
+    fn the_first_slice_decides_and_the_slice_data_is_not_read() {
+        // AUD, SPS, PPS, then an IDR slice whose data happens to hold what
+        // looks like a start code and a non-IDR slice header: not reached.
+        let au = [
+            0, 0, 0, 1, 0x09, 0xf0, //
+            0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1e, 0xda, //
+            0, 0, 1, 0x68, 0xce, //
+            0, 0, 1, 0x65, 0x88, 0x84, 0, 0, 1, 0x41, 0x9a,
+        ];
+        assert!(has_idr(&au));
+        let parts: Vec<&[u8]> = before_first_slice(&au).collect();
+        assert_eq!(parts.len(), 4, "AUD, SPS, PPS and the slice header");
+        assert_eq!(parts[1], &[0x67, 0x42, 0xc0, 0x1e, 0xda]);
+        assert_eq!(parts[3], &[0x65]);
+        assert!(!has_idr(&[
+            0, 0, 1, 0x09, 0xf0, 0, 0, 1, 0x41, 0x9a, 0, 0, 1, 0x65
+        ]));
+        assert!(!has_idr(&[]));
+        assert!(!has_idr(&[0, 0, 1]));
+    }
+
+    #[test]
+    fn start_codes_are_found_wherever_they_are() {
+        let au = [7, 0, 0, 0, 0, 1, 9, 1, 0, 0, 1, 5, 0];
+        assert_eq!(next_start(&au, 0), Some(6));
+        assert_eq!(next_start(&au, 6), Some(11));
+        assert_eq!(next_start(&au, 11), None);
+        assert_eq!(next_start(&[0, 1, 0, 0, 1], 0), Some(5));
+    }
 
     #[test]
     fn rbsp_drops_emulation_prevention_bytes_only() {

@@ -12,6 +12,7 @@ use hxfr::ext::{
     Hello, HelloAck, ProfileRequest, ProfileResponse, TileEncoding,
 };
 use hxfr::layout::{FrameLayout, WireFormat};
+use hxfr::shm::{RegionKind, ShmAck, ShmFrame, ShmOffer, ShmRelease, SlotPlane};
 use hxfr::{Decoded, Decoder, FrameRequest, Header, Limits, Message, ProtocolError};
 use hxfr::{Level, Profile};
 
@@ -105,6 +106,67 @@ pub const PROFILE_RESP_REFUSED_HEX: &str = "
 23 00 00 00
 6f 70 65 6e 68 32 36 34 65 6e 63 20 63 61 6e 6e 6f 74 20
 70 72 6f 64 75 63 65 20 65 78 74 65 6e 64 65 64";
+
+/// SHM_OFFER, guest → host: token 5, a memfd (passed with the message) of
+/// 1 GiB, nonce 00..0f.
+pub const SHM_OFFER_HEX: &str = "
+48 58 46 52 49 00 01 00 28 00 00 00
+05 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00
+00 00 00 40 00 00 00 00
+00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f";
+
+/// SHM_ACK, host → guest: offer 5 accepted.
+pub const SHM_ACK_ACCEPTED_HEX: &str = "
+48 58 46 52 4a 00 01 00 10 00 00 00
+05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00";
+
+/// SHM_ACK, host → guest: offer 6 refused, "no region is bound" (18 bytes).
+pub const SHM_ACK_REFUSED_HEX: &str = "
+48 58 46 52 4a 00 01 00 22 00 00 00
+06 00 00 00 00 00 00 00 01 00 00 00 12 00 00 00
+6e 6f 20 72 65 67 69 6f 6e 20 69 73 20 62 6f 75 6e 64";
+
+/// SHM_FRAME, guest → host: NV12 64x48 in slot 3 (4608 bytes at offset
+/// 4096), Y at 0 and UV at 3072, both with stride 64; pts 1000.
+pub const SHM_FRAME_HEX: &str = "
+48 58 46 52 4b 00 01 00 5c 00 00 00
+00 00 00 00 40 00 00 00 30 00 00 00 4e 56 31 32 40 00 00 00
+e8 03 00 00 00 00 00 00 2b 50 fe 00 00 00 00 00
+00 00 00 00 00 00 00 00
+03 00 00 00 02 00 00 00
+00 10 00 00 00 00 00 00 00 12 00 00 00 00 00 00
+00 00 00 00 40 00 00 00 00 0c 00 00 40 00 00 00 00 00 00 00 00 00 00 00";
+
+/// SHM_RELEASE, host → guest: slot 3, held by frame 7, is free again.
+pub const SHM_RELEASE_HEX: &str = "48 58 46 52 4c 00 01 00 08 00 00 00 03 00 00 00 07 00 00 00";
+
+fn shm_frame() -> ShmFrame {
+    let mut planes = [SlotPlane::default(); 3];
+    planes[0] = SlotPlane {
+        offset: 0,
+        stride: 64,
+    };
+    planes[1] = SlotPlane {
+        offset: 3072,
+        stride: 64,
+    };
+    ShmFrame {
+        request: FrameRequest {
+            width: 64,
+            height: 48,
+            format: WireFormat::Nv12.fourcc(),
+            stride: 64,
+            pts: 1000,
+            duration: 16_666_667,
+            ..Default::default()
+        },
+        slot: 3,
+        n_planes: 2,
+        slot_offset: 4096,
+        slot_len: 4608,
+        planes,
+    }
+}
 
 fn compact_request() -> FrameRequest {
     FrameRequest {
@@ -251,6 +313,47 @@ fn vectors() -> Vec<(&'static str, &'static str, ExtMessage)> {
             ExtMessage::DrainDone {
                 token: 0x0102_0304_0506_0708,
             },
+        ),
+        (
+            "SHM_OFFER",
+            SHM_OFFER_HEX,
+            ExtMessage::ShmOffer(ShmOffer {
+                token: 5,
+                kind: RegionKind::Memfd,
+                region_size: 1 << 30,
+                nonce: std::array::from_fn(|i| i as u8),
+            }),
+        ),
+        (
+            "SHM_ACK accepted",
+            SHM_ACK_ACCEPTED_HEX,
+            ExtMessage::ShmAck(ShmAck {
+                token: 5,
+                accepted: true,
+                reason: String::new(),
+            }),
+        ),
+        (
+            "SHM_ACK refused",
+            SHM_ACK_REFUSED_HEX,
+            ExtMessage::ShmAck(ShmAck {
+                token: 6,
+                accepted: false,
+                reason: "no region is bound".into(),
+            }),
+        ),
+        (
+            "SHM_FRAME",
+            SHM_FRAME_HEX,
+            ExtMessage::ShmFrame(shm_frame()),
+        ),
+        (
+            "SHM_RELEASE",
+            SHM_RELEASE_HEX,
+            ExtMessage::ShmRelease(ShmRelease {
+                slot: 3,
+                frame_index: 7,
+            }),
         ),
         (
             "FRAME_CHECKSUM",

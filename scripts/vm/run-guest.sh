@@ -24,7 +24,12 @@
 #
 # Environment: VSOCKENC_VM_TIMEOUT (seconds, default 600), VSOCKENC_VM_MEM (MiB,
 # default 1024), VSOCKENC_VM_SMP (default 2), VSOCKENC_VM_CPU (QEMU -cpu model,
-# default qemu64: faster than "max" under TCG here), VSOCKENC_CACHE (see prepare.sh).
+# default qemu64: faster than "max" under TCG here), VSOCKENC_CACHE (see prepare.sh),
+# VSOCKENC_VM_IVSHMEM (a file, e.g. /dev/shm/NAME, whose size is a power of two:
+# the guest gets an ivshmem-plain device backed by it, as shared memory with the
+# machine), VSOCKENC_VM_NET=user (a virtio-net device on QEMU user networking:
+# the guest reaches the machine's 127.0.0.1 as 10.0.2.2 once it has configured
+# eth0, e.g. modprobe virtio_net; ip addr add 10.0.2.15/24 dev eth0).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -95,6 +100,19 @@ for _ in $(seq 100); do
 done
 [ -S "$RUNDIR/vhost.socket" ] || die "vhost-device-vsock did not create $RUNDIR/vhost.socket"
 
+extra=()
+if [ -n "${VSOCKENC_VM_IVSHMEM:-}" ]; then
+  [ -f "$VSOCKENC_VM_IVSHMEM" ] || die "VSOCKENC_VM_IVSHMEM=$VSOCKENC_VM_IVSHMEM is not a file"
+  size=$(stat -c %s "$VSOCKENC_VM_IVSHMEM")
+  extra+=(-object "memory-backend-file,id=ivs,mem-path=$VSOCKENC_VM_IVSHMEM,size=$size,share=on"
+    -device ivshmem-plain,memdev=ivs)
+fi
+case "${VSOCKENC_VM_NET:-}" in
+"") ;;
+user) extra+=(-netdev user,id=net0 -device virtio-net-pci,netdev=net0) ;;
+*) die "VSOCKENC_VM_NET=$VSOCKENC_VM_NET: only 'user' is known" ;;
+esac
+
 # Plain TCG: KVM guests hung on this kind of machine (REAL-VM.md).
 timeout --kill-after=10 "$TIMEOUT" "$QEMU" \
   -nodefaults -display none -no-reboot \
@@ -107,6 +125,7 @@ timeout --kill-after=10 "$TIMEOUT" "$QEMU" \
   -serial "file:$RUNDIR/console.log" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   -virtfs "local,path=$RUNDIR,mount_tag=run,security_model=none,multidevs=remap" \
+  "${extra[@]}" \
   </dev/null >"$RUNDIR/qemu.log" 2>&1 &
 qemu_pid=$!
 set +e

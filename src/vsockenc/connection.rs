@@ -24,11 +24,13 @@ use hxfr::ext::{ExtMessage, GuestExt};
 use hxfr::{ConfigRequest, FrameRequest, Message, LEGACY_SESSION_ID};
 use parking_lot::Mutex;
 
-use super::transport::{self, Address, Stream};
+use super::shm::{Region, ShmLink};
+use super::transport::{self, Address, ReadHalf, Stream};
 
-/// How often a blocked read wakes up on its own (a shutdown wakes it at
-/// once; this only bounds the wait if a platform does not).
-const READ_POLL: Duration = Duration::from_millis(500);
+/// How long the reader sleeps at most before it looks at its flags again (a
+/// shutdown wakes it at once; this only bounds the wait if a platform does
+/// not).
+const READ_IDLE: Duration = Duration::from_millis(500);
 
 pub struct Connection {
     pub addr: Address,
@@ -47,6 +49,9 @@ pub struct Connection {
     /// The negotiated extensions of this connection (nothing until the
     /// host answers our HELLO, nothing ever from a legacy host).
     pub ext: Mutex<GuestExt>,
+    /// The shared-memory offer and the slots the host holds (a leaf lock
+    /// like `ext`).
+    pub shm: Mutex<ShmLink>,
 }
 
 /// Activity timestamps used by the keepalive.
@@ -65,10 +70,10 @@ impl Connection {
         generation: u64,
         stream: Stream,
         write_timeout: Duration,
-    ) -> io::Result<(Arc<Connection>, Stream)> {
+        region: Option<Arc<Region>>,
+    ) -> io::Result<(Arc<Connection>, ReadHalf)> {
         stream.set_write_timeout(Some(write_timeout))?;
-        let read_half = stream.try_clone()?;
-        read_half.set_read_timeout(Some(READ_POLL))?;
+        let read_half = ReadHalf::new(stream.try_clone()?, READ_IDLE);
         let control = stream.try_clone()?;
         let conn = Arc::new(Connection {
             addr,
@@ -84,6 +89,7 @@ impl Connection {
                 ping_outstanding: None,
             }),
             ext: Mutex::new(GuestExt::new(0)),
+            shm: Mutex::new(ShmLink::new(region)),
         });
         Ok((conn, read_half))
     }
@@ -204,6 +210,24 @@ impl Connection {
     /// Sends a COMPACT_FRAME (extension COMPACT).
     pub fn send_compact(&self, m: &mut CompactMessage<'_>) -> io::Result<usize> {
         self.write_with(|w| m.write_to(w))
+    }
+
+    /// Offers the region (extension SHM); a memfd goes with the message.
+    pub fn send_shm_offer(
+        &self,
+        offer: &hxfr::shm::ShmOffer,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> io::Result<usize> {
+        let bytes = ExtMessage::ShmOffer(*offer).encode(LEGACY_SESSION_ID);
+        match fd {
+            Some(fd) => self.write_with(|w| w.write_all_with_fd(&bytes, fd).map(|_| bytes.len())),
+            None => self.send_bytes(&bytes),
+        }
+    }
+
+    /// Describes a frame whose pixels are in a slot (extension SHM).
+    pub fn send_shm_frame(&self, f: &hxfr::shm::ShmFrame) -> io::Result<usize> {
+        self.send_bytes(&f.encode(LEGACY_SESSION_ID))
     }
 
     /// Asks the host for a profile (extension PROFILE).

@@ -401,6 +401,17 @@ impl ObjectImpl for VsockEnc {
                     .default_value(DEFAULT_VERIFY_FRAMES)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("shared-memory")
+                    .nick("Shared memory")
+                    .blurb("Share frames with the host through memory instead of the socket when both sides can: a memfd passed over the Unix socket, or the ivshmem-plain device of a QEMU/KVM guest (needs extensions=true and a vsockenc-host with the region bound to this guest). Upstream is offered a buffer pool in that memory (zero copies); other buffers are copied once. Falls back to the socket, logged once. stats: shm-frames, shm-copied-frames")
+                    .default_value(DEFAULT_SHARED_MEMORY)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("shm-device")
+                    .nick("Shared-memory device")
+                    .blurb("The ivshmem device for shared-memory frames over AF_VSOCK or TCP: a sysfs resource file (/sys/bus/pci/devices/ADDR/resource2), a UIO device (/dev/uioN) or a file mappable from offset 0; unset: the first ivshmem-plain device in sysfs. Over a Unix socket it replaces the memfd")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(&stats::blurb())
@@ -456,6 +467,8 @@ impl ObjectImpl for VsockEnc {
             }
             "extensions" => s.extensions = value.get().expect("type checked upstream"),
             "verify-frames" => s.verify_frames = value.get().expect("type checked upstream"),
+            "shared-memory" => s.shared_memory = value.get().expect("type checked upstream"),
+            "shm-device" => s.shm_device = value.get().expect("type checked upstream"),
             other => unimplemented!("property {other}"),
         }
         gst::debug!(CAT, imp = self, "{} set", pspec.name());
@@ -496,6 +509,8 @@ impl ObjectImpl for VsockEnc {
             "keepalive-interval" => s.keepalive_interval_ms.to_value(),
             "extensions" => s.extensions.to_value(),
             "verify-frames" => s.verify_frames.to_value(),
+            "shared-memory" => s.shared_memory.to_value(),
+            "shm-device" => s.shm_device.to_value(),
             other => unimplemented!("property {other}"),
         }
     }
@@ -690,6 +705,7 @@ impl VideoEncoderImpl for VsockEnc {
                 );
                 gst::loggable_error!(CAT, "{why}")
             })?;
+        link.settle_shm(NEGOTIATION_WAIT);
         let mut caps = gst::Caps::builder("video/x-h264")
             .field("stream-format", "byte-stream")
             .field("alignment", "au")
@@ -746,6 +762,20 @@ impl VideoEncoderImpl for VsockEnc {
         &self,
         query: &mut gst::query::Allocation,
     ) -> Result<(), gst::LoggableError> {
+        // With shared memory, upstream gets a pool whose buffers are slots
+        // of the region: what it writes there reaches the host without a
+        // copy (shm/pool.rs).
+        let region = self.link().and_then(|l| l.shm_region());
+        if let (Some(region), (Some(caps), _)) = (region, query.get_owned()) {
+            if let Some((pool, size)) = super::shm::pool(&region, &caps) {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "offering a pool of shared-memory slots for {caps}"
+                );
+                query.add_allocation_pool(Some(&pool), size, 0, 0);
+            }
+        }
         // The send path takes any stride and plane offset (packing.rs):
         // upstream need not copy to produce default strides. The base class
         // offers its pool and VideoMeta only when the query holds no pool
@@ -793,18 +823,25 @@ impl VideoEncoderImpl for VsockEnc {
         // output (backpressure, e.g. a paused sink), or until a flush or
         // stop.
         self.wait(&shared, Until::Room(max_in_flight), None, None)?;
-        sender.lock().send(
-            &self.obj(),
-            &shared,
-            FrameToSend {
-                frame_id,
-                input: &input,
-                info: &info,
-                pts,
-                duration,
-                force_requested,
-            },
-        )?;
+        // Writing a frame takes as long as the host needs to read it (a
+        // millisecond or more for 1080p): the output task must be able to
+        // push the answers of earlier frames meanwhile, so the stream lock
+        // is released around the write too, not only around waits.
+        let obj = self.obj();
+        stream_lock::released(&*obj, || {
+            sender.lock().send(
+                &obj,
+                &shared,
+                FrameToSend {
+                    frame_id,
+                    input: &input,
+                    info: &info,
+                    pts,
+                    duration,
+                    force_requested,
+                },
+            )
+        })?;
         let st = shared.lock();
         st.check()
     }

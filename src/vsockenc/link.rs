@@ -32,6 +32,7 @@ use super::delta::TILE;
 use super::receiver::{self, ReaderContext, ReaderEvents};
 use super::report::{self, Kind, Limiter};
 use super::settings::Settings;
+use super::shm::{GuestShm, Offer, Region};
 use super::state::Shared;
 use super::transport::{self, Address};
 use super::VsockEnc;
@@ -55,6 +56,8 @@ pub struct Link {
     thread: Mutex<Option<(JoinHandle<()>, mpsc::Receiver<()>)>>,
     /// Rate limits of the warnings posted about the host.
     limiter: Mutex<Limiter>,
+    /// The shared-memory region of this run, if any.
+    pub shm: Arc<GuestShm>,
 }
 
 enum Due {
@@ -64,8 +67,29 @@ enum Due {
 
 impl Link {
     pub fn new(settings: Settings, shared: Arc<Shared>, element: &VsockEnc) -> Arc<Link> {
+        let addr = settings.address();
+        let shm = Arc::new(GuestShm::open(&settings, &addr));
+        match (&shm.region, &shm.unavailable) {
+            (Some(r), _) => gst::info!(
+                crate::vsockenc::CAT,
+                obj = element,
+                "shared-memory region: {} of {} MiB",
+                r.name,
+                r.len() >> 20
+            ),
+            (None, Some(why)) if settings.shared_memory && settings.extensions => {
+                shm.first_fallback();
+                gst::info!(
+                    crate::vsockenc::CAT,
+                    obj = element,
+                    "no shared memory ({why}): frames go over the socket to {addr} (logged once)"
+                );
+            }
+            _ => {}
+        }
         Arc::new(Link {
-            addr: settings.address(),
+            shm,
+            addr,
             settings,
             shared,
             element: element.downgrade(),
@@ -86,12 +110,17 @@ impl Link {
         let stream = transport::connect(&self.addr, s.connect_timeout())?;
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let write_timeout = s.response_timeout().max(Duration::from_secs(1));
-        let (conn, read_half) =
-            Connection::new(self.addr.clone(), generation, stream, write_timeout)?;
+        let (conn, read_half) = Connection::new(
+            self.addr.clone(),
+            generation,
+            stream,
+            write_timeout,
+            self.shm.region.clone(),
+        )?;
         // Negotiation starts over on every connection: until the host
         // answers the HELLO (a legacy host never does) this is legacy HXFR.
         let mut sent = 0u64;
-        let requested = s.requested_extensions();
+        let requested = s.requested_extensions() | self.shm.requested();
         let mut pinged = false;
         if requested != 0 {
             match conn.send_hello(requested, TILE, AGENT) {
@@ -137,6 +166,7 @@ impl Link {
             shared: self.shared.clone(),
             events: self.clone(),
             element: self.element.clone(),
+            shm: self.shm.clone(),
         };
         let reader_conn = conn.clone();
         let reader = std::thread::Builder::new()
@@ -253,6 +283,41 @@ impl Link {
             }
             self.shared.wait_streaming(&mut st, Some(give_up));
         }
+    }
+
+    /// Waits up to `timeout` until the host has answered the offer of the
+    /// shared-memory region (when it accepted SHM), so that the frames of
+    /// new caps go by slot from the first one.
+    pub fn settle_shm(&self, timeout: Duration) {
+        if self.shm.region.is_none() {
+            return;
+        }
+        let give_up = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        loop {
+            let Some(conn) = st.usable_link() else {
+                return;
+            };
+            let answered = {
+                let ext = conn.ext.lock();
+                match ext.extended() {
+                    Some(true) if ext.has(ext_bits::SHM) => {
+                        matches!(conn.shm.lock().offer, Offer::Accepted | Offer::Refused)
+                    }
+                    Some(_) => true,
+                    None => false,
+                }
+            };
+            if answered || st.stop || Instant::now() >= give_up {
+                return;
+            }
+            self.shared.wait_streaming(&mut st, Some(give_up));
+        }
+    }
+
+    /// The region whose slots upstream may write into.
+    pub fn shm_region(&self) -> Option<Arc<Region>> {
+        self.shm.region.clone()
     }
 
     /// Schedules connection attempts from `at` on (the link thread makes
@@ -620,6 +685,10 @@ impl ReaderEvents for Link {
                 ["frames are being encoded again after some got no answer in time"]
             );
         }
+    }
+
+    fn loss_is_fatal(&self) -> bool {
+        !self.settings.reconnect
     }
 
     fn lost(&self, conn: &Connection, why: &str, lost: &[i64]) {

@@ -18,6 +18,12 @@
 //! frame, and EOS ends with a drain handshake instead of timeouts. `stats`
 //! shows `wire-bytes` against `raw-bytes`. See `docs/protocol.md`.
 //!
+//! Where the host can map the guest's memory (`shared-memory`, on by
+//! default: a memfd over a Unix socket, an ivshmem-plain device otherwise)
+//! pixels do not cross the socket at all: upstream writes into the buffer
+//! pool the element offers, whose buffers are slots of that memory, and
+//! each frame goes out as a slot description (`shm`).
+//!
 //! ```text
 //! gst-launch-1.0 videotestsrc is-live=true ! video/x-raw,format=NV12 ! \
 //!     vsockenc tcp-host=10.0.2.2 bitrate=6000 ! h264parse ! fakesink
@@ -33,7 +39,8 @@
 //! frames in flight: matching, ordering, timeouts, drops); `profile`
 //! (profile and level: downstream, host, stream); `packing`
 //! (pixels to the wire), `convert` (NV12 for a host that does not take a
-//! format), `delta` (compact frames), `dmabuf` (virtio-gpu
+//! format), `delta` (compact frames), `shm` (shared-memory frames: region,
+//! pool, slots), `dmabuf` (virtio-gpu
 //! resource ids), `transport` (addresses, sockets), `stream_lock`,
 //! `settings`, `stats`.
 
@@ -85,6 +92,7 @@ mod receiver;
 mod report;
 mod send;
 mod settings;
+mod shm;
 mod state;
 mod stats;
 mod stream_lock;

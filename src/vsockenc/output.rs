@@ -225,17 +225,21 @@ fn finish_one(el: &VsockEnc, r: Ready) -> Result<gst::FlowSuccess, gst::FlowErro
 }
 
 /// The minimum latency the element reports is the host's measured answer
-/// time (the mean of the recent answers, rounded up to a millisecond), and
+/// time (the median of the last 32 answers, rounded up to a millisecond), and
 /// nothing more: the element itself holds no frame back. It starts at 0 and
 /// is raised as answers are measured; it never shrinks (a live pipeline
 /// would re-time its sinks on every dip), and stays under the maximum.
+/// The median rather than the mean or a high percentile: one answer held up
+/// by a busy host would otherwise raise the latency for good, while answers
+/// somewhat slower than the median are absorbed by the sink's own slack
+/// (`processing-deadline` and `max-lateness`, 20 ms each by default).
 fn latency_update(st: &mut State) -> Option<(gst::ClockTime, gst::ClockTime)> {
     /// Answers measured before the first estimate: the first one includes
     /// the host encoder's start-up.
     const MIN_SAMPLES: usize = 8;
-    let mean_us = st.table.stats.recent_latency_mean_us(MIN_SAMPLES)?;
+    let median_us = st.table.stats.recent_latency_median_us(MIN_SAMPLES)?;
     let (min, max) = st.latency?;
-    let measured = gst::ClockTime::from_mseconds(mean_us.div_ceil(1000)).min(max);
+    let measured = gst::ClockTime::from_mseconds(median_us.div_ceil(1000)).min(max);
     if measured <= min {
         return None;
     }

@@ -17,8 +17,9 @@ use hxfr::{nal, Decoded, Decoder, FrameResponse, Message};
 
 use super::connection::Connection;
 use super::pending::{DropReason, Encoded, Match};
+use super::shm::{GuestShm, Offer};
 use super::state::Shared;
-use super::transport::{self, Stream};
+use super::transport::{self, ReadHalf};
 use super::VsockEnc;
 
 /// What the reader needs besides its connection.
@@ -27,6 +28,14 @@ pub struct ReaderContext {
     pub events: Arc<dyn ReaderEvents>,
     /// For log lines only.
     pub element: glib::WeakRef<VsockEnc>,
+    /// The run's shared memory (for its one fallback log line).
+    pub shm: Arc<GuestShm>,
+}
+
+impl ReaderContext {
+    fn shm_fallback_once(&self) -> bool {
+        self.shm.first_fallback()
+    }
 }
 
 /// Malformed answers in a row (no valid answer between them) after which
@@ -44,6 +53,9 @@ pub trait ReaderEvents: Send + Sync {
     /// The connection is gone; the frames in flight with these wire PTS
     /// were lost. Not called when the element closed the connection itself.
     fn lost(&self, conn: &Connection, why: &str, dropped: &[i64]);
+    /// Whether losing the connection ends the stream (no `reconnect`): the
+    /// reader then stores the flow error together with the drops.
+    fn loss_is_fatal(&self) -> bool;
     /// The host answers again after frames had timed out.
     fn answering_again(&self, conn: &Connection);
     /// The host refused to serve this guest (ERROR `REFUSED`).
@@ -73,7 +85,7 @@ impl Malformed {
     }
 }
 
-pub fn run(conn: Arc<Connection>, mut stream: Stream, cx: ReaderContext) {
+pub fn run(conn: Arc<Connection>, mut stream: ReadHalf, cx: ReaderContext) {
     let result = catch_unwind(AssertUnwindSafe(|| read_loop(&conn, &mut stream, &cx)));
     let why = match result {
         Ok(why) => why,
@@ -82,19 +94,35 @@ pub fn run(conn: Arc<Connection>, mut stream: Stream, cx: ReaderContext) {
     let closed_by_us = conn.is_closing();
     let why = conn.broken_reason().unwrap_or(why);
     conn.break_with(why.clone());
-    let dropped = cx
-        .shared
-        .lock()
-        .table
-        .fail_generation(conn.generation, DropReason::Disconnect);
-    cx.shared.wake_completed();
+    // The host reads no slot of a connection that is gone: back to the
+    // pool and the region (dropped outside the lock).
+    let slots = conn.shm.lock().clear();
+    drop(slots);
+    let fatal = !closed_by_us && cx.events.loss_is_fatal();
+    let dropped = {
+        let mut st = cx.shared.lock();
+        let dropped = st
+            .table
+            .fail_generation(conn.generation, DropReason::Disconnect);
+        // In the same critical section: a streaming thread that sees these
+        // frames dropped must also see that the stream has failed.
+        if fatal && !st.stop {
+            st.set_flow(Err(gst::FlowError::Error));
+        }
+        dropped
+    };
+    if fatal {
+        cx.shared.wake_all();
+    } else {
+        cx.shared.wake_completed();
+    }
     if !closed_by_us {
         cx.events.lost(&conn, &why, &dropped);
     }
 }
 
 /// Returns why the loop ended.
-fn read_loop(conn: &Connection, stream: &mut Stream, cx: &ReaderContext) -> String {
+fn read_loop(conn: &Connection, stream: &mut ReadHalf, cx: &ReaderContext) -> String {
     // Extension messages are decoded from the start; only a host that
     // accepted our HELLO sends them.
     let mut decoder = Decoder::with_extensions(hxfr::Limits::default());
@@ -269,6 +297,38 @@ fn handle_response(conn: &Connection, r: FrameResponse, cx: &ReaderContext) -> A
     Answer::Good
 }
 
+/// Offers the region once the host accepted SHM; says once why frames go
+/// over the socket when it did not.
+fn shm_offer(conn: &Connection, accepted: u32, cx: &ReaderContext) {
+    let Some(region) = conn.shm.lock().region.clone() else {
+        return;
+    };
+    if accepted & ext_bits::SHM == 0 {
+        if cx.shm_fallback_once() {
+            log_weak!(
+                info,
+                cx.element,
+                "host {} does not take shared memory on this connection (no region bound to this guest, or an older host): frames go over the socket (logged once)",
+                conn.addr
+            );
+        }
+        return;
+    }
+    let token = conn.generation;
+    conn.shm.lock().offer = Offer::Sent(token);
+    if let Err(e) = conn.send_shm_offer(&region.offer(token), region.memfd_fd()) {
+        conn.shm.lock().offer = Offer::Refused;
+        let _st = cx.shared.lock();
+        cx.shared.wake_streaming();
+        log_weak!(
+            warning,
+            cx.element,
+            "cannot offer the shared-memory region to {}: {e}",
+            conn.addr
+        );
+    }
+}
+
 /// Extension messages: only a host that accepted our HELLO sends them.
 fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) -> Answer {
     match msg {
@@ -276,6 +336,7 @@ fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) -> Answer 
             let accepted = conn.ext.lock().on_ack(&ack);
             cx.shared.lock().table.stats.extensions = accepted;
             cx.shared.wake_streaming();
+            shm_offer(conn, accepted, cx);
             log_weak!(
                 info,
                 cx.element,
@@ -342,6 +403,54 @@ fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) -> Answer 
                 }
                 ChecksumCheck::Unknown => {}
             }
+        }
+        ExtMessage::ShmAck(a) => {
+            let mut shm = conn.shm.lock();
+            let region = shm.region.as_ref().map(|r| (r.name.clone(), r.len() >> 20));
+            shm.offer = if a.accepted {
+                Offer::Accepted
+            } else {
+                Offer::Refused
+            };
+            drop(shm);
+            {
+                // `set_format` waits for it under the state mutex.
+                let _st = cx.shared.lock();
+                cx.shared.wake_streaming();
+            }
+            if a.accepted {
+                log_weak!(
+                    info,
+                    cx.element,
+                    "host {} maps the shared-memory region ({:?}): frames go as slot descriptions, their pixels stay in shared memory",
+                    conn.addr,
+                    region
+                );
+            } else if cx.shm_fallback_once() {
+                log_weak!(
+                    warning,
+                    cx.element,
+                    "host {} refused the shared-memory region {:?}: {}; frames go over the socket (logged once)",
+                    conn.addr,
+                    region,
+                    a.reason
+                );
+            }
+        }
+        ExtMessage::ShmRelease(r) => {
+            let held = conn.shm.lock().release(r.slot);
+            if held.is_none() {
+                log_weak!(
+                    debug,
+                    cx.element,
+                    "host {} released slot {} (frame {}), which it did not hold",
+                    conn.addr,
+                    r.slot,
+                    r.frame_index
+                );
+            }
+            // The buffer goes back to its pool here, outside the lock.
+            drop(held);
         }
         other => log_weak!(
             debug,

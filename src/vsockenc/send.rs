@@ -24,6 +24,7 @@ use super::dmabuf::ResourceLookup;
 use super::packing::{self, Plane};
 use super::pending::DropReason;
 use super::settings::{Live, Settings};
+use super::shm;
 use super::state::Shared;
 use super::{VsockEnc, CAT};
 
@@ -182,21 +183,23 @@ impl Sender {
             None => (dmabuf_stride(f.input, f.info), Vec::new(), 0),
         };
 
-        let (wire_pts, force) = {
+        let (wire_pts, force, wake_output) = {
             let mut st = shared.lock();
             let wire = st.table.wire_pts(pts, duration);
             let after_drop = st.table.take_force_keyframe();
             let force = self.keyframe_due(f.force_requested || after_drop);
-            st.table.insert_sent(
-                f.frame_id,
-                wire,
-                Instant::now(),
-                self.settings.response_timeout(),
-                conn.generation,
-            );
+            let now = Instant::now();
+            let timeout = self.settings.response_timeout();
+            st.table
+                .insert_sent(f.frame_id, wire, now, timeout, conn.generation);
             st.table.stats.frames_sent += 1;
-            (wire, force)
+            (wire, force, st.output_sleeps_past(now + timeout))
         };
+        if wake_output {
+            // The task sleeps without a deadline (nothing was in flight) or
+            // past this frame's: it must wake in time to drop it.
+            shared.wake_output();
+        }
 
         let req = FrameRequest {
             resource_id: resource_id.unwrap_or(0),
@@ -216,12 +219,20 @@ impl Sender {
         );
         let raw = (HEADER_LEN + FRAME_REQUEST_FIXED + pixel_bytes) as u64;
         match self.write(&conn, &req, &f, vframe.as_ref(), &slices) {
-            Ok((n, compact_sent)) => {
+            Ok((n, sent)) => {
                 let mut st = shared.lock();
-                st.table.stats.bytes_sent += n as u64;
-                st.table.stats.wire_bytes += n as u64;
-                st.table.stats.raw_bytes += raw;
-                st.table.stats.compact_frames += compact_sent as u64;
+                let s = &mut st.table.stats;
+                s.bytes_sent += n as u64;
+                s.wire_bytes += n as u64;
+                s.raw_bytes += raw;
+                match sent {
+                    Sent::Compact => s.compact_frames += 1,
+                    Sent::Shm { copied } => {
+                        s.shm_frames += 1;
+                        s.shm_copied_frames += copied as u64;
+                    }
+                    Sent::Full => {}
+                }
             }
             Err(e) => {
                 gst::warning!(
@@ -238,11 +249,11 @@ impl Sender {
         Ok(())
     }
 
-    /// Writes one frame: as a COMPACT_FRAME against the frame the host holds
-    /// when the host accepted COMPACT and that is smaller, else as the
+    /// Writes one frame: as a slot description when the host maps our
+    /// shared memory, else as a COMPACT_FRAME against the frame the host
+    /// holds when the host accepted COMPACT and that is smaller, else as the
     /// legacy FRAME_REQUEST. The frame (a buffer reference, no copy) becomes
-    /// the next reference. Returns the bytes written and whether the frame
-    /// went out compact.
+    /// the next reference. Returns the bytes written and how the frame went.
     fn write(
         &mut self,
         conn: &Connection,
@@ -250,7 +261,7 @@ impl Sender {
         f: &FrameToSend<'_>,
         vframe: Option<&gst_video::VideoFrameRef<&gst::BufferRef>>,
         slices: &[&[u8]],
-    ) -> std::io::Result<(usize, bool)> {
+    ) -> std::io::Result<(usize, Sent)> {
         let cur = vframe
             .zip(WireFormat::from_fourcc_ext(req.format))
             .and_then(|(vf, format)| delta::hx_frame(vf, format));
@@ -272,6 +283,17 @@ impl Sender {
             // back before the write returns.
             conn.ext.lock().expect_checksum(index, compact::checksum(c));
         }
+        if let Some(placed) = vframe.and_then(|vf| place_in_shm(conn, f.input, vf, req)) {
+            let copied = placed.copied;
+            let mut frame = placed.frame;
+            // Recorded before the write: the release may come back first.
+            frame.slot = conn.shm.lock().hold(placed.held);
+            let n = conn.send_shm_frame(&frame)?;
+            // A slot is no reference for compact frames: the guest owns it.
+            conn.ext.lock().frame_sent(index, false);
+            self.delta.forget();
+            return Ok((n, Sent::Shm { copied }));
+        }
         self.delta.set_compression(lz4);
         let plan = match &cur {
             Some(c) => self.delta.plan(
@@ -284,9 +306,9 @@ impl Sender {
             ),
             None => Plan::Full,
         };
-        let (result, compact_sent) = match plan {
-            Plan::Compact(mut m) => (conn.send_compact(&mut m), true),
-            Plan::Full => (conn.send_frame(req, slices), false),
+        let (result, sent) = match plan {
+            Plan::Compact(mut m) => (conn.send_compact(&mut m), Sent::Compact),
+            Plan::Full => (conn.send_frame(req, slices), Sent::Full),
         };
         match result {
             Ok(n) => {
@@ -304,7 +326,7 @@ impl Sender {
                 } else {
                     self.delta.forget();
                 }
-                Ok((n, compact_sent))
+                Ok((n, sent))
             }
             Err(e) => {
                 self.delta.forget();
@@ -344,6 +366,38 @@ impl Sender {
             }
         }
     }
+}
+
+/// How a frame went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Full,
+    Compact,
+    /// As a slot description; `copied`: into a slot (else zero copies).
+    Shm {
+        copied: bool,
+    },
+}
+
+/// The frame placed in the connection's shared memory, if the host maps it
+/// and there is room (else the frame goes over the socket).
+fn place_in_shm(
+    conn: &Connection,
+    input: &gst::Buffer,
+    vf: &gst_video::VideoFrameRef<&gst::BufferRef>,
+    req: &FrameRequest,
+) -> Option<shm::Placed> {
+    let region = conn.shm.lock().usable()?.clone();
+    let format = WireFormat::from_fourcc_ext(req.format)?;
+    let planes: Vec<shm::InputPlane> = (0..vf.n_planes())
+        .map(|i| shm::InputPlane {
+            data: vf.plane_data(i).unwrap_or(&[]),
+            stride: vf.plane_stride()[i as usize].max(0) as usize,
+        })
+        .collect();
+    let mut req = *req;
+    req.stride = planes.first()?.stride as u32;
+    shm::place(&region, input, format, &req, &planes)
 }
 
 /// The stride of plane 0 of a buffer sent by resource id.

@@ -39,6 +39,10 @@ pub const MAX_KEEPALIVE_INTERVAL: u32 = 3_600_000;
 pub const DEFAULT_EXTENSIONS: bool = true;
 /// Ask the host for a checksum of every frame it encodes (tests, debugging).
 pub const DEFAULT_VERIFY_FRAMES: bool = false;
+/// Share frames through memory with hosts that can (extension SHM).
+pub const DEFAULT_SHARED_MEMORY: bool = true;
+/// The ivshmem device: found in sysfs when not set.
+pub const DEFAULT_SHM_DEVICE: Option<&str> = None;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -58,6 +62,8 @@ pub struct Settings {
     pub keepalive_interval_ms: u32,
     pub extensions: bool,
     pub verify_frames: bool,
+    pub shared_memory: bool,
+    pub shm_device: Option<String>,
 }
 
 impl Default for Settings {
@@ -79,6 +85,8 @@ impl Default for Settings {
             keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL,
             extensions: DEFAULT_EXTENSIONS,
             verify_frames: DEFAULT_VERIFY_FRAMES,
+            shared_memory: DEFAULT_SHARED_MEMORY,
+            shm_device: DEFAULT_SHM_DEVICE.map(String::from),
         }
     }
 }
@@ -118,7 +126,8 @@ impl Settings {
             .then(|| Duration::from_millis(self.keepalive_interval_ms as u64))
     }
 
-    /// The extensions announced in HELLO (0: no HELLO, pure legacy HXFR).
+    /// The extensions announced in HELLO (0: no HELLO, pure legacy HXFR);
+    /// SHM is added by the link when it has a region.
     pub fn requested_extensions(&self) -> u32 {
         use hxfr::ext::ext_bits::*;
         if !self.extensions {

@@ -41,9 +41,11 @@
 //! * `output`: the output task. Notified when a frame's fate is known, on
 //!   stop and flush.
 //! * `streaming`: `handle_frame`, `set_format` and `finish`. Notified when
-//!   a frame stops being in flight (capacity), when the output task has
-//!   finished frames (the table empties), on DRAIN_DONE, stop, flush and
-//!   flow errors.
+//!   the output task has finished frames (room under `max-in-flight`, an
+//!   emptier table), on DRAIN_DONE, answers to the HELLO and to profile
+//!   requests, stop, flush and flow errors. Not when a response completes
+//!   a frame: that changes nothing a streaming waiter decides on until the
+//!   frame is finished.
 //! * `link`: the link thread. Notified when a reconnect is scheduled and
 //!   on stop.
 //!
@@ -89,6 +91,10 @@ pub struct State {
     /// Frames the output task has popped and not finished yet: the table
     /// is only really empty when this is 0 too.
     pub finishing: usize,
+    /// While the output task sleeps: until when (`Some(None)`: until
+    /// notified). A frame sent with an earlier deadline must wake it, or its
+    /// timeout would not be seen.
+    pub output_sleep: Option<Option<Instant>>,
     /// Latency reported to the pipeline: (min, max).
     pub latency: Option<(gst::ClockTime, gst::ClockTime)>,
     /// Whether the host answers (for the one warning when it stops).
@@ -108,6 +114,7 @@ impl Default for State {
             link: None,
             connected_at: None,
             finishing: 0,
+            output_sleep: None,
             latency: None,
             health: Health::default(),
             label: Label::default(),
@@ -140,6 +147,16 @@ impl State {
     /// The connection if frames can be sent on it.
     pub fn usable_link(&self) -> Option<Arc<Connection>> {
         self.link.clone().filter(|c| !c.is_closed())
+    }
+
+    /// Whether the output task sleeps past `deadline` (a frame just sent
+    /// with that deadline must then wake it).
+    pub fn output_sleeps_past(&self, deadline: Instant) -> bool {
+        match self.output_sleep {
+            Some(None) => true,
+            Some(Some(t)) => deadline < t,
+            None => false,
+        }
     }
 
     /// Nothing left in the element: no frame in the table, none being
@@ -182,11 +199,13 @@ impl Shared {
         self.wake_link();
     }
 
-    /// A frame's fate became known: the output task can pop it and it no
-    /// longer takes room under `max-in-flight`.
+    /// A frame's fate became known: the output task can pop it. Nothing
+    /// the streaming thread waits for changes until the task has finished
+    /// it (room under `max-in-flight` and an empty table both count frames
+    /// until they are pushed), and the task wakes the streaming thread then:
+    /// waking it here too would only make it sleep again, once per frame.
     pub fn wake_completed(&self) {
         self.wake_output();
-        self.wake_streaming();
     }
 
     /// Sleeps on `cv` until notified or `until` (None: no deadline).
@@ -200,7 +219,9 @@ impl Shared {
     }
 
     pub fn wait_output(&self, guard: &mut MutexGuard<'_, State>, until: Option<Instant>) {
+        guard.output_sleep = Some(until);
         Self::wait(&self.output, guard, until);
+        guard.output_sleep = None;
     }
 
     pub fn wait_streaming(&self, guard: &mut MutexGuard<'_, State>, until: Option<Instant>) {

@@ -59,6 +59,14 @@ const FIELDS: &[(&str, &str)] = &[
         "frames converted to NV12 in the guest for a host that does not take their format",
     ),
     ("extensions", "protocol extension bits the host accepted"),
+    (
+        "shm-frames",
+        "frames whose pixels the host read from shared memory",
+    ),
+    (
+        "shm-copied-frames",
+        "of those, frames copied into shared memory because upstream's buffer was elsewhere (the rest took zero copies)",
+    ),
 ];
 
 /// The `stats` property's blurb: every field with what it counts.
@@ -101,6 +109,10 @@ pub struct Stats {
     pub frames_converted: u64,
     /// Extensions the host accepted on the current connection.
     pub extensions: u32,
+    /// Frames sent as slot descriptions (SHM), and of those, the ones
+    /// copied into a slot.
+    pub shm_frames: u64,
+    pub shm_copied_frames: u64,
     latency_sum_us: u64,
     latency_count: u64,
     pub latency_max_us: u64,
@@ -138,11 +150,18 @@ impl Stats {
         self.recent_latency_us.push_back(us);
     }
 
-    /// Mean of the most recent answer times, once there are at least
-    /// `min_samples` of them.
-    pub fn recent_latency_mean_us(&self, min_samples: usize) -> Option<u64> {
+    /// Median of the most recent answer times (the upper one of the middle
+    /// two), once there are at least `min_samples` of them. The median, not
+    /// the mean: one answer delayed by a busy host CPU must not move the
+    /// pipeline latency, which never shrinks again.
+    pub fn recent_latency_median_us(&self, min_samples: usize) -> Option<u64> {
         let n = self.recent_latency_us.len();
-        (n >= min_samples.max(1)).then(|| self.recent_latency_us.iter().sum::<u64>() / n as u64)
+        if n < min_samples.max(1) {
+            return None;
+        }
+        let mut v: Vec<u64> = self.recent_latency_us.iter().copied().collect();
+        let (_, median, _) = v.select_nth_unstable(n / 2);
+        Some(*median)
     }
 
     pub fn latency_mean_us(&self) -> u64 {
@@ -178,6 +197,8 @@ impl Stats {
             .field("checksum-mismatches", self.checksum_mismatches)
             .field("frames-converted", self.frames_converted)
             .field("extensions", self.extensions)
+            .field("shm-frames", self.shm_frames)
+            .field("shm-copied-frames", self.shm_copied_frames)
             .build()
     }
 }
@@ -208,7 +229,13 @@ mod tests {
         for ms in [30, 5, 5, 5] {
             s.record_latency(Duration::from_millis(ms));
         }
-        assert_eq!(s.recent_latency_mean_us(8), None);
-        assert_eq!(s.recent_latency_mean_us(4), Some(11_250));
+        assert_eq!(s.recent_latency_median_us(8), None);
+        // One slow answer among fast ones does not move the estimate.
+        assert_eq!(s.recent_latency_median_us(4), Some(5_000));
+        for ms in [40, 40, 40] {
+            s.record_latency(Duration::from_millis(ms));
+        }
+        // A host that became slow does.
+        assert_eq!(s.recent_latency_median_us(4), Some(30_000));
     }
 }

@@ -5,7 +5,9 @@
 //! takes the same lock. A subclass that waits in those vfuncs for frames to
 //! be finished elsewhere must release the lock while it waits, as the C
 //! encoders with asynchronous output do (`GST_VIDEO_ENCODER_STREAM_UNLOCK`
-//! around the wait in v4l2videoenc's `handle_frame`). gstreamer-rs 0.25 has
+//! around the wait in v4l2videoenc's `handle_frame`); `handle_frame` also
+//! releases it while it writes a frame to the host, which takes as long as
+//! the host needs to read it. gstreamer-rs 0.25 has
 //! no safe way to do that, so this is the one place where the element
 //! touches the lock through FFI.
 
@@ -18,7 +20,7 @@ use gst::prelude::*;
 /// Only call this from `handle_frame`, `set_format` or `finish`, on the
 /// streaming thread, after every `VideoCodecFrame` of the call has been
 /// dropped (a frame holds the lock too), and do not take the stream lock
-/// inside `wait`. Should the lock be held more than once there (it is not in
+/// inside `wait` (nor call into the base class). Should the lock be held more than once there (it is not in
 /// GStreamer 1.22), the wait still ends: it only keeps the output task
 /// waiting meanwhile, since every wait of the element is bounded.
 pub fn released<R>(encoder: &impl IsA<gst_video::VideoEncoder>, wait: impl FnOnce() -> R) -> R {

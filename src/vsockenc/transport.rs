@@ -2,8 +2,9 @@
 //! with a timeout, and the socket options each transport needs.
 //!
 //! * Unix socket: the connect is bounded too (a daemon that is frozen or
-//!   whose backlog is full never accepts), and a path that exists but is not
-//!   a socket is named as such.
+//!   whose backlog is full never accepts), a path that exists but is not a
+//!   socket is named as such, and the send buffer is made as large as the
+//!   kernel allows (`UNIX_SEND_BUFFER`).
 //! * TCP: `TCP_NODELAY`, because a small FRAME_REQUEST prefix waiting for
 //!   Nagle would add a round trip to every frame.
 //! * AF_VSOCK: `SO_VM_SOCKETS_CONNECT_TIMEOUT` (the kernel default is 2 s and
@@ -28,6 +29,14 @@ use nix::sys::time::{TimeVal, TimeValLike};
 use nix::{setsockopt_impl, sockopt_impl};
 use vsock::VsockStream;
 
+/// Send buffer asked for on Unix sockets. A writer of a frame larger than
+/// its send buffer sleeps until the host has read a piece and is woken for
+/// the next: with the kernel's default (208 KiB) a 1080p frame crosses in
+/// 15 to 40 pieces, each costing the guest a sleep and a wake-up, which is
+/// more CPU than the copy's own overhead. The kernel caps the value at
+/// `net.core.wmem_max` (208 KiB by default, so on a default guest this
+/// only doubles the buffer; raise `wmem_max` to let a frame cross whole).
+const UNIX_SEND_BUFFER: usize = 8 << 20;
 /// Socket buffer asked for on AF_VSOCK (the kernel may cap it).
 const VSOCK_BUFFER_BYTES: u64 = 16 << 20;
 /// `SO_VM_SOCKETS_BUFFER_SIZE` and friends, from `<linux/vm_sockets.h>`.
@@ -120,20 +129,32 @@ impl Stream {
         })
     }
 
-    pub fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.set_read_timeout(d),
-            Stream::Tcp(s) => s.set_read_timeout(d),
-            Stream::Vsock(s) => s.set_read_timeout(d),
-        }
-    }
-
     pub fn set_write_timeout(&self, d: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_write_timeout(d),
             Stream::Tcp(s) => s.set_write_timeout(d),
             Stream::Vsock(s) => s.set_write_timeout(d),
         }
+    }
+
+    /// Writes `bytes` with `fd` attached (`SCM_RIGHTS`, Unix sockets only).
+    pub fn write_all_with_fd(&mut self, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+        let Stream::Unix(s) = self else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "descriptors can only be passed over a Unix socket",
+            ));
+        };
+        let fds = [fd.as_raw_fd()];
+        let n = socket::sendmsg::<()>(
+            s.as_raw_fd(),
+            &[io::IoSlice::new(bytes)],
+            &[socket::ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        // The descriptor went with the first byte; the rest may follow.
+        s.write_all(&bytes[n..])
     }
 
     /// Makes further writes fail; a reader still gets what the peer sent.
@@ -153,6 +174,77 @@ impl Stream {
             Stream::Tcp(s) => s.shutdown(Shutdown::Both),
             Stream::Vsock(s) => s.shutdown(Shutdown::Both),
         };
+    }
+}
+
+impl std::os::fd::AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Vsock(s) => s.as_fd(),
+        }
+    }
+}
+
+/// The read side of a connection as its reader thread uses it: it only
+/// ever sleeps in `poll(POLLIN)`, never in `recv`.
+///
+/// A thread blocked in `recv` on a stream socket sleeps on the socket's
+/// wait queue, and the kernel wakes that queue every time room to write
+/// appears in the socket (each time the host has read another piece of a
+/// frame): while the element writes a multi-megabyte frame, a reader
+/// blocked in `recv` is woken, finds nothing, and sleeps again, dozens of
+/// times per frame. A `poll` for POLLIN is woken only by data (or an error
+/// or the end of the stream). Data is then taken with a non-blocking
+/// `recv` (`MSG_DONTWAIT`: the socket itself stays blocking, since the
+/// writer shares it).
+pub struct ReadHalf {
+    stream: Stream,
+    /// How long one wait may last before `read` reports `TimedOut` (the
+    /// caller then looks at its flags and waits again).
+    idle: Duration,
+}
+
+impl ReadHalf {
+    pub fn new(stream: Stream, idle: Duration) -> ReadHalf {
+        ReadHalf { stream, idle }
+    }
+
+    /// Whether data (or the end of the stream, or an error) is there to
+    /// read, waiting at most `idle`.
+    fn wait_readable(&self) -> io::Result<bool> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let ms = self.idle.as_millis().min(i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
+        loop {
+            match poll(
+                &mut fds,
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+            ) {
+                Ok(n) => return Ok(n > 0),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Read for ReadHalf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::fd::AsFd;
+        loop {
+            match socket::recv(self.stream.as_fd().as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => return Ok(n),
+                Err(Errno::EAGAIN) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            if !self.wait_readable()? {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+        }
     }
 }
 
@@ -288,6 +380,8 @@ fn connect_unix(path: &std::path::Path, timeout: Duration) -> io::Result<UnixStr
         Err(e) => return Err(e.into()),
     }
     setsockopt(&fd, sockopt::SendTimeout, &timeval(Duration::ZERO))?;
+    // Best effort, like the vsock buffer sizes: see UNIX_SEND_BUFFER.
+    let _ = setsockopt(&fd, sockopt::SndBuf, &UNIX_SEND_BUFFER);
     Ok(UnixStream::from(fd))
 }
 

@@ -95,7 +95,12 @@ pub fn write_responses(
         if dead.load(Ordering::SeqCst) {
             return;
         }
-        match write_bounded(conn, &bytes, cfg.write_timeout, dead) {
+        let written = {
+            // SHM_RELEASE messages are written from another thread.
+            let _w = conn.write_lock();
+            write_bounded(conn, &bytes, cfg.write_timeout, dead)
+        };
+        match written {
             Ok(()) => ClientStats::add(&stats.bytes_out, bytes.len() as u64),
             Err(e) => {
                 if e.kind() == io::ErrorKind::TimedOut {
@@ -136,7 +141,7 @@ fn wait_reply(reply: &Receiver<Reply>, timeout: Duration, dead: &AtomicBool) -> 
 
 /// Writes all of `bytes`, failing with `TimedOut` when the guest accepts
 /// nothing for `timeout`.
-fn write_bounded(
+pub(super) fn write_bounded(
     conn: &Conn,
     mut bytes: &[u8],
     timeout: Duration,
