@@ -307,18 +307,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// again, out of [`return_freed_memory`]'s reach: hundreds of MiB stayed
 /// after 4K guests left. So every thread shares the main arena (small
 /// allocations are still served from per-thread caches), and blocks of
-/// 8 MiB and more (1080p RGB frames and anything at 4K) are mapped on
-/// their own, given back the moment they are freed, and never fragment
-/// the heap; smaller frames stay in the heap and are reused without page
-/// faults (an mmap threshold of 1 MiB cost 1080p NV12 throughput in the
-/// daemon benchmark). Call before any thread starts.
+/// 1 MiB and more (frames, converted pictures, encoder planes) are mapped
+/// on their own and given back the moment they are freed, so they never
+/// fragment the heap. Measured (`scripts/hostile.sh memory`, 4 guests of
+/// 4K compact frames): idle RSS after them 1.12x what it was before; with
+/// an 8 MiB threshold 1.36-1.48x. The daemon benchmark (1080p NV12) showed
+/// no difference beyond its noise. Call before any thread starts.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; no thread allocates
     // concurrently yet.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 
