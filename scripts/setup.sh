@@ -3,11 +3,14 @@
 # nothing when everything is already there (safe to run again and again).
 #
 #   scripts/setup.sh [GROUP...]
+#   scripts/setup.sh --list        print "GROUP PACKAGE..." per group, install nothing
 #
 # The `base` group (build and run: Rust toolchain checks, GStreamer
-# development files and plugins, cargo-nextest) is always set up. Other
-# scripts name extra groups, e.g. `scripts/setup.sh vm`; the groups and
-# their Debian packages are listed once, in PACKAGE_GROUPS below.
+# development files and plugins) is always set up. Other scripts name extra
+# groups, e.g. `scripts/setup.sh vm`; the groups and their Debian packages
+# are listed once, in PACKAGE_GROUPS below. The `test` group adds
+# cargo-nextest (from crates.io: a few minutes to build), which only the test
+# suite needs, so that the demo does not wait for it.
 #
 # Missing Debian packages are installed with apt-get when run as root
 # (`apt-get update` once, then `apt-get install`). Otherwise the exact apt
@@ -19,19 +22,36 @@
 set -euo pipefail
 
 # ---- package groups: add a group here, in one place -------------------------
+# tests/setup_packages.rs fails when a test, example or script names a
+# GStreamer element whose package is not here (nor pulled in by these).
 declare -A PACKAGE_GROUPS=(
+    # gstreamer1.0-x: timeoverlay (tests/system_extensions.rs);
+    # gstreamer1.0-pipewire: pipewiresrc (examples/desktop_capture.rs on a desktop);
+    # gstreamer1.0-nice: nicesrc, webrtcbin's ICE (tests/system_webrtc.rs).
     [base]="pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
             gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
             gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
-            gstreamer1.0-nice python3 python3-prometheus-client"
+            gstreamer1.0-x gstreamer1.0-pipewire gstreamer1.0-nice
+            python3 python3-prometheus-client"
     # (python3-prometheus-client: the daemon's metrics test parses a scrape
     # with the Prometheus project's own OpenMetrics parser.)
     # Booting a real guest under QEMU (scripts/vm/, the real-guest tests;
     # the ivshmem tests bring up the guest's user networking with modprobe
     # and ip from the machine's root).
     [vm]="qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2"
+    # An arm64 guest (scripts/vm/prepare.sh --arch arm64): the emulator, and
+    # debootstrap for the guest's own arm64 root (kernel, busybox, GStreamer).
+    [vm-arm64]="qemu-system-arm debootstrap cpio"
+    # Rust for other targets (scripts/cross.sh): Debian's rustc/cargo 1.96 and
+    # the standard library's source for -Zbuild-std (rustup's prebuilt std for
+    # other targets cannot be downloaded here), the arm64 cross linker.
+    [cross]="rustc-web cargo-web rust-web-src gcc-aarch64-linux-gnu"
     # The meson build and install check (meson.build, scripts/check-install.sh).
     [meson]="meson ninja-build"
+    # A fresh Debian 12 root for scripts/pristine-check.sh.
+    [pristine]="debootstrap"
+    # The test suite (scripts/test.sh): no Debian package, but cargo-nextest.
+    [test]=""
     # The benchmark's plots (scripts/bench.sh, scripts/plot_bench.py).
     [bench]="python3-matplotlib"
 )
@@ -53,6 +73,15 @@ groups=(base)
 for arg in "$@"; do
     case $arg in
         -h | --help) usage ;;
+        --list)
+            # For tests/setup_packages.rs, which checks that every GStreamer
+            # element the project names comes from one of these packages.
+            for g in "${!PACKAGE_GROUPS[@]}"; do
+                # shellcheck disable=SC2086 # word splitting of the list is intended
+                echo "$g" ${PACKAGE_GROUPS[$g]}
+            done
+            exit 0
+            ;;
         *)
             [ -n "${PACKAGE_GROUPS[$arg]+x}" ] ||
                 die "unknown group '$arg' (known: ${!PACKAGE_GROUPS[*]})"
@@ -130,7 +159,9 @@ for component in rustfmt clippy; do
     fi
 done
 
-if ! cargo nextest --version >/dev/null 2>&1; then
+wants_nextest=0
+for g in "${groups[@]}"; do [ "$g" != test ] || wants_nextest=1; done
+if [ "$wants_nextest" = 1 ] && ! cargo nextest --version >/dev/null 2>&1; then
     [ "${VSOCKENC_SETUP_NO_INSTALL:-0}" != 1 ] ||
         die "cargo-nextest is missing: cargo install cargo-nextest --locked"
     say "installing cargo-nextest (cargo install cargo-nextest --locked; a few minutes)"
@@ -139,4 +170,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
         die "cargo-nextest still does not run (is ~/.cargo/bin on PATH?)"
 fi
 
-say "ready (${groups[*]}): GStreamer $(pkg-config --modversion gstreamer-1.0), rustc $rustc_version, $(cargo nextest --version 2>/dev/null | head -n1)"
+nextest=""
+[ "$wants_nextest" = 0 ] || nextest=", $(cargo nextest --version 2>/dev/null | head -n1)"
+say "ready (${groups[*]}): GStreamer $(pkg-config --modversion gstreamer-1.0), rustc $rustc_version$nextest"

@@ -4,12 +4,15 @@
 #
 #   scripts/test.sh
 #
-# 1. scripts/setup.sh: installs what is missing (as root) or says what is.
-# 2. cargo fmt --check, cargo clippy -D warnings, cargo build, all --locked.
+# 1. scripts/setup.sh test: installs what is missing (as root; with
+#    cargo-nextest) or says what is.
+# 2. cargo fmt --check, cargo clippy -D warnings, cargo build, all --locked;
+#    the daemon type-checked for macOS (scripts/cross.sh).
 # 3. cargo nextest run --workspace: every test of every crate (protocol,
 #    element, host daemon, system tests, real-guest tests). New test files
 #    are picked up without touching this script.
-# 4. Extra suites with their own scripts (see "extra suites" below).
+# 4. Extra suites with their own scripts (see "extra suites" below), and the
+#    preparation the real-guest tests need (the guests, the arm64 plugin).
 #
 # Every step runs even when an earlier one failed, so one run shows every
 # problem; the script exits non-zero if any step failed and lists them.
@@ -39,7 +42,7 @@ step() {
 }
 
 # Setup failing means the tools are missing: nothing else can run.
-if ! scripts/setup.sh; then
+if ! scripts/setup.sh test; then
     echo "test.sh: setup failed (see above); not running the tests" >&2
     exit 1
 fi
@@ -47,6 +50,19 @@ fi
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 step build cargo build --workspace --locked
+
+# The daemon and the protocol crate for macOS hosts (Apple Silicon and
+# Intel), type-checked with Debian's rustc and -Zbuild-std (scripts/cross.sh;
+# no Apple linker here, so nothing is linked or run). Cold, the standard
+# library is built for both targets: about 4-5 minutes on 2 cores; warm,
+# seconds.
+macos_check() {
+    local target
+    for target in aarch64-apple-darwin x86_64-apple-darwin; do
+        scripts/cross.sh check "$target" -p vsockenc-host -p vsockenc-protocol || return 1
+    done
+}
+step macos-check macos_check
 
 # The fuzz crate is outside the workspace (cargo fuzz builds it alone); its
 # code is compiled by the protocol tests, but its lock file must follow the
@@ -65,6 +81,10 @@ step fuzz-lockfile fuzz_lockfile_is_current
 # the tests' own time limit.
 if [ -x scripts/vm/prepare.sh ]; then
     step vm-prepare scripts/vm/prepare.sh
+    # The arm64 guest (its own Debian root) and the plugin cross-built for it,
+    # which the real_guest_arm64 test runs; cold, about 5 minutes together.
+    step vm-prepare-arm64 scripts/vm/prepare.sh --arch arm64
+    step cross-build-arm64 scripts/cross.sh build aarch64-unknown-linux-gnu -p gst-plugin-vsockenc --lib
 fi
 # ---- end of preparation ------------------------------------------------------
 

@@ -7,18 +7,25 @@
 //     connections to CID 2 port P onto the Unix socket RUNDIR/vm.vsock_P).
 // (b) both the daemon (`--listen vsock:5000`) and the pipeline (`cid=1`)
 //     inside the guest, through vsock_loopback.
+// (c) as (a), in an arm64 guest (qemu-system-aarch64 -M virt, Debian's arm64
+//     kernel and an arm64 Debian root with GStreamer, prepared by
+//     `scripts/vm/prepare.sh --arch arm64`), running the plugin cross-built
+//     for aarch64-unknown-linux-gnu by scripts/cross.sh; the daemon stays on
+//     the machine.
 //
 // The guest writes the encoded stream to the per-run share; the test decodes
 // it on the machine with avdec_h264 and compares every frame with the same
 // videotestsrc frames regenerated here (PSNR > 30 dB, same frame count and
 // dimensions).
 //
-// These tests build nothing: they use the plugin and the `vsockenc-host`
+// The x86_64 tests build nothing: they use the plugin and the `vsockenc-host`
 // binary that `cargo build` put next to this test executable
 // (<target>/<profile>/), as scripts/test.sh does before running the suite.
-// scripts/vm/prepare.sh installs QEMU, the guest kernel and vhost-device-vsock
-// when they are missing (as root) and caches them; without them the tests
-// fail, they never pass by skipping.
+// The arm64 test runs scripts/cross.sh itself (a no-op when scripts/test.sh
+// has cross-built already), so it never runs a stale arm64 plugin.
+// scripts/vm/prepare.sh installs QEMU, the guest kernel and root and
+// vhost-device-vsock when they are missing (as root) and caches them; without
+// them the tests fail, they never pass by skipping.
 
 use std::fs;
 use std::io::Read;
@@ -33,6 +40,8 @@ use gst_video::prelude::*;
 /// Frames per case at 320x240 (the guest is emulated: keep it small).
 const FRAMES_A: u32 = 90;
 const FRAMES_B: u32 = 45;
+/// The arm64 guest is emulated on another architecture: slower still.
+const FRAMES_ARM64: u32 = 60;
 const WIDTH: u32 = 320;
 const HEIGHT: u32 = 240;
 /// Bound on scripts/vm/prepare.sh: on a cold cache it installs Debian
@@ -41,9 +50,14 @@ const HEIGHT: u32 = 240;
 /// before the suite, so this normally finds everything cached.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Bound on one guest run (boot + script + poweroff); a run takes 30-45 s on
-/// a loaded 2-core machine. Together with PREPARE_TIMEOUT this stays under
-/// the 16 minutes .config/nextest.toml allows a real-guest test.
+/// a loaded 2-core machine (arm64: about a minute). Together with
+/// PREPARE_TIMEOUT this stays under the 16 minutes .config/nextest.toml
+/// allows a real-guest test.
 const GUEST_RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bound on cross-building the arm64 plugin: cold (the standard library and
+/// every crate for aarch64) 4-8 minutes on a loaded 2-core machine;
+/// scripts/test.sh does that before the suite, so here it is a no-op.
+const CROSS_BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 /// Bound on the VM itself (passed to run-guest.sh, which stops QEMU then).
 const VM_TIMEOUT_SECS: u64 = 240;
 const MIN_PSNR_DB: f64 = 30.0;
@@ -233,17 +247,34 @@ struct GuestRun {
     wall: Duration,
 }
 
-fn run_guest(run: &RunDir, script: &str) -> GuestRun {
-    run_guest_with(run, script, &[])
+/// The guest's architecture, as scripts/vm/*.sh name it.
+#[derive(Clone, Copy)]
+enum Arch {
+    X86_64,
+    Arm64,
+}
+
+impl Arch {
+    fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+}
+
+fn run_guest(run: &RunDir, script: &str, arch: Arch) -> GuestRun {
+    run_guest_with(run, script, arch, &[])
 }
 
 /// `run_guest` with more environment for run-guest.sh (VSOCKENC_VM_IVSHMEM,
 /// VSOCKENC_VM_NET).
-fn run_guest_with(run: &RunDir, script: &str, env: &[(&str, &str)]) -> GuestRun {
+fn run_guest_with(run: &RunDir, script: &str, arch: Arch, env: &[(&str, &str)]) -> GuestRun {
     let script_path = run.path.join("guest.sh");
     fs::write(&script_path, script).expect("write guest script");
     let start = Instant::now();
     let child = Command::new(repo_root().join("scripts/vm/run-guest.sh"))
+        .args(["--arch", arch.name()])
         .arg(&run.path)
         .arg(&script_path)
         .env("VSOCKENC_VM_TIMEOUT", VM_TIMEOUT_SECS.to_string())
@@ -291,21 +322,33 @@ fn assert_guest_ok(run: &RunDir, gr: &GuestRun) {
     }
 }
 
+/// How the guest writes the element's output to RUNDIR/out.h264: through
+/// h264parse where the guest has it (the machine's own plugins), straight
+/// from vsockenc (byte-stream, AU-aligned) in the arm64 root, which holds only
+/// plugins-base.
+fn guest_sink(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "h264parse ! video/x-h264,stream-format=byte-stream ! filesink",
+        Arch::Arm64 => "filesink",
+    }
+}
+
 /// Guest-side shell lines that run the pipeline with a hard bound, time it and
 /// record the elapsed milliseconds in RUNDIR/pipeline_ms.
-fn pipeline_lines(run: &RunDir, frames: u32, vsockenc_props: &str) -> String {
+fn pipeline_lines(run: &RunDir, frames: u32, vsockenc_props: &str, arch: Arch) -> String {
     let p = run.path.display();
     format!(
         "t0=$(date +%s%N)\n\
          timeout -k 10 240 gst-launch-1.0 -e {src} ! vsockenc {vsockenc_props} ! \
-         h264parse ! video/x-h264,stream-format=byte-stream ! filesink location={p}/out.h264 \
+         {sink} location={p}/out.h264 \
          > {p}/pipeline.log 2>&1\n\
          rc=$?\n\
          cat {p}/pipeline.log\n\
          t1=$(date +%s%N)\n\
          echo $(( (t1 - t0) / 1000000 )) > {p}/pipeline_ms\n\
          echo \"pipeline exit $rc after $(( (t1 - t0) / 1000000 )) ms\"\n",
-        src = source_desc(frames, WIDTH, HEIGHT)
+        src = source_desc(frames, WIDTH, HEIGHT),
+        sink = guest_sink(arch),
     )
 }
 
@@ -433,7 +476,8 @@ fn check_output(run: &RunDir, frames: u32) {
         sum += p;
     }
     eprintln!(
-        "real-guest: {} frames {WIDTH}x{HEIGHT}, {size} bytes H.264, PSNR mean {:.2} dB, min {:.2} dB",
+        "real-guest: {}/{frames} frames decoded and matched, {WIDTH}x{HEIGHT}, {size} bytes H.264, \
+         PSNR mean {:.2} dB, min {:.2} dB",
         decoded.len(),
         sum / decoded.len() as f64,
         worst
@@ -469,9 +513,10 @@ fn report_timing(run: &RunDir, name: &str, frames: u32, gr: &GuestRun) {
 
 /// Runs prepare.sh on its own first so a cold-cache install is bounded and
 /// reported separately from the guest run.
-fn prepare() {
+fn prepare(arch: Arch) {
     let start = Instant::now();
     let child = Command::new(repo_root().join("scripts/vm/prepare.sh"))
+        .args(["--arch", arch.name()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .process_group(0)
@@ -483,20 +528,60 @@ fn prepare() {
         other => panic!("scripts/vm/prepare.sh failed: {other:?} (its stderr is above)"),
     }
     eprintln!(
-        "real-guest: prepare.sh took {:.1} s",
+        "real-guest: prepare.sh --arch {} took {:.1} s",
+        arch.name(),
         start.elapsed().as_secs_f64()
     );
 }
 
-#[test]
-fn real_guest_cid2_to_host_daemon_over_vhost_vsock() {
-    let art = artifacts();
-    prepare();
-    let run = RunDir::new("cid2");
-    setup_run_dir(&run, &art);
+/// Cross-builds the plugin for aarch64 (scripts/cross.sh, into the same
+/// target directory as this test) and returns the arm64 `.so`.
+fn cross_build_arm64_plugin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // <target>/<profile>/deps/system_real_guest-<hash>
+    let target_dir = exe
+        .ancestors()
+        .nth(3)
+        .expect("test executable is not in <target>/<profile>/deps")
+        .to_path_buf();
+    let start = Instant::now();
+    let child = Command::new(repo_root().join("scripts/cross.sh"))
+        .args([
+            "build",
+            "aarch64-unknown-linux-gnu",
+            "-p",
+            "gst-plugin-vsockenc",
+            "--lib",
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("spawn scripts/cross.sh");
+    let mut child = ChildGuard(child);
+    match wait_bounded(&mut child.0, CROSS_BUILD_TIMEOUT) {
+        Some(st) if st.success() => {}
+        other => panic!(
+            "scripts/cross.sh build aarch64-unknown-linux-gnu failed: {other:?} (its stderr is above)"
+        ),
+    }
+    eprintln!(
+        "real-guest: cross-building the arm64 plugin took {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let so = target_dir.join("cross/aarch64-unknown-linux-gnu/debug/libgstvsockenc.so");
+    assert!(
+        so.is_file(),
+        "scripts/cross.sh did not produce {}",
+        so.display()
+    );
+    so
+}
 
-    // The daemon on the machine listens where vhost-device-vsock forwards
-    // guest connections to CID 2 port 5000.
+/// Starts `vsockenc-host` on the machine where vhost-device-vsock forwards
+/// guest connections to CID 2 port 5000, and waits until it listens.
+fn start_daemon_for_cid2(run: &RunDir, art: &Artifacts) -> ChildGuard {
     let listen = run.path.join("vm.vsock_5000");
     let daemon = Command::new(&art.host_bin)
         .arg("--listen")
@@ -512,16 +597,26 @@ fn real_guest_cid2_to_host_daemon_over_vhost_vsock() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !listen.exists() {
         if let Ok(Some(st)) = daemon.0.try_wait() {
-            panic!("vsockenc-host exited early ({st})\n{}", diagnostics(&run));
+            panic!("vsockenc-host exited early ({st})\n{}", diagnostics(run));
         }
         assert!(
             Instant::now() < deadline,
             "vsockenc-host did not create {}\n{}",
             listen.display(),
-            diagnostics(&run)
+            diagnostics(run)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    daemon
+}
+
+#[test]
+fn real_guest_cid2_to_host_daemon_over_vhost_vsock() {
+    let art = artifacts();
+    prepare(Arch::X86_64);
+    let run = RunDir::new("cid2");
+    setup_run_dir(&run, &art);
+    let daemon = start_daemon_for_cid2(&run, &art);
 
     let script = format!(
         "#!/bin/sh\n{}{}exit $rc\n",
@@ -529,10 +624,11 @@ fn real_guest_cid2_to_host_daemon_over_vhost_vsock() {
         pipeline_lines(
             &run,
             FRAMES_A,
-            &format!("cid=2 port=5000 {GUEST_ELEMENT_TIMEOUTS}")
+            &format!("cid=2 port=5000 {GUEST_ELEMENT_TIMEOUTS}"),
+            Arch::X86_64
         )
     );
-    let gr = run_guest(&run, &script);
+    let gr = run_guest(&run, &script, Arch::X86_64);
     drop(daemon);
     assert_guest_ok(&run, &gr);
     report_timing(&run, "cid2->host daemon", FRAMES_A, &gr);
@@ -540,9 +636,56 @@ fn real_guest_cid2_to_host_daemon_over_vhost_vsock() {
 }
 
 #[test]
+fn real_guest_arm64_cid2_to_host_daemon_over_vhost_vsock() {
+    let art = artifacts();
+    prepare(Arch::Arm64);
+    let plugin = cross_build_arm64_plugin();
+    let run = RunDir::new("arm64");
+    fs::copy(&plugin, run.path.join("plugins/libgstvsockenc.so")).expect("copy arm64 plugin");
+    let daemon = start_daemon_for_cid2(&run, &art);
+
+    // The machine cannot load an arm64 plugin, so the guest builds its own
+    // registry (the first gst-launch scans plugins-base and the plugin).
+    let p = run.path.display();
+    let script = format!(
+        "#!/bin/sh\n\
+         export GST_PLUGIN_PATH={p}/plugins\nexport GST_REGISTRY={p}/registry.bin\n\
+         export GST_DEBUG=${{GST_DEBUG:-2}}\n\
+         echo \"guest: $(uname -m)\"\n\
+         [ \"$(uname -m)\" = aarch64 ] || exit 4\n\
+         {}exit $rc\n",
+        pipeline_lines(
+            &run,
+            FRAMES_ARM64,
+            &format!("cid=2 port=5000 {GUEST_ELEMENT_TIMEOUTS}"),
+            Arch::Arm64
+        )
+    );
+    let gr = run_guest(&run, &script, Arch::Arm64);
+    drop(daemon);
+    assert_guest_ok(&run, &gr);
+    // The guest really was arm64, and the frames really went through the
+    // daemon on the machine.
+    let guest_log = read_lossy(&run.path.join("guest.log"));
+    assert!(
+        guest_log.contains("guest: aarch64"),
+        "the guest did not report aarch64\n{}",
+        diagnostics(&run)
+    );
+    let host_log = read_lossy(&run.path.join("host.log"));
+    assert!(
+        host_log.contains(": connected"),
+        "the daemon on the machine logged no guest\n{}",
+        diagnostics(&run)
+    );
+    report_timing(&run, "arm64 cid2->host daemon", FRAMES_ARM64, &gr);
+    check_output(&run, FRAMES_ARM64);
+}
+
+#[test]
 fn real_guest_vsock_loopback_daemon_and_pipeline_in_guest() {
     let art = artifacts();
-    prepare();
+    prepare(Arch::X86_64);
     let run = RunDir::new("loop");
     setup_run_dir(&run, &art);
 
@@ -569,10 +712,11 @@ fn real_guest_vsock_loopback_daemon_and_pipeline_in_guest() {
         pipeline = pipeline_lines(
             &run,
             FRAMES_B,
-            &format!("cid=1 port=5000 {GUEST_ELEMENT_TIMEOUTS}")
+            &format!("cid=1 port=5000 {GUEST_ELEMENT_TIMEOUTS}"),
+            Arch::X86_64
         ),
     );
-    let gr = run_guest(&run, &script);
+    let gr = run_guest(&run, &script, Arch::X86_64);
     assert_guest_ok(&run, &gr);
     // The in-guest daemon served the pipeline on its AF_VSOCK listener.
     let host_log = read_lossy(&run.path.join("host.log"));
@@ -688,7 +832,7 @@ fn check_shm_used(run: &RunDir, frames: u32, region: &IvshmemFile) {
 #[test]
 fn real_guest_ivshmem_over_vhost_vsock() {
     let art = artifacts();
-    prepare();
+    prepare(Arch::X86_64);
     let run = RunDir::new("ivs-vsock");
     setup_run_dir(&run, &art);
     let region = IvshmemFile::new("vsock");
@@ -709,11 +853,17 @@ fn real_guest_ivshmem_over_vhost_vsock() {
         pipeline_lines(
             &run,
             FRAMES_A,
-            &format!("cid=2 port=5000 verify-frames=true {GUEST_ELEMENT_TIMEOUTS}")
+            &format!("cid=2 port=5000 verify-frames=true {GUEST_ELEMENT_TIMEOUTS}"),
+            Arch::X86_64,
         )
     );
     let ivs = region.0.display().to_string();
-    let gr = run_guest_with(&run, &script, &[("VSOCKENC_VM_IVSHMEM", &ivs)]);
+    let gr = run_guest_with(
+        &run,
+        &script,
+        Arch::X86_64,
+        &[("VSOCKENC_VM_IVSHMEM", &ivs)],
+    );
     drop(daemon);
     assert_guest_ok(&run, &gr);
     report_timing(&run, "ivshmem, cid2->host daemon", FRAMES_A, &gr);
@@ -724,7 +874,7 @@ fn real_guest_ivshmem_over_vhost_vsock() {
 #[test]
 fn real_guest_ivshmem_over_user_networking_tcp() {
     let art = artifacts();
-    prepare();
+    prepare(Arch::X86_64);
     let run = RunDir::new("ivs-tcp");
     setup_run_dir(&run, &art);
     let region = IvshmemFile::new("tcp");
@@ -752,13 +902,15 @@ fn real_guest_ivshmem_over_user_networking_tcp() {
             FRAMES_A,
             &format!(
                 "tcp-host=10.0.2.2 tcp-port={port} verify-frames=true {GUEST_ELEMENT_TIMEOUTS}"
-            )
+            ),
+            Arch::X86_64,
         )
     );
     let ivs = region.0.display().to_string();
     let gr = run_guest_with(
         &run,
         &script,
+        Arch::X86_64,
         &[("VSOCKENC_VM_IVSHMEM", &ivs), ("VSOCKENC_VM_NET", "user")],
     );
     drop(daemon);

@@ -34,10 +34,12 @@ Listen addresses (--listen, repeatable):
                          guests reach it as 10.0.2.2:15937). Frames cross the
                          socket unencrypted: binding anything but loopback is
                          allowed but warned about. Port 0 picks a free port.
-  vsock:PORT             AF_VSOCK, any CID (needs the vhost_vsock module).
+  vsock:PORT             AF_VSOCK, any CID (Linux hosts, with the vhost_vsock
+                         module).
   vsock:CID:PORT         AF_VSOCK, one local CID.
   Without --listen: vsock:5000 when the host has AF_VSOCK (an AF_VSOCK socket
-  can be opened and bound), and tcp:127.0.0.1:15937.
+  can be opened and bound; never on macOS, whose AF_VSOCK does not reach QEMU
+  or UTM guests), and tcp:127.0.0.1:15937.
 
 Access rules and quotas per listener: ADDR,OPTION=VALUE,... (repeat an
 option to allow more). Without rules a listener serves every peer, as

@@ -3,7 +3,10 @@
 //! Unix, TCP and vsock streams all become a [`Conn`], so the client code is
 //! transport-agnostic. On Linux, writes use `MSG_NOSIGNAL`: writing to a
 //! connection whose guest has gone returns `EPIPE` instead of raising
-//! SIGPIPE. Elsewhere the Rust runtime's ignored SIGPIPE gives the same.
+//! SIGPIPE. macOS has no such send flag; there every socket gets
+//! `SO_NOSIGPIPE`, which does the same per socket. Both hold whatever the
+//! process's SIGPIPE disposition (the Rust runtime ignores it, a library
+//! could restore it).
 //!
 //! Unix connections are read with `recvmsg`, so that descriptors a guest
 //! passes (`SCM_RIGHTS`: the memfd of shared-memory frames) are kept for
@@ -53,6 +56,8 @@ impl Conn {
     pub fn new(fd: OwnedFd) -> io::Result<Conn> {
         let flags = OFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFL)?);
         fcntl(&fd, FcntlArg::F_SETFL(flags.difference(OFlag::O_NONBLOCK)))?;
+        #[cfg(target_vendor = "apple")]
+        no_sigpipe(&fd)?;
         let unix = socket::getsockname::<SockaddrStorage>(fd.as_raw_fd())
             .is_ok_and(|a| a.as_unix_addr().is_some());
         Ok(Conn {
@@ -125,6 +130,27 @@ impl Conn {
         // Errors (ENOTCONN: the guest already went) are moot.
         let _ = socket::shutdown(self.fd.as_raw_fd(), socket::Shutdown::Both);
     }
+}
+
+/// `SO_NOSIGPIPE` (nix has no wrapper for it).
+#[cfg(target_vendor = "apple")]
+fn no_sigpipe(fd: &OwnedFd) -> io::Result<()> {
+    use nix::libc;
+    let on: libc::c_int = 1;
+    // SAFETY: `on` outlives the call and its size is passed along.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NOSIGPIPE,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn timeval(d: Duration) -> TimeVal {

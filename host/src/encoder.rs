@@ -191,6 +191,15 @@ fn configure(element: &gst::Element, factory: &str, params: Params) {
             set("rate-control", "cbr");
             set("low-latency", "true");
         }
+        // Checked against GStreamer's vtenc_h264_hw documentation (not run
+        // here: no macOS): `realtime` (VideoToolbox's RealTime hint: keep
+        // up with the clock rather than compress harder), no frame
+        // reordering (no B-frames), `bitrate` in kbit/s like x264enc (set
+        // below), `max-keyframe-interval` left at 0 (VideoToolbox's own
+        // choice; guests ask for keyframes with force-key-unit, which vtenc
+        // turns into VideoToolbox's ForceKeyFrame). Its output is avc, which
+        // the h264parse after it turns into byte-stream; it takes no BGRx,
+        // so BGRA/RGBA guests go through videoconvert to NV12.
         "vtenc_h264_hw" | "vtenc_h264" => {
             set("realtime", "true");
             set("allow-frame-reordering", "false");

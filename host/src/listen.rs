@@ -109,8 +109,46 @@ pub fn vsock_available(_port: u32) -> Result<(), io::Error> {
 fn no_vsock() -> io::Error {
     io::Error::new(
         io::ErrorKind::Unsupported,
-        "AF_VSOCK exists only on Linux hosts",
+        "AF_VSOCK listeners exist only on Linux hosts",
     )
+}
+
+/// What to do when there is no AF_VSOCK listener, for this kind of host.
+#[cfg(target_os = "linux")]
+pub const VSOCK_REMEDY: &str = "load vhost_vsock for VM guests over AF_VSOCK";
+/// What to do when there is no AF_VSOCK listener, for this kind of host. The
+/// macOS kernel's AF_VSOCK does not reach QEMU or UTM guests at all.
+#[cfg(target_os = "macos")]
+pub const VSOCK_REMEDY: &str = "on macOS, QEMU and UTM guests reach the daemon over TCP through \
+     user networking (10.0.2.2:15937 in the guest), vfkit guests through the Unix socket \
+     of their virtio-vsock device (--listen unix:<socketURL>)";
+/// What to do when there is no AF_VSOCK listener, for this kind of host.
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+pub const VSOCK_REMEDY: &str = "guests reach the daemon over --listen tcp:HOST:PORT or unix:PATH";
+
+/// The longest Unix socket path `bind` takes here, in bytes: `sun_path`
+/// less its terminating NUL (107 on Linux, 103 on macOS and the BSDs).
+pub fn max_unix_path_len() -> usize {
+    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
+    let addr: nix::libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_path.len() - 1
+}
+
+/// A clear error for a socket path the kernel cannot take, before anything
+/// (lock file, stale-socket probe) is done for it.
+fn check_unix_path_len(path: &Path) -> anyhow::Result<()> {
+    let len = path.as_os_str().len();
+    let max = max_unix_path_len();
+    if len > max {
+        bail!(
+            "cannot listen on unix:{}: the path is {len} bytes, and a Unix socket path can \
+             have at most {max} here ({} bytes of sun_path with its NUL); use a shorter path, \
+             e.g. in /tmp or /run",
+            path.display(),
+            max + 1
+        );
+    }
+    Ok(())
 }
 
 enum Kind {
@@ -197,7 +235,7 @@ fn bind_vsock(addr: &ListenAddr, cid: u32, port: u32) -> anyhow::Result<Listener
 #[cfg(not(target_os = "linux"))]
 fn bind_vsock(addr: &ListenAddr, _cid: u32, _port: u32) -> anyhow::Result<Listener> {
     Err(anyhow!(
-        "cannot listen on {addr}: {}; use --listen unix:PATH or tcp:HOST:PORT",
+        "cannot listen on {addr}: {}; {VSOCK_REMEDY}",
         no_vsock()
     ))
 }
@@ -315,6 +353,7 @@ fn acquire_lock(socket: &Path) -> anyhow::Result<LockFile> {
 }
 
 fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<Listener> {
+    check_unix_path_len(path)?;
     let lock = acquire_lock(path)?;
     match fs::symlink_metadata(path) {
         Ok(meta) => {
@@ -368,6 +407,35 @@ fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<Listener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_path_length_limit_is_the_kernels() {
+        let dir = std::env::temp_dir().join(format!("vsockenc-pathlen-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let max = max_unix_path_len();
+        let named = |len: usize| {
+            let base = dir.as_os_str().len() + 1;
+            dir.join("s".repeat(len - base))
+        };
+        // The longest path we allow really binds ...
+        let longest = named(max);
+        let l = bind_unix(&longest, 0o600).expect("a path of the maximum length binds");
+        drop(l);
+        // ... and one byte more gets our error, naming the path and the limit.
+        let too_long = named(max + 1);
+        let e = bind_unix(&too_long, 0o600)
+            .err()
+            .expect("too long")
+            .to_string();
+        assert!(e.contains(&format!("{} bytes", max + 1)), "{e}");
+        assert!(e.contains(&format!("at most {max}")), "{e}");
+        assert!(e.contains(&*too_long.to_string_lossy()), "{e}");
+        assert!(
+            !lock_path(&too_long).exists(),
+            "no lock file for a refused path"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn parses_every_form() {

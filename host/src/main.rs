@@ -225,8 +225,9 @@ fn bind_all(cli: &Cli) -> anyhow::Result<Vec<Served>> {
                 policy: Default::default(),
             }),
             Err(e) => info!(
-                "not listening on vsock:{}: {e} (load vhost_vsock for VM guests over AF_VSOCK)",
-                cli::DEFAULT_VSOCK_PORT
+                "not listening on vsock:{}: {e} ({})",
+                cli::DEFAULT_VSOCK_PORT,
+                listen::VSOCK_REMEDY
             ),
         }
         specs.push(cli::DEFAULT_TCP.parse().expect("valid default"));

@@ -59,6 +59,8 @@ pub enum Peer {
     /// `None` when the kernel would not tell (it always does on Linux):
     /// an access rule must then treat the peer as unknown.
     Unix(Option<Credentials>),
+    // Only Linux has AF_VSOCK listeners.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     Vsock {
         cid: u32,
         port: u32,

@@ -1,30 +1,53 @@
 #!/usr/bin/env bash
 # Prepare everything needed to boot the small real-guest VM used by the
-# real-guest system tests (see shared/REAL-VM.md):
-#   - Debian packages: qemu-system-x86, linux-image-amd64, busybox-static, cpio
+# real-guest system tests (see shared/REAL-VM.md), for one guest
+# architecture:
+#
+#   prepare.sh [--arch x86_64|arm64]      (default: $VSOCKENC_VM_ARCH or x86_64)
+#
+#   - Debian packages: scripts/setup.sh group `vm` (x86_64: QEMU, the
+#     machine's own kernel, busybox) or `vm-arm64` (qemu-system-aarch64,
+#     debootstrap)
 #   - vhost-device-vsock (cargo install, binary cached)
-#   - an initramfs (busybox + virtio/9p/vsock modules) whose /init mounts the
-#     machine's root read-only over 9p, chroots into it and runs a per-run
-#     guest script (see run-guest.sh), cached by kernel version + script hash.
+#   - the root file system the guest runs: x86_64 guests share the machine's
+#     own `/`; arm64 guests get an arm64 Debian root of their own, unpacked
+#     from Debian's arm64 packages (ARM64_ROOT_PACKAGES: kernel, busybox,
+#     GStreamer and its development files, which scripts/cross.sh links the
+#     arm64 plugin against), cached by package list
+#   - an initramfs (busybox + virtio/9p/vsock modules of the guest kernel)
+#     whose /init mounts that root read-only over 9p, chroots into it and runs
+#     a per-run guest script (see run-guest.sh), cached by kernel version +
+#     script hash.
 #
 # Idempotent and fast when everything is cached. On success it prints shell
-# assignments (KERNEL=..., INITRD=..., VHOST_DEVICE_VSOCK=..., QEMU=...) on
-# stdout and writes the same to $CACHE/vm.env; progress goes to stderr.
+# assignments (ARCH=, ROOT=, KERNEL=, INITRD=, VHOST_DEVICE_VSOCK=, QEMU=) on
+# stdout and writes the same to $CACHE/vm-ARCH.env; progress goes to stderr.
 #
 # Environment:
 #   VSOCKENC_CACHE        cache directory (default: $HOME/.cache/vsockenc)
-#   VSOCKENC_VM_KERNEL    kernel version to use (default: newest in /boot
-#                         that has matching /lib/modules)
+#   VSOCKENC_VM_ARCH      guest architecture when --arch is not given
+#   VSOCKENC_VM_KERNEL    x86_64: kernel version to use (default: newest in
+#                         /boot that has matching /lib/modules)
 #   VSOCKENC_VM_NO_INSTALL=1  never install, fail if something is missing
 set -euo pipefail
 
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${VSOCKENC_CACHE:-${HOME:-/root}/.cache/vsockenc}"
 VHOST_VSOCK_VERSION="0.3.0"
-APT_PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static cpio)
-# Order matters: each module only depends on the ones before it.
+# Order matters: each module only depends on the ones before it. Modules the
+# kernel has built in (arm64: virtio, virtio_ring) are skipped.
 MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
   netfs fscache 9pnet 9pnet_virtio 9p
   vsock vmw_vsock_virtio_transport_common vsock_loopback vmw_vsock_virtio_transport)
+# What an arm64 guest's root holds, besides Debian's minimal base: the
+# kernel (and its modules), busybox for the initramfs, gst-launch-1.0 and the
+# plugins the guest pipelines use (videotestsrc: plugins-base; filesink:
+# core), the development files the arm64 plugin is linked against.
+ARM64_ROOT_PACKAGES=(linux-image-arm64 busybox-static libc6-dev
+  gstreamer1.0-tools gstreamer1.0-plugins-base
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev)
+# Bump when the way the root is built changes (the cache key).
+ARM64_ROOT_FORMAT=1
 
 log() { echo "prepare.sh: $*" >&2; }
 die() {
@@ -32,32 +55,35 @@ die() {
   exit 1
 }
 
+ARCH="${VSOCKENC_VM_ARCH:-x86_64}"
+while [ $# -gt 0 ]; do
+  case $1 in
+  --arch)
+    [ $# -ge 2 ] || die "--arch needs a value"
+    ARCH=$2
+    shift 2
+    ;;
+  *) die "unknown argument '$1' (usage: prepare.sh [--arch x86_64|arm64])" ;;
+  esac
+done
+case $ARCH in
+x86_64 | amd64) ARCH=x86_64 group=vm ;;
+arm64 | aarch64) ARCH=arm64 group=vm-arm64 ;;
+*) die "unknown guest architecture '$ARCH' (x86_64 or arm64)" ;;
+esac
+
 mkdir -p "$CACHE/bin"
 # Serialise concurrent runs (several tests may call us at once).
 exec 9>"$CACHE/prepare.lock"
 flock -w 1800 9 || die "timed out waiting for $CACHE/prepare.lock"
 
-can_install() { [ "${VSOCKENC_VM_NO_INSTALL:-0}" != 1 ] && [ "$(id -u)" = 0 ]; }
-
-# ---- Debian packages -------------------------------------------------------
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  if ! dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
-    missing+=("$p")
-  fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  can_install || die "missing Debian packages: ${missing[*]} (run as root: apt-get install ${missing[*]})"
-  log "installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  timeout 900 apt-get -o DPkg::Lock::Timeout=600 update -qq >&2 || log "apt-get update failed; trying install anyway"
-  timeout 1500 apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}" >&2 ||
-    die "apt-get install ${missing[*]} failed"
+# ---- Debian packages (the groups live in scripts/setup.sh) --------------------
+if [ "${VSOCKENC_VM_NO_INSTALL:-0}" = 1 ]; then
+  VSOCKENC_SETUP_NO_INSTALL=1 timeout 1500 "$here/../setup.sh" "$group" >&2 ||
+    die "Debian packages of the '$group' group are missing (scripts/setup.sh $group)"
+else
+  timeout 1500 "$here/../setup.sh" "$group" >&2 || die "scripts/setup.sh $group failed"
 fi
-QEMU="$(command -v qemu-system-x86_64 || true)"
-[ -n "$QEMU" ] || die "qemu-system-x86_64 not found after installing qemu-system-x86"
-BUSYBOX=/bin/busybox
-[ -x "$BUSYBOX" ] || die "$BUSYBOX not found (busybox-static)"
 command -v cpio >/dev/null || die "cpio not found"
 
 # ---- vhost-device-vsock ----------------------------------------------------
@@ -82,27 +108,86 @@ if [ ! -x "$VHOST_DEVICE_VSOCK" ]; then
   mv -f "$VHOST_DEVICE_VSOCK.tmp" "$VHOST_DEVICE_VSOCK"
 fi
 
-# ---- kernel ----------------------------------------------------------------
-KVER="${VSOCKENC_VM_KERNEL:-}"
-if [ -z "$KVER" ]; then
-  # shellcheck disable=SC2012 # kernel file names are plain
-  for k in $(ls -1 /boot/vmlinuz-* 2>/dev/null | sed 's|^/boot/vmlinuz-||' | sort -V -r); do
-    if [ -d "/lib/modules/$k/kernel" ]; then
-      KVER="$k"
-      break
-    fi
+# ---- root file system and kernel ---------------------------------------------
+# Unpacks Debian's arm64 packages into a root of their own: debootstrap
+# resolves and downloads them (its --foreign first stage runs nothing of the
+# foreign architecture), every downloaded package is then unpacked in place.
+# Maintainer scripts never run, which the guest does not need: it only runs
+# programs from a read-only root.
+build_arm64_root() {
+  local dest=$1 mirror work
+  mirror=$(sed -nE 's/^URIs:[[:space:]]*([^[:space:]]+).*/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
+  mirror=${mirror:-http://deb.debian.org/debian}
+  log "building the arm64 guest root from $mirror (debootstrap; about 2 minutes)"
+  work="$(mktemp -d "$CACHE/arm64-root.XXXXXX")"
+  local include
+  include=$(IFS=,; echo "${ARM64_ROOT_PACKAGES[*]}")
+  if ! timeout 1500 debootstrap --foreign --arch=arm64 --variant=minbase --include="$include" \
+    bookworm "$work/root" "$mirror" >"$work/debootstrap.log" 2>&1; then
+    tail -n 20 "$work/debootstrap.log" >&2
+    rm -rf "$work"
+    die "debootstrap of the arm64 root failed (its log is above)"
+  fi
+  local deb
+  for deb in "$work/root/var/cache/apt/archives/"*.deb; do
+    # --keep-directory-symlink: /lib, /bin ... are merged-/usr symlinks.
+    dpkg-deb --fsys-tarfile "$deb" | tar -x --keep-directory-symlink -C "$work/root" ||
+      { rm -rf "$work"; die "unpacking $deb failed"; }
   done
+  rm -f "$work/root/var/cache/apt/archives/"*.deb
+  mv "$work/root" "$dest"
+  rm -rf "$work"
+}
+
+if [ "$ARCH" = arm64 ]; then
+  QEMU="$(command -v qemu-system-aarch64 || true)"
+  [ -n "$QEMU" ] || die "qemu-system-aarch64 not found after installing qemu-system-arm"
+  key="$({
+    echo "$ARM64_ROOT_FORMAT ${ARM64_ROOT_PACKAGES[*]}"
+  } | sha256sum | cut -c1-12)"
+  ROOT="$CACHE/arm64-root-$key"
+  if [ ! -x "$ROOT/usr/bin/gst-launch-1.0" ]; then
+    rm -rf "$ROOT"
+    build_arm64_root "$ROOT"
+    # Keep only this root: each is about 1 GB.
+    for old in "$CACHE"/arm64-root-*; do
+      [ "$old" = "$ROOT" ] || rm -rf "$old"
+    done
+  fi
+  # shellcheck disable=SC2012 # kernel file names are plain
+  KVER="$(ls -1 "$ROOT"/boot/vmlinuz-* 2>/dev/null | sed 's|.*/vmlinuz-||' | sort -V -r | head -n1)"
+  [ -n "$KVER" ] || die "no kernel in $ROOT/boot (linux-image-arm64)"
+  KERNEL="$ROOT/boot/vmlinuz-$KVER"
+  MODDIR="$ROOT/lib/modules/$KVER"
+  BUSYBOX="$ROOT/bin/busybox"
+else
+  QEMU="$(command -v qemu-system-x86_64 || true)"
+  [ -n "$QEMU" ] || die "qemu-system-x86_64 not found after installing qemu-system-x86"
+  ROOT=/
+  KVER="${VSOCKENC_VM_KERNEL:-}"
+  if [ -z "$KVER" ]; then
+    # shellcheck disable=SC2012 # kernel file names are plain
+    for k in $(ls -1 /boot/vmlinuz-* 2>/dev/null | sed 's|^/boot/vmlinuz-||' | sort -V -r); do
+      if [ -d "/lib/modules/$k/kernel" ]; then
+        KVER="$k"
+        break
+      fi
+    done
+  fi
+  [ -n "$KVER" ] || die "no /boot/vmlinuz-* with matching /lib/modules (linux-image-amd64)"
+  KERNEL="/boot/vmlinuz-$KVER"
+  MODDIR="/lib/modules/$KVER"
+  BUSYBOX=/bin/busybox
 fi
-[ -n "$KVER" ] || die "no /boot/vmlinuz-* with matching /lib/modules (linux-image-amd64)"
-KERNEL="/boot/vmlinuz-$KVER"
 [ -r "$KERNEL" ] || die "$KERNEL not readable"
+[ -x "$BUSYBOX" ] || die "$BUSYBOX not found (busybox-static)"
 
 # ---- initramfs -------------------------------------------------------------
 # Key: this script (it holds /init and the module list) and the exact kernel
 # and busybox files, so a rebuilt package of the same version is noticed.
 self_hash="$({
   cat "${BASH_SOURCE[0]}"
-  stat -L -c '%n %s %Y' "$KERNEL" "/lib/modules/$KVER/modules.dep" "$BUSYBOX"
+  stat -L -c '%n %s %Y' "$KERNEL" "$MODDIR/modules.order" "$BUSYBOX"
 } | sha256sum | cut -c1-16)"
 INITRD="$CACHE/initramfs-$KVER-$self_hash.cpio.gz"
 if [ ! -s "$INITRD" ]; then
@@ -117,10 +202,10 @@ if [ ! -s "$INITRD" ]; then
   for m in "${MODULES[@]}"; do
     # Module file names may use '-' or '_' interchangeably.
     pat="${m//[-_]/[-_]}"
-    f="$(find "/lib/modules/$KVER/kernel" -regextype posix-extended \
+    f="$(find "$MODDIR/kernel" -regextype posix-extended \
       -regex ".*/${pat}\.ko(\.xz|\.zst|\.gz)?" -print -quit)"
     if [ -z "$f" ]; then
-      if grep -qE "/${pat}\.ko\$" "/lib/modules/$KVER/modules.builtin" 2>/dev/null; then
+      if grep -qE "/${pat}\.ko\$" "$MODDIR/modules.builtin" 2>/dev/null; then
         log "module $m is built into $KVER"
         continue
       fi
@@ -199,8 +284,10 @@ EOF
 fi
 
 {
+  echo "ARCH=$ARCH"
+  echo "ROOT=$ROOT"
   echo "KERNEL=$KERNEL"
   echo "INITRD=$INITRD"
   echo "VHOST_DEVICE_VSOCK=$VHOST_DEVICE_VSOCK"
   echo "QEMU=$QEMU"
-} | tee "$CACHE/vm.env"
+} | tee "$CACHE/vm-$ARCH.env"

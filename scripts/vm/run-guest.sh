@@ -2,13 +2,19 @@
 # Boot the small real-guest VM (see shared/REAL-VM.md and prepare.sh) with a
 # vhost-user virtio-vsock device and run SCRIPT inside it.
 #
-#   run-guest.sh RUNDIR SCRIPT
+#   run-guest.sh [--arch x86_64|arm64] RUNDIR SCRIPT
+#
+# The guest is x86_64 (the default, or $VSOCKENC_VM_ARCH) or arm64, emulated
+# by QEMU either way (TCG). An x86_64 guest runs the machine's own root file
+# system; an arm64 guest the arm64 root prepare.sh unpacked (its path is in
+# $CACHE/vm-arm64.env as ROOT=): give it arm64 programs only.
 #
 # RUNDIR (created if missing, absolute path without whitespace) is shared with
 # the guest read-write over 9p and appears inside the guest at the same path
 # (also in $VSOCKENC_RUN_SHARE); the guest's working directory is RUNDIR. The
-# rest of the machine's root filesystem is visible read-only at the same paths,
-# so the guest runs the machine's own gst-launch-1.0, plugins and build output.
+# rest of the guest's root filesystem is visible read-only: for x86_64 the
+# machine's own, at the same paths, so the guest runs the machine's own
+# gst-launch-1.0, plugins and build output.
 # /tmp, /run and /dev/shm are private tmpfs in the guest.
 #
 # The guest has CID 4. A guest connect() to CID 2 port P arrives on the machine
@@ -24,7 +30,9 @@
 #
 # Environment: VSOCKENC_VM_TIMEOUT (seconds, default 600), VSOCKENC_VM_MEM (MiB,
 # default 1024), VSOCKENC_VM_SMP (default 2), VSOCKENC_VM_CPU (QEMU -cpu model,
-# default qemu64: faster than "max" under TCG here), VSOCKENC_CACHE (see prepare.sh),
+# default qemu64 for x86_64: faster than "max" under TCG here; cortex-a72 for
+# arm64: "max" emulates pointer authentication, slow under TCG),
+# VSOCKENC_VM_ARCH, VSOCKENC_CACHE (see prepare.sh),
 # VSOCKENC_VM_IVSHMEM (a file, e.g. /dev/shm/NAME, whose size is a power of two:
 # the guest gets an ivshmem-plain device backed by it, as shared memory with the
 # machine), VSOCKENC_VM_NET=user (a virtio-net device on QEMU user networking:
@@ -39,7 +47,13 @@ die() {
   exit 125
 }
 
-[ $# -eq 2 ] || die "usage: run-guest.sh RUNDIR SCRIPT"
+ARCH="${VSOCKENC_VM_ARCH:-x86_64}"
+if [ "${1:-}" = --arch ]; then
+  [ $# -ge 2 ] || die "--arch needs a value"
+  ARCH=$2
+  shift 2
+fi
+[ $# -eq 2 ] || die "usage: run-guest.sh [--arch x86_64|arm64] RUNDIR SCRIPT"
 mkdir -p "$1"
 RUNDIR="$(cd "$1" && pwd -P)"
 SCRIPT="$2"
@@ -50,16 +64,21 @@ case "$RUNDIR" in *[[:space:]]*) die "RUNDIR must not contain whitespace: $RUNDI
 TIMEOUT="${VSOCKENC_VM_TIMEOUT:-600}"
 MEM="${VSOCKENC_VM_MEM:-1024}"
 SMP="${VSOCKENC_VM_SMP:-2}"
-CPU="${VSOCKENC_VM_CPU:-qemu64}"
 
-env_out="$("$here/prepare.sh")" || die "prepare.sh failed"
-KERNEL="" INITRD="" VHOST_DEVICE_VSOCK="" QEMU=""
+env_out="$("$here/prepare.sh" --arch "$ARCH")" || die "prepare.sh failed"
+ROOT="" KERNEL="" INITRD="" VHOST_DEVICE_VSOCK="" QEMU=""
 while IFS='=' read -r k v; do
-  case "$k" in KERNEL | INITRD | VHOST_DEVICE_VSOCK | QEMU) printf -v "$k" '%s' "$v" ;; esac
+  case "$k" in ARCH | ROOT | KERNEL | INITRD | VHOST_DEVICE_VSOCK | QEMU) printf -v "$k" '%s' "$v" ;; esac
 done <<<"$env_out"
-if [ -z "$KERNEL" ] || [ -z "$INITRD" ] || [ -z "$VHOST_DEVICE_VSOCK" ] || [ -z "$QEMU" ]; then
-  die "prepare.sh did not report KERNEL/INITRD/VHOST_DEVICE_VSOCK/QEMU"
+if [ -z "$ROOT" ] || [ -z "$KERNEL" ] || [ -z "$INITRD" ] || [ -z "$VHOST_DEVICE_VSOCK" ] || [ -z "$QEMU" ]; then
+  die "prepare.sh did not report ROOT/KERNEL/INITRD/VHOST_DEVICE_VSOCK/QEMU"
 fi
+# What differs between the two emulated machines.
+case $ARCH in
+x86_64) machine=q35 CPU="${VSOCKENC_VM_CPU:-qemu64}" console=ttyS0 ;;
+arm64) machine=virt CPU="${VSOCKENC_VM_CPU:-cortex-a72}" console=ttyAMA0 ;;
+*) die "prepare.sh reported an unknown ARCH=$ARCH" ;;
+esac
 
 if [ "$(cd "$(dirname "$SCRIPT")" && pwd -P)/$(basename "$SCRIPT")" != "$RUNDIR/guest.sh" ]; then
   cp "$SCRIPT" "$RUNDIR/guest.sh"
@@ -116,14 +135,14 @@ esac
 # Plain TCG: KVM guests hung on this kind of machine (REAL-VM.md).
 timeout --kill-after=10 "$TIMEOUT" "$QEMU" \
   -nodefaults -display none -no-reboot \
-  -machine q35,memory-backend=mem -accel tcg -cpu "$CPU" -smp "$SMP" -m "${MEM}M" \
+  -machine "$machine,memory-backend=mem" -accel tcg -cpu "$CPU" -smp "$SMP" -m "${MEM}M" \
   -object "memory-backend-memfd,id=mem,size=${MEM}M,share=on" \
   -chardev "socket,id=char0,path=$RUNDIR/vhost.socket" \
   -device vhost-user-vsock-pci,chardev=char0 \
   -kernel "$KERNEL" -initrd "$INITRD" \
-  -append "console=ttyS0 quiet panic=-1 mitigations=off vsockenc.run=$RUNDIR" \
+  -append "console=$console quiet panic=-1 mitigations=off vsockenc.run=$RUNDIR" \
   -serial "file:$RUNDIR/console.log" \
-  -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+  -virtfs "local,path=$ROOT,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
   -virtfs "local,path=$RUNDIR,mount_tag=run,security_model=none,multidevs=remap" \
   "${extra[@]}" \
   </dev/null >"$RUNDIR/qemu.log" 2>&1 &
