@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail};
 use gst::glib;
 use gst::prelude::*;
 use hxfr::Codec;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::encoder::Params;
 
@@ -238,7 +238,8 @@ pub fn set_if_present(element: &gst::Element, name: &str, value: &str) {
     };
     match glib::Value::deserialize_with_pspec(value, &pspec) {
         Ok(v) => element.set_property_from_value(name, &v),
-        Err(_) => warn!(
+        Err(_) => crate::warn_limited!(
+            crate::encoder::OUTPUT_WARNINGS,
             "{}: cannot set {name}={value}",
             element.factory().map(|f| f.name()).unwrap_or_default()
         ),

@@ -25,12 +25,18 @@ use anyhow::{anyhow, Context};
 use gst::glib;
 use gst::prelude::*;
 use hxfr::{error_code, msg_type, ErrorMessage, FrameLayout, Header, WireFormat};
-use tracing::{debug, trace, warn, Span};
+use tracing::{debug, trace, Span};
 
+use crate::budget::Charged;
 use crate::codecs::{self, EncoderChoice};
+use crate::log::ratelimit::RateLimit;
 use crate::pixels::{self, frame_buffer};
 use crate::profile::Target;
 use crate::stats::ClientStats;
+
+/// Warnings about encoder outputs, all sessions together: a guest can make
+/// an encoder drop frames at will.
+pub(crate) static OUTPUT_WARNINGS: RateLimit = RateLimit::new(20, Duration::from_secs(10));
 
 /// Settings a guest can change with CONFIG_REQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,7 +273,7 @@ impl Session {
     pub fn encode(
         &mut self,
         layout: &FrameLayout,
-        pixels: Vec<u8>,
+        pixels: Charged,
         job: Job,
         force_keyframe: bool,
     ) -> Result<(), (Job, String)> {
@@ -446,9 +452,12 @@ fn deliver(sample: &gst::Sample, codec: hxfr::Codec, fifo: &Fifo, stats: &Client
             break;
         }
         let p = fifo.pop_front().unwrap();
-        warn!(
+        crate::warn_limited!(
+            OUTPUT_WARNINGS,
             "{peer}: the encoder dropped frame pts={} (its output at {}, next output at {:?})",
-            p.job.pts, p.counter_pts, out_pts
+            p.job.pts,
+            p.counter_pts,
+            out_pts
         );
         let _ = p
             .job
@@ -461,7 +470,10 @@ fn deliver(sample: &gst::Sample, codec: hxfr::Codec, fifo: &Fifo, stats: &Client
         (None, _) => false,
     };
     if !matches {
-        warn!("{peer}: encoded output at {out_pts:?} matches no pending frame; discarded");
+        crate::warn_limited!(
+            OUTPUT_WARNINGS,
+            "{peer}: encoded output at {out_pts:?} matches no pending frame; discarded"
+        );
         return;
     }
     let p = fifo.pop_front().unwrap();

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use hxfr::{Decoder, FrameLayout, Message, WireFormat};
 
+use crate::budget::Charged;
 use crate::codecs::EncoderChoice;
 use crate::encoder::{Job, Params, Session, SessionKey};
 use crate::stats::ClientStats;
@@ -57,7 +58,8 @@ pub fn honoured(choice: &EncoderChoice, timeout: Duration) -> Result<bool, Strin
         };
         // Frames that differ, so that nothing but the request makes the
         // third one a keyframe.
-        let pixels = vec![64 + 40 * i; bytes];
+        // Startup, before any guest: not charged to the memory budget.
+        let pixels = Charged::new(vec![64 + 40 * i; bytes], None);
         session
             .encode(&layout, pixels, job, i == 2)
             .map_err(|(_, why)| why)?;

@@ -290,8 +290,10 @@ impl Negotiator<'_> {
             reply,
             arrived: Instant::now(),
         };
+        // One grey frame, gone when the trial ends: not worth a grant.
+        let grey = crate::budget::Charged::new(vec![128u8; size], None);
         session
-            .encode(&layout, vec![128u8; size], job, false)
+            .encode(&layout, grey, job, false)
             .map_err(|(_, why)| why)?;
         if let Some(e) = session.take_error() {
             return Err(e);
