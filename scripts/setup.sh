@@ -31,7 +31,10 @@ declare -A PACKAGE_GROUPS=(
     [base]="pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
             gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
             gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
-            gstreamer1.0-x gstreamer1.0-pipewire gstreamer1.0-nice"
+            gstreamer1.0-x gstreamer1.0-pipewire gstreamer1.0-nice
+            python3 python3-prometheus-client"
+    # (python3-prometheus-client: the daemon's metrics test parses a scrape
+    # with the Prometheus project's own OpenMetrics parser.)
     # Booting a real guest under QEMU (scripts/vm/, the real-guest tests;
     # the ivshmem tests bring up the guest's user networking with modprobe
     # and ip from the machine's root).

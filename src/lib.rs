@@ -1,4 +1,5 @@
-//! GStreamer plugin `vsockenc`: H.264 encoding handed to the VM host.
+//! GStreamer plugin `vsockenc`: H.264, H.265 and AV1 encoding handed to the
+//! VM host (`vsockenc`, `vsockh265enc`, `vsockav1enc`).
 
 use gst::glib;
 

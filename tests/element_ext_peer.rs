@@ -42,6 +42,7 @@ fn ext_host(listener: UnixListener, seen: Arc<Mutex<Seen>>, fail: u32, silent: u
                     extensions: ext_bits::COMPACT | ext_bits::ERROR_PTS | ext_bits::DRAIN,
                     max_frame_bytes: 0,
                     agent: "scripted".into(),
+                    ..Default::default()
                 })
                 .encode(h.session_id),
             ),

@@ -260,6 +260,7 @@ fn serve(s: UnixStream, au: &[u8]) {
                 extensions: hello.extensions & (ext_bits::SHM | ext_bits::ERROR_PTS),
                 max_frame_bytes: 0,
                 agent: "bench instant peer".into(),
+                ..Default::default()
             })
             .encode(h.session_id),
             Decoded::Ext(h, ExtMessage::ShmOffer(o)) => ExtMessage::ShmAck(ShmAck {

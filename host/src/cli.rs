@@ -5,18 +5,20 @@ use std::time::Duration;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::listen::ListenAddr;
+use std::net::SocketAddr;
+
+use crate::access::{self, ListenSpec};
 use crate::log::{Format, Level};
 
 pub const DEFAULT_VSOCK_PORT: u32 = 5000;
 pub const DEFAULT_TCP: &str = "tcp:127.0.0.1:15937";
 
-const ABOUT: &str = "Host-side H.264 encoder daemon for vsockenc guests.
+const ABOUT: &str = "Host-side H.264, H.265 and AV1 encoder daemon for vsockenc guests.
 
 Guests (the vsockenc GStreamer element, or the legacy gstvsockenc) send raw
 frames over AF_VSOCK, TCP or a Unix socket using the HXFR protocol; the daemon
 encodes each connection's frames with its own GStreamer encoding session and
-sends the H.264 access units back, in request order, on the same connection.";
+sends the encoded access units back, in request order, on the same connection.";
 
 const AFTER_HELP: &str = "\
 Listen addresses (--listen, repeatable):
@@ -39,6 +41,36 @@ Listen addresses (--listen, repeatable):
   can be opened and bound; never on macOS, whose AF_VSOCK does not reach QEMU
   or UTM guests), and tcp:127.0.0.1:15937.
 
+Access rules and quotas per listener: ADDR,OPTION=VALUE,... (repeat an
+option to allow more). Without rules a listener serves every peer, as
+before; with rules only the peers matching one of them, the others get
+ERROR -10 (refused) and are closed.
+  cid=N, cid=N-M        vsock: the guest's CID (assigned by the hypervisor)
+  uid=U, gid=G          unix: the connecting process's user or primary
+                        group (SO_PEERCRED), a number or a name
+  from=ADDR[/PREFIX]    tcp: the source address
+  max-per-peer=N        connections one peer (one CID, one uid, one source
+                        address) may hold at once (default --max-per-peer)
+  pixel-rate=N          pixels per second one peer may have encoded, e.g.
+                        124M (1080p at 60 fps); a faster guest is paced, not
+                        refused (default --pixel-rate)
+  e.g. --listen vsock:5000,cid=3,cid=4,max-per-peer=2,pixel-rate=124M
+       --listen unix:/run/vsockenc-host/vm1.vsock_5000,uid=firecracker
+
+Hostile neighbours: a connection starts pending (it may say HELLO,
+CONFIG_REQ, PING) and takes one of the --max-clients slots with its first
+frame, so slots are held only by guests that sent a valid frame. Pending
+connections are bounded too (twice --max-clients, at least 16): a newcomer
+closes the pending connection that has done least (none of its messages
+complete, oldest first). A connection must complete a valid message within
+--handshake-timeout, and every message must arrive within
+--message-timeout or at --min-receive-rate, whichever allows longer.
+Frames, reference copies and encoding sessions are paid from one
+--memory-budget, each client at most its fair share (the budget divided by
+the clients); a frame that does not fit within 2 s gets ERROR -10 naming
+the budget. Out of file descriptors, new guests get ERROR -10 saying so
+(the soft limit is raised to the hard one at start).
+
 Shared memory: a guest whose pixels are in memory the daemon can map sends
 only a short description per frame. Over a Unix socket the guest passes a
 sealed memfd; QEMU/KVM guests use an ivshmem-plain device whose backing file
@@ -52,9 +84,14 @@ Log lines: 'shared memory in use: ...' per connection, and the statistics
 count 'shared-memory frames'.
 
 Encoders (--encoder auto): the first usable of vtenc_h264_hw, nvh264enc,
-vah264enc, vaapih264enc, qsvh264enc, x264enc, openh264enc. Each known encoder
-is set up for low latency (no B-frames, zero-latency tuning, bitrate from the
-guest's CONFIG_REQ or --bitrate, keyframes on request).
+vah264enc, vaapih264enc, qsvh264enc, x264enc, openh264enc. Guests that ask for
+H.265 (vsockh265enc) get --h265-encoder: the first usable of vtenc_h265_hw,
+nvh265enc, vah265enc, vaapih265enc, qsvh265enc, x265enc; guests that ask for
+AV1 (vsockav1enc) get --av1-encoder: nvav1enc, vaav1enc, qsvav1enc, svtav1enc,
+av1enc, rav1enc. Without one (or with 'none') those guests are refused with
+the reason, and the startup log says so. Each known encoder is set up for low
+latency (no B-frames, zero-latency tuning, bitrate from the guest's CONFIG_REQ
+or --bitrate, keyframes on request as IDR / key frames).
 
 Frames: BGRA/BGRx, RGBA/RGBx and NV12 pixels (resource_id 0). Frames naming a
 virtio-gpu resource get an ERROR: this daemon cannot read guest GPU memory.
@@ -95,9 +132,10 @@ encoder), 2 for a usage error.";
 #[command(name = "vsockenc-host", version, about = ABOUT, long_about = ABOUT, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Address to listen on: unix:PATH, tcp:HOST:PORT, vsock:PORT or
-    /// vsock:CID:PORT (repeatable; see below for the default).
-    #[arg(long = "listen", value_name = "ADDR")]
-    pub listen: Vec<ListenAddr>,
+    /// vsock:CID:PORT, optionally followed by access rules and quotas
+    /// (,cid=3,...; see below) (repeatable; see below for the default).
+    #[arg(long = "listen", value_name = "ADDR[,OPTION=VALUE...]")]
+    pub listen: Vec<ListenSpec>,
 
     /// Binds a shared-memory region (the backing file of a guest's
     /// ivshmem-plain device) to the guests of a listener (SCOPE: the
@@ -110,13 +148,61 @@ pub struct Cli {
     #[arg(long, value_name = "auto|FACTORY", default_value = "auto")]
     pub encoder: String,
 
+    /// H.265 for guests that ask for it: `auto` (the first usable, or none),
+    /// `none`, or a GStreamer H.265 encoder factory (e.g. x265enc).
+    #[arg(long, value_name = "auto|none|FACTORY", default_value = "auto")]
+    pub h265_encoder: String,
+
+    /// AV1 for guests that ask for it: `auto` (the first usable, or none),
+    /// `none`, or a GStreamer AV1 encoder factory (e.g. av1enc).
+    #[arg(long, value_name = "auto|none|FACTORY", default_value = "auto")]
+    pub av1_encoder: String,
+
     /// Bitrate in kbit/s for sessions whose guest sent no CONFIG_REQ.
     #[arg(long, value_name = "KBPS", default_value_t = 4000, value_parser = clap::value_parser!(u32).range(1..=2_000_000))]
     pub bitrate: u32,
 
-    /// Most guests served at once; more are sent an ERROR and closed.
+    /// Most guests served at once (a guest is served from its first
+    /// frame on); more are sent an ERROR and closed.
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_clients: u32,
+
+    /// Connections one peer (one vsock CID, Unix uid or TCP address) may
+    /// hold at once, for listeners without their own max-per-peer
+    /// (default: no limit but --max-clients).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_per_peer: Option<u32>,
+
+    /// Pixels per second one peer may have encoded, e.g. 124M, for
+    /// listeners without their own pixel-rate (default: no limit).
+    #[arg(long, value_name = "N", value_parser = access::parse_rate)]
+    pub pixel_rate: Option<u64>,
+
+    /// Memory for frames read ahead, reference copies and encoding
+    /// sessions, all guests together, e.g. 2G (default: a quarter of the
+    /// machine's memory, or of the service's cgroup limit).
+    #[arg(long, value_name = "SIZE", value_parser = crate::budget::parse_size)]
+    pub memory_budget: Option<u64>,
+
+    /// Seconds a new connection has to complete a valid message (a vsockenc
+    /// guest says HELLO at once; a legacy guest sends its first frame).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub handshake_timeout: u64,
+
+    /// Seconds any message may take to arrive once its first byte came
+    /// (larger messages get longer: see --min-receive-rate).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub message_timeout: u64,
+
+    /// Bytes per second a message must arrive at, at least (with K, M, G:
+    /// binary multiples); a 33 MB 4K frame gets 32 s at the default 1M.
+    #[arg(long, value_name = "RATE", default_value = "1M", value_parser = parse_receive_rate)]
+    pub min_receive_rate: u64,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT or
+    /// tcp:HOST:PORT, e.g. 127.0.0.1:9464); off by default.
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    pub metrics: Option<SocketAddr>,
 
     /// Largest pixel block of one frame, in bytes; larger frames get an
     /// ERROR and are skipped without being buffered.
@@ -181,6 +267,10 @@ impl Cli {
     pub fn idle_timeout(&self) -> Option<Duration> {
         (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout))
     }
+    pub fn memory_budget(&self) -> u64 {
+        self.memory_budget
+            .unwrap_or_else(crate::budget::default_limit)
+    }
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout)
     }
@@ -194,6 +284,24 @@ impl Cli {
 fn parse_filter(s: &str) -> Result<String, String> {
     crate::log::filter(Level::Info, Some(s))?;
     Ok(s.to_string())
+}
+
+fn parse_receive_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate (bytes per second, or with K, M, G)"))?;
+    let v = n * (1u64 << shift) as f64;
+    if !(1024.0..1e15).contains(&v) {
+        return Err(format!("{s:?}: at least 1K"));
+    }
+    Ok(v as u64)
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

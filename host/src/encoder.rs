@@ -1,11 +1,15 @@
-//! Encoder choice and the per-connection GStreamer encoding session.
+//! The per-connection GStreamer encoding session.
 //!
 //! A session is `appsrc ! [videoconvert ! 4:2:0 caps] ! <encoder> !
 //! [video/x-h264,profile=…,level=…] ! h264parse config-interval=-1 !
-//! video/x-h264,stream-format=byte-stream,alignment=au ! appsink`. The
-//! caps after the encoder, when a guest negotiated a profile, make the
-//! encoder produce it the way downstream caps make it in any GStreamer
-//! pipeline ([`crate::profile`]).
+//! video/x-h264,stream-format=byte-stream,alignment=au ! appsink`, with
+//! the encoder, parser and caps of the connection's codec
+//! ([`crate::codecs`]: `h265parse`, `av1parse ! video/x-av1,
+//! stream-format=obu-stream, alignment=tu`). The caps after the encoder,
+//! when a guest negotiated a profile, make the encoder produce it the way
+//! downstream caps make it in any GStreamer pipeline ([`crate::profile`]);
+//! a 10-bit profile (H.265 main-10) has the frames converted to a 10-bit
+//! 4:2:0 format first.
 //!
 //! Frames enter with timestamps from an internal counter (never the
 //! guest's pts, which may be anything) and a FIFO remembers, per counter
@@ -17,84 +21,22 @@ use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use gst::glib;
 use gst::prelude::*;
 use hxfr::{error_code, msg_type, ErrorMessage, FrameLayout, Header, WireFormat};
-use tracing::{debug, trace, warn, Span};
+use tracing::{debug, trace, Span};
 
+use crate::budget::Charged;
+use crate::codecs::{self, EncoderChoice};
+use crate::log::ratelimit::RateLimit;
 use crate::pixels::{self, frame_buffer};
 use crate::profile::Target;
 use crate::stats::ClientStats;
 
-/// The order in which `--encoder auto` tries encoders: hardware first.
-pub const AUTO_ORDER: [&str; 7] = [
-    "vtenc_h264_hw",
-    "nvh264enc",
-    "vah264enc",
-    "vaapih264enc",
-    "qsvh264enc",
-    "x264enc",
-    "openh264enc",
-];
-
-#[derive(Debug, Clone)]
-pub struct EncoderChoice {
-    pub factory: String,
-    /// Why this encoder, for the startup log.
-    pub reason: String,
-}
-
-/// Picks the encoder for `spec` (`auto` or a factory name).
-pub fn choose(spec: &str) -> anyhow::Result<EncoderChoice> {
-    if spec != "auto" {
-        usable(spec).map_err(|why| anyhow!("encoder {spec:?} cannot be used: {why}"))?;
-        return Ok(EncoderChoice {
-            factory: spec.to_string(),
-            reason: "chosen with --encoder".into(),
-        });
-    }
-    let mut skipped = Vec::new();
-    for name in AUTO_ORDER {
-        match usable(name) {
-            Ok(()) => {
-                let mut reason = format!("auto: first usable of {}", AUTO_ORDER.join(", "));
-                if !skipped.is_empty() {
-                    reason.push_str(&format!("; skipped {}", skipped.join("; ")));
-                }
-                return Ok(EncoderChoice {
-                    factory: name.to_string(),
-                    reason,
-                });
-            }
-            Err(why) => skipped.push(format!("{name} ({why})")),
-        }
-    }
-    bail!(
-        "no usable H.264 encoder: {}. Install x264enc (gstreamer1.0-plugins-ugly) or openh264enc (gstreamer1.0-plugins-bad), or name one with --encoder",
-        skipped.join("; ")
-    )
-}
-
-fn usable(name: &str) -> Result<(), String> {
-    let factory = gst::ElementFactory::find(name).ok_or("not installed")?;
-    let h264 = gst::Caps::builder("video/x-h264").build();
-    let makes_h264 = factory
-        .static_pad_templates()
-        .iter()
-        .any(|t| t.direction() == gst::PadDirection::Src && t.caps().can_intersect(&h264));
-    if !makes_h264 {
-        return Err("does not produce video/x-h264".into());
-    }
-    let element = factory
-        .create()
-        .build()
-        .map_err(|e| format!("cannot be created: {e}"))?;
-    let ready = element.set_state(gst::State::Ready);
-    let _ = element.set_state(gst::State::Null);
-    ready.map_err(|_| "cannot start (no device or driver?)".to_string())?;
-    Ok(())
-}
+/// Warnings about encoder outputs, all sessions together: a guest can make
+/// an encoder drop frames at will.
+pub(crate) static OUTPUT_WARNINGS: RateLimit = RateLimit::new(20, Duration::from_secs(10));
 
 /// Settings a guest can change with CONFIG_REQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,111 +46,17 @@ pub struct Params {
     pub fps_d: i32,
 }
 
-/// Sets a property only when the element has it, parsing `value` for the
-/// property's own type (so `"0"` suits an int or a uint, a nick an enum).
-fn set_if_present(element: &gst::Element, name: &str, value: &str) {
-    let Some(pspec) = element.find_property(name) else {
-        return;
-    };
-    match glib::Value::deserialize_with_pspec(value, &pspec) {
-        Ok(v) => element.set_property_from_value(name, &v),
-        Err(_) => warn!(
-            "{}: cannot set {name}={value}",
-            element.factory().map(|f| f.name()).unwrap_or_default()
-        ),
-    }
-}
-
-/// Whether the element's bitrate property counts bit/s (else kbit/s).
-fn bitrate_in_bps(factory: &str) -> bool {
-    factory == "openh264enc"
-}
-
-/// Whether a new bitrate reaches a running encoder: its `bitrate` property
-/// is documented as changeable in PLAYING (x264enc, openh264enc), or it has
-/// none (nothing to change). Otherwise a change takes a new session.
-fn bitrate_is_live(element: &gst::Element) -> bool {
-    element
-        .find_property("bitrate")
-        .is_none_or(|p| p.flags().contains(gst::PARAM_FLAG_MUTABLE_PLAYING))
-}
-
-fn set_bitrate(element: &gst::Element, factory: &str, kbps: u32) {
-    let value = if bitrate_in_bps(factory) {
-        (kbps as u64 * 1000).min(u32::MAX as u64)
-    } else {
-        kbps as u64
-    };
-    set_if_present(element, "bitrate", &value.to_string());
-}
-
-/// Low-latency settings per known encoder: no B-frames, no lookahead,
-/// constant bitrate; keyframes only when asked for (or at the encoder's own
-/// long maximum interval).
-fn configure(element: &gst::Element, factory: &str, params: Params) {
-    let set = |k: &str, v: &str| set_if_present(element, k, v);
-    match factory {
-        "x264enc" => {
-            set("tune", "zerolatency");
-            set("speed-preset", "veryfast");
-            set("bframes", "0");
-            set("b-adapt", "false");
-            set("rc-lookahead", "0");
-            set("sliced-threads", "true");
-        }
-        "openh264enc" => {
-            set("usage-type", "camera");
-            set("rate-control", "bitrate");
-            set("complexity", "low");
-            set("scene-change-detection", "false");
-            set("enable-frame-skip", "false");
-        }
-        "nvh264enc" => {
-            set("preset", "low-latency-hq");
-            set("rc-mode", "cbr");
-            set("zerolatency", "true");
-            set("bframes", "0");
-            set("rc-lookahead", "0");
-        }
-        "vah264enc" => {
-            set("b-frames", "0");
-            set("rate-control", "cbr");
-            set("target-usage", "7");
-        }
-        "vaapih264enc" => {
-            set("max-bframes", "0");
-            set("rate-control", "cbr");
-        }
-        "qsvh264enc" => {
-            set("b-frames", "0");
-            set("rate-control", "cbr");
-            set("low-latency", "true");
-        }
-        // Checked against GStreamer's vtenc_h264_hw documentation (not run
-        // here: no macOS): `realtime` (VideoToolbox's RealTime hint: keep
-        // up with the clock rather than compress harder), no frame
-        // reordering (no B-frames), `bitrate` in kbit/s like x264enc (set
-        // below), `max-keyframe-interval` left at 0 (VideoToolbox's own
-        // choice; guests ask for keyframes with force-key-unit, which vtenc
-        // turns into VideoToolbox's ForceKeyFrame). Its output is avc, which
-        // the h264parse after it turns into byte-stream; it takes no BGRx,
-        // so BGRA/RGBA guests go through videoconvert to NV12.
-        "vtenc_h264_hw" | "vtenc_h264" => {
-            set("realtime", "true");
-            set("allow-frame-reordering", "false");
-        }
-        other => debug!("no low-latency settings known for {other}; using its defaults"),
-    }
-    set_bitrate(element, factory, params.bitrate_kbps);
-}
-
 /// The 4:2:0 format to convert to for an encoder that cannot take the
 /// guest's format. Left to itself, videoconvert picks the format closest to
 /// RGB, which for x264enc is Y444: a High 4:4:4 stream that most (hardware)
 /// decoders cannot play.
-fn yuv420_caps(encoder: &gst::Element) -> gst::Caps {
+fn yuv420_caps(encoder: &gst::Element, bit_depth: u8) -> gst::Caps {
     let accepted = encoder.static_pad("sink").map(|p| p.query_caps(None));
-    for format in ["NV12", "I420"] {
+    let formats: &[&str] = match bit_depth {
+        10 => &["P010_10LE", "I420_10LE"],
+        _ => &["NV12", "I420"],
+    };
+    for &format in formats {
         let caps = gst::Caps::builder("video/x-raw")
             .field("format", format)
             .build();
@@ -318,17 +166,11 @@ impl Session {
         let encoder = gst::ElementFactory::make(&choice.factory)
             .build()
             .with_context(|| format!("cannot create {}", choice.factory))?;
-        configure(&encoder, &choice.factory, params);
-        let parse = gst::ElementFactory::make("h264parse")
-            .property("config-interval", -1i32)
-            .build()
-            .context("cannot create h264parse")?;
-        let h264 = gst::Caps::builder("video/x-h264")
-            .field("stream-format", "byte-stream")
-            .field("alignment", "au")
-            .build();
+        codecs::configure(&encoder, &choice.factory, params);
+        let codec = choice.codec;
+        let parse = codecs::parser(codec);
         let filter = gst::ElementFactory::make("capsfilter")
-            .property("caps", &h264)
+            .property("caps", codecs::output_caps(codec))
             .build()?;
         let appsink = gst_app::AppSink::builder()
             .sync(false)
@@ -336,15 +178,19 @@ impl Session {
             .build();
 
         let mut chain: Vec<gst::Element> = vec![appsrc.clone().upcast()];
-        let encoder_takes_format = encoder
-            .static_pad("sink")
-            .map(|p| p.query_caps(None).can_intersect(&caps))
-            .unwrap_or(false);
+        // The guest's frames are 8-bit: a deeper profile needs them
+        // converted even when the encoder takes them as they are.
+        let bit_depth = target.map_or(8, |t| t.bit_depth());
+        let encoder_takes_format = bit_depth == 8
+            && encoder
+                .static_pad("sink")
+                .map(|p| p.query_caps(None).can_intersect(&caps))
+                .unwrap_or(false);
         if !encoder_takes_format {
             chain.push(gst::ElementFactory::make("videoconvert").build()?);
             chain.push(
                 gst::ElementFactory::make("capsfilter")
-                    .property("caps", yuv420_caps(&encoder))
+                    .property("caps", yuv420_caps(&encoder, bit_depth))
                     .build()?,
             );
         }
@@ -372,7 +218,7 @@ impl Session {
                 .new_sample(move |sink| {
                     let _entered = cb_span.enter();
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    deliver(&sample, &cb_fifo, &stats, &cb_peer);
+                    deliver(&sample, codec, &cb_fifo, &stats, &cb_peer);
                     Ok(gst::FlowSuccess::Ok)
                 })
                 .build(),
@@ -415,10 +261,10 @@ impl Session {
     /// Changes the bitrate of the running encoder; false when the encoder
     /// does not allow it while encoding (the caller starts a new session).
     pub fn set_bitrate(&mut self, kbps: u32) -> bool {
-        if !bitrate_is_live(&self.encoder) {
+        if !codecs::bitrate_is_live(&self.encoder, &self.factory) {
             return false;
         }
-        set_bitrate(&self.encoder, &self.factory, kbps);
+        codecs::set_bitrate(&self.encoder, &self.factory, kbps);
         self.bitrate_kbps = kbps;
         true
     }
@@ -427,7 +273,7 @@ impl Session {
     pub fn encode(
         &mut self,
         layout: &FrameLayout,
-        pixels: Vec<u8>,
+        pixels: Charged,
         job: Job,
         force_keyframe: bool,
     ) -> Result<(), (Job, String)> {
@@ -586,7 +432,7 @@ pub fn encode_failed(pts: i64, why: &str) -> ErrorMessage {
 
 /// Matches an encoded access unit to its request and hands the response to
 /// the connection's writer.
-fn deliver(sample: &gst::Sample, fifo: &Fifo, stats: &ClientStats, peer: &str) {
+fn deliver(sample: &gst::Sample, codec: hxfr::Codec, fifo: &Fifo, stats: &ClientStats, peer: &str) {
     let Some(buffer) = sample.buffer() else {
         return;
     };
@@ -606,9 +452,12 @@ fn deliver(sample: &gst::Sample, fifo: &Fifo, stats: &ClientStats, peer: &str) {
             break;
         }
         let p = fifo.pop_front().unwrap();
-        warn!(
+        crate::warn_limited!(
+            OUTPUT_WARNINGS,
             "{peer}: the encoder dropped frame pts={} (its output at {}, next output at {:?})",
-            p.job.pts, p.counter_pts, out_pts
+            p.job.pts,
+            p.counter_pts,
+            out_pts
         );
         let _ = p
             .job
@@ -621,7 +470,10 @@ fn deliver(sample: &gst::Sample, fifo: &Fifo, stats: &ClientStats, peer: &str) {
         (None, _) => false,
     };
     if !matches {
-        warn!("{peer}: encoded output at {out_pts:?} matches no pending frame; discarded");
+        crate::warn_limited!(
+            OUTPUT_WARNINGS,
+            "{peer}: encoded output at {out_pts:?} matches no pending frame; discarded"
+        );
         return;
     }
     let p = fifo.pop_front().unwrap();
@@ -635,9 +487,10 @@ fn deliver(sample: &gst::Sample, fifo: &Fifo, stats: &ClientStats, peer: &str) {
     };
     stats.record_latency(p.job.arrived.elapsed());
     // A keyframe is an access unit a decoder can start from: one with an
-    // IDR slice. h264parse's flag also marks the I slices an encoder puts
-    // at scene cuts, which need the pictures before them.
-    let keyframe = hxfr::nal::has_idr(&map);
+    // IDR slice (H.264, H.265), a key frame with its sequence header (AV1).
+    // The parsers' flag also marks the I slices an encoder puts at scene
+    // cuts, which need the pictures before them.
+    let keyframe = codec.is_keyframe(&map);
     let msg = frame_response(p.job.session_id, p.job.pts, keyframe, &map);
     trace!(
         "{peer}: encoded pts={} ({} bytes{})",
@@ -662,23 +515,4 @@ fn frame_response(session_id: u16, pts: i64, keyframe: bool, au: &[u8]) -> Vec<u
     out.extend_from_slice(&(au.len() as u32).to_le_bytes());
     out.extend_from_slice(au);
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn live_bitrate_follows_the_property_flags() {
-        gst::init().unwrap();
-        let make = |f: &str| gst::ElementFactory::make(f).build().unwrap();
-        assert!(bitrate_is_live(&make("x264enc")));
-        assert!(bitrate_is_live(&make("openh264enc")));
-        // libav's encoders document bitrate as settable before start only.
-        assert!(!bitrate_is_live(&make("avenc_mpeg4")));
-        assert!(
-            bitrate_is_live(&make("identity")),
-            "no bitrate: nothing to change"
-        );
-    }
 }

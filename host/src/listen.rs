@@ -225,6 +225,7 @@ fn bind_vsock(addr: &ListenAddr, cid: u32, port: u32) -> anyhow::Result<Listener
         )
     })?;
     listener.set_nonblocking(true)?;
+    deepen_backlog(&listener);
     Ok(Listener {
         kind: Kind::Vsock(listener),
         addr: addr.clone(),
@@ -274,6 +275,7 @@ fn bind_tcp(host: &str, port: u16) -> anyhow::Result<Listener> {
         warn!("*****************************************************************");
     }
     listener.set_nonblocking(true)?;
+    deepen_backlog(&listener);
     Ok(Listener {
         kind: Kind::Tcp(listener),
         addr: ListenAddr::Tcp {
@@ -281,6 +283,22 @@ fn bind_tcp(host: &str, port: u16) -> anyhow::Result<Listener> {
             port: local.port(),
         },
     })
+}
+
+/// Connections that may wait to be accepted: more than the standard
+/// library's 128, so that a burst of connections from one guest does not
+/// overflow the queue (the kernel then drops the next guest's connection
+/// request, and its retry comes only a second later); not so many that a
+/// guest queued behind a flood waits long (the accept loop takes a
+/// connection in well under a millisecond).
+const BACKLOG: i32 = 1024;
+
+fn deepen_backlog(listener: &impl AsFd) {
+    use nix::sys::socket::{listen, Backlog};
+    let backlog = Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN);
+    if let Err(e) = listen(listener, backlog) {
+        warn!("cannot raise the listen backlog: {e}");
+    }
 }
 
 /// An exclusive `flock` on `<socket>.lock`, held until this is dropped.
@@ -381,6 +399,7 @@ fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<Listener> {
         .with_context(|| format!("cannot chmod {:o} {}", mode, path.display()))?;
     if let Kind::Unix { listener, .. } = &l.kind {
         listener.set_nonblocking(true)?;
+        deepen_backlog(listener);
     }
     Ok(l)
 }

@@ -6,6 +6,8 @@
 use gst::glib;
 use hxfr::{FrameLayout, WireFormat};
 
+use crate::budget::Charged;
+
 /// The size a frame is coded at: H.264 4:2:0 cannot code odd sizes, so odd
 /// frames gain one column or row repeating the edge.
 pub fn coded_size(width: u32, height: u32) -> (u32, u32) {
@@ -31,7 +33,7 @@ pub fn video_format(format: WireFormat) -> gst_video::VideoFormat {
 /// encoder the wire strides and plane offsets.
 pub fn frame_buffer(
     layout: &FrameLayout,
-    pixels: Vec<u8>,
+    pixels: Charged,
     pts: gst::ClockTime,
     duration: gst::ClockTime,
 ) -> Result<gst::Buffer, glib::BoolError> {
@@ -39,10 +41,11 @@ pub fn frame_buffer(
     let (pixels, layout) = if (w, h) == (layout.width, layout.height) {
         (pixels, *layout)
     } else {
-        let (padded, stride, _) = pad_to_even(layout, &pixels);
+        let (padded, stride, _) = pad_to_even(layout, &pixels.pixels);
         let even = FrameLayout::new(layout.format, w, h, stride as u32, padded.len())
             .map_err(|e| glib::bool_error!("padded frame: {e}"))?;
-        (padded, even)
+        // The padded copy replaces the pixels and keeps their grant.
+        (pixels.replace(padded), even)
     };
     let (offsets, strides): (Vec<usize>, Vec<i32>) =
         layout.planes().map(|p| (p.offset, p.stride as i32)).unzip();

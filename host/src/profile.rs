@@ -12,19 +12,25 @@
 //! negotiate when the picture needs more; openh264enc writes the level in
 //! its caps or silently a higher one. Either way the guest learns it now,
 //! not from a mislabelled stream.
+//!
+//! The same goes for every codec (the connection's, [`hxfr::Codec`]): the
+//! profile and level are read in its terms, the trial's parameter set is
+//! its SPS or sequence header, and the profiles produced are its 4:2:0
+//! ones (H.265 main and main-10, AV1 main).
 
 use std::fmt;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hxfr::codec::StreamInfo;
 use hxfr::ext::ProfileRequest;
 use hxfr::ext::ProfileResponse;
-use hxfr::nal::{first_sps, Sps};
-use hxfr::{Decoder, FrameLayout, Level, Message, Profile, WireFormat, MAX_DIMENSION};
+use hxfr::{Codec, Decoder, FrameLayout, Level, Message, Profile, WireFormat, MAX_DIMENSION};
 use tracing::debug;
 
-use crate::encoder::{EncoderChoice, Job, Params, Session, SessionKey};
+use crate::codecs::EncoderChoice;
+use crate::encoder::{Job, Params, Session, SessionKey};
 use crate::stats::ClientStats;
 
 /// The size a request that does not name one is tried at.
@@ -33,6 +39,7 @@ const DEFAULT_TRIAL_SIZE: (u32, u32) = (320, 240);
 /// What a session is asked to produce: the caps after its encoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
+    pub codec: Codec,
     /// [`Profile::ANY`]: no profile in the caps.
     pub profile: Profile,
     /// [`Level::ANY`]: no level in the caps.
@@ -42,33 +49,48 @@ pub struct Target {
 impl Target {
     /// The target of a request; `None` when it asks for nothing (the
     /// encoder's defaults, as without the extension).
-    fn of(req: &ProfileRequest) -> Option<Target> {
+    fn of(codec: Codec, req: &ProfileRequest) -> Option<Target> {
         (!req.profile.is_any() || !req.max_level.is_any()).then_some(Target {
+            codec,
             profile: req.profile,
             level: req.max_level,
         })
     }
 
-    /// `video/x-h264,profile=…,level=…`: a level in the caps is the highest
-    /// the guest accepts, which encoders take as the level to write.
+    /// `video/x-h264,profile=…,level=…` (or the codec's): a level in the
+    /// caps is the highest the guest accepts, which encoders take as the
+    /// level to write.
     pub fn caps(&self) -> gst::Caps {
-        let mut b = gst::Caps::builder("video/x-h264");
-        if let Some(p) = self.profile.name() {
+        let mut b = gst::Caps::builder(self.codec.media_type());
+        if let Some(p) = self.codec.profile_name(self.profile) {
             b = b.field("profile", p);
         }
-        if let Some(l) = self.level.name() {
+        if let Some(l) = self.codec.level_name(self.level) {
             b = b.field("level", l);
         }
         b.build()
+    }
+
+    /// Bits per sample of the frames the encoder must be given: 10 for a
+    /// 10-bit profile (H.265 main-10), else 8 (the guest's frames).
+    pub fn bit_depth(&self) -> u8 {
+        match (self.codec, self.profile.idc) {
+            (Codec::H265, 2) => 10,
+            _ => 8,
+        }
     }
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (p, l) = (
+            self.codec.describe_profile(self.profile),
+            self.codec.describe_level(self.level),
+        );
         match (self.profile.is_any(), self.level.is_any()) {
-            (false, false) => write!(f, "{} up to {}", self.profile, self.level),
-            (false, true) => write!(f, "{}", self.profile),
-            _ => write!(f, "up to {}", self.level),
+            (false, false) => write!(f, "{} {p} up to {l}", self.codec),
+            (false, true) => write!(f, "{} {p}", self.codec),
+            _ => write!(f, "{} up to {l}", self.codec),
         }
     }
 }
@@ -99,20 +121,21 @@ impl Negotiator<'_> {
     /// The PROFILE_RESP for `req`, and what it means for the frames that
     /// follow.
     pub fn answer(&self, req: &ProfileRequest) -> (ProfileResponse, Outcome) {
+        let codec = self.encoder.codec;
         let mut resp = ProfileResponse {
             token: req.token,
             encoder: self.encoder.factory.clone(),
             ..Default::default()
         };
         match self.try_answer(req) {
-            Ok(sps) => {
+            Ok(info) => {
                 resp.accepted = true;
-                resp.profile = sps.profile;
+                resp.profile = info.profile;
                 // A trial at a made-up size says nothing about the level.
                 if req.width != 0 && req.height != 0 {
-                    resp.level = sps.level();
+                    resp.level = info.level;
                 }
-                (resp, Outcome::Accepted(Target::of(req)))
+                (resp, Outcome::Accepted(Target::of(codec, req)))
             }
             Err(why) => {
                 resp.reason = why;
@@ -121,30 +144,38 @@ impl Negotiator<'_> {
         }
     }
 
-    /// The SPS the encoder produces for the request, or why it cannot.
-    fn try_answer(&self, req: &ProfileRequest) -> Result<Sps, String> {
+    /// What the stream the encoder produces for the request says, or why
+    /// it cannot.
+    fn try_answer(&self, req: &ProfileRequest) -> Result<StreamInfo, String> {
         let factory = &self.encoder.factory;
+        let codec = self.encoder.codec;
         let wanted = req.profile;
         if !wanted.is_any() {
-            if wanted.name().is_none() {
+            if codec.profile_name(wanted).is_none() {
                 return Err(format!(
-                    "profile_idc {} (constraints 0x{:02x}) is not an H.264 profile this daemon knows",
+                    "profile_idc {} (constraints 0x{:02x}) is not an {codec} profile this daemon knows",
                     wanted.idc, wanted.constraints
                 ));
             }
-            if !wanted.is_8bit_420() {
+            if codec.max_bit_depth(wanted).is_none() {
                 return Err(format!(
-                    "vsockenc-host encodes 8-bit 4:2:0 video only, not profile {wanted}"
+                    "vsockenc-host encodes 4:2:0 video only ({}), not {codec} profile {}",
+                    match codec {
+                        Codec::H264 => "8-bit",
+                        Codec::H265 => "H.265 main and main-10",
+                        Codec::Av1 => "AV1 main",
+                    },
+                    codec.describe_profile(wanted)
                 ));
             }
         }
-        if !req.max_level.is_any() && req.max_level.name().is_none() {
+        if !req.max_level.is_any() && codec.level_name(req.max_level).is_none() {
             return Err(format!(
-                "level_idc {} is not an H.264 level",
+                "level_idc {} is not an {codec} level",
                 req.max_level.0
             ));
         }
-        let target = Target::of(req);
+        let target = Target::of(codec, req);
         if let Some(t) = &target {
             offered(factory, t)?;
         }
@@ -178,7 +209,7 @@ impl Negotiator<'_> {
             None => "its default profile".into(),
         };
         let started = Instant::now();
-        let sps = self.trial(w, h, params, target).map_err(|e| {
+        let info = self.trial(w, h, params, target).map_err(|e| {
             format!(
                 "{factory} cannot produce {} for {w}x{h} at {}/{} fps: {e}",
                 what(&target),
@@ -186,43 +217,54 @@ impl Negotiator<'_> {
                 params.fps_d
             )
         })?;
+        let (profile, level) = (
+            codec.describe_profile(info.profile),
+            codec.describe_level(info.level),
+        );
         debug!(
-            "{}: {factory} produced {} {} for {w}x{h} at {}/{} fps in {:?} (asked for {})",
+            "{}: {factory} produced {codec} {profile} {level} for {w}x{h} at {}/{} fps in {:?} (asked for {})",
             self.peer,
-            sps.profile,
-            sps.level(),
             params.fps_n,
             params.fps_d,
             started.elapsed(),
             what(&target)
         );
-        if !sps.profile.satisfies(wanted) {
+        if !codec.satisfies(info.profile, wanted) {
             return Err(format!(
-                "{factory} produces {} when asked for {wanted}",
-                sps.profile
+                "{factory} produces {profile} when asked for {}",
+                codec.describe_profile(wanted)
             ));
         }
-        if !sps.level().fits(req.max_level) {
+        if !info.level.fits(req.max_level) {
             return Err(format!(
-                "{factory} produces {} for {w}x{h} at {}/{} fps, above the highest level accepted ({})",
-                sps.level(),
+                "{factory} produces {level} for {w}x{h} at {}/{} fps, above the highest level accepted ({})",
                 params.fps_n,
                 params.fps_d,
-                req.max_level
+                codec.describe_level(req.max_level)
             ));
         }
-        if sps.chroma_format_idc != 1 || sps.bit_depth_luma != 8 || sps.bit_depth_chroma != 8 {
+        let depth = target.map_or(8, |t| t.bit_depth());
+        if info.chroma_format_idc != 1
+            || info.bit_depth_luma != depth
+            || info.bit_depth_chroma != depth
+        {
             return Err(format!(
-                "{factory} produces chroma format {} at {}/{} bits, not 8-bit 4:2:0",
-                sps.chroma_format_idc, sps.bit_depth_luma, sps.bit_depth_chroma
+                "{factory} produces chroma format {} at {}/{} bits, not {depth}-bit 4:2:0",
+                info.chroma_format_idc, info.bit_depth_luma, info.bit_depth_chroma
             ));
         }
-        Ok(sps)
+        Ok(info)
     }
 
-    /// Encodes one grey NV12 frame in a session of its own and returns the
-    /// SPS of its output.
-    fn trial(&self, w: u32, h: u32, params: Params, target: Option<Target>) -> Result<Sps, String> {
+    /// Encodes one grey NV12 frame in a session of its own and returns what
+    /// the parameter set of its output says.
+    fn trial(
+        &self,
+        w: u32,
+        h: u32,
+        params: Params,
+        target: Option<Target>,
+    ) -> Result<StreamInfo, String> {
         let key = SessionKey {
             format: WireFormat::Nv12,
             width: w,
@@ -248,8 +290,10 @@ impl Negotiator<'_> {
             reply,
             arrived: Instant::now(),
         };
+        // One grey frame, gone when the trial ends: not worth a grant.
+        let grey = crate::budget::Charged::new(vec![128u8; size], None);
         session
-            .encode(&layout, vec![128u8; size], job, false)
+            .encode(&layout, grey, job, false)
             .map_err(|(_, why)| why)?;
         if let Some(e) = session.take_error() {
             return Err(e);
@@ -261,10 +305,13 @@ impl Negotiator<'_> {
             Err(_) => return Err("no output for the trial frame".into()),
         };
         let au = match Decoder::default().decode(&mut &bytes[..]) {
-            Ok(Some((_, Message::FrameResponse(r)))) => r.annexb(),
+            Ok(Some((_, Message::FrameResponse(r)))) => r.unit(self.encoder.codec),
             _ => return Err("unreadable output for the trial frame".into()),
         };
-        first_sps(&au).ok_or_else(|| "its output has no sequence parameter set".into())
+        self.encoder
+            .codec
+            .stream_info(&au)
+            .ok_or_else(|| "its output has no sequence parameter set".into())
     }
 }
 

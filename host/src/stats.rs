@@ -5,28 +5,54 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tracing::{info, Span};
+
+use crate::metrics::GuestMetrics;
 
 /// Latencies kept for the p99 (a sliding window of the most recent frames).
 const LATENCY_WINDOW: usize = 4096;
 
+/// One count of a connection; the guest's metric counter, if it has one,
+/// counts along.
+#[derive(Default)]
+pub struct Count {
+    n: AtomicU64,
+    also: Option<Counter>,
+}
+
+impl Count {
+    fn linked(c: &Counter) -> Count {
+        Count {
+            n: AtomicU64::new(0),
+            also: Some(c.clone()),
+        }
+    }
+
+    pub fn get(&self) -> u64 {
+        self.n.load(Ordering::Relaxed)
+    }
+}
+
 #[derive(Default)]
 pub struct ClientStats {
-    pub frames_in: AtomicU64,
-    pub frames_out: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub errors: AtomicU64,
+    pub frames_in: Count,
+    pub frames_out: Count,
+    pub bytes_in: Count,
+    pub bytes_out: Count,
+    pub errors: Count,
     /// Bytes of frame messages as they came over the wire (FRAME_REQUEST
     /// and COMPACT_FRAME, headers included)...
-    pub frame_wire_bytes: AtomicU64,
+    pub frame_wire_bytes: Count,
     /// ...and what the same frames cost as full legacy FRAME_REQUESTs.
-    pub frame_raw_bytes: AtomicU64,
+    pub frame_raw_bytes: Count,
     /// Frames rebuilt from a COMPACT_FRAME.
-    pub compact_frames: AtomicU64,
+    pub compact_frames: Count,
     /// Frames whose pixels were in a shared-memory slot (SHM_FRAME).
-    pub shm_frames: AtomicU64,
+    pub shm_frames: Count,
     latency: Mutex<Latency>,
+    /// The guest's counters for the metrics endpoint.
+    pub guest: GuestMetrics,
 }
 
 #[derive(Default)]
@@ -37,12 +63,34 @@ struct Latency {
 }
 
 impl ClientStats {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    /// Statistics whose frame and byte counts also go to `guest`.
+    pub fn new(guest: GuestMetrics) -> ClientStats {
+        ClientStats {
+            frames_in: Count::linked(&guest.frames_in),
+            frames_out: Count::linked(&guest.frames_out),
+            bytes_in: Count::linked(&guest.bytes_in),
+            bytes_out: Count::linked(&guest.bytes_out),
+            guest,
+            ..ClientStats::default()
+        }
+    }
+
+    pub fn add(counter: &Count, n: u64) {
+        counter.n.fetch_add(n, Ordering::Relaxed);
+        if let Some(c) = &counter.also {
+            c.inc_by(n);
+        }
+    }
+
+    /// A frame answered with an ERROR: counted per reason in the metrics.
+    pub fn failed(&self, reason: &str) {
+        Self::add(&self.errors, 1);
+        self.guest.failed(reason);
     }
 
     /// Records the time from a frame's arrival to its encoded output.
     pub fn record_latency(&self, d: Duration) {
+        self.guest.latency(d);
         let us = d.as_micros().min(u32::MAX as u128) as u32;
         let mut l = self.latency.lock().unwrap();
         l.sum_us += us as u128;
@@ -67,7 +115,7 @@ impl ClientStats {
     }
 
     pub fn summary(&self) -> String {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let get = |c: &Count| c.get();
         let (mean, p99) = self.latency_us();
         let (wire, raw) = (get(&self.frame_wire_bytes), get(&self.frame_raw_bytes));
         format!(

@@ -44,6 +44,7 @@ impl ExtClient {
                 tile_width: 16,
                 tile_height: 16,
                 agent: "ext-test".into(),
+                ..Default::default()
             })
             .encode(1),
         );

@@ -30,6 +30,19 @@ fn help_documents_every_flag_and_address_form() {
         "--encode-timeout",
         "--shutdown-timeout",
         "--idle-timeout",
+        "--max-per-peer",
+        "--pixel-rate",
+        "--memory-budget",
+        "--handshake-timeout",
+        "--message-timeout",
+        "--min-receive-rate",
+        "--metrics",
+        "cid=N",
+        "uid=U, gid=G",
+        "from=ADDR[/PREFIX]",
+        "max-per-peer=N",
+        "pixel-rate=N",
+        "ERROR -10",
         "unix:/path",
         "tcp:HOST:PORT",
         "vsock:PORT",
@@ -194,17 +207,24 @@ fn clients_over_the_limit_are_told_and_closed() {
         "--max-clients",
         "1",
     ]);
+    let f = || test_frame(Fmt::Bgrx, 48, 32, 192, 0, 1);
+    // A slot is taken by the first frame, not by connecting.
     let mut first = Client::tcp(d.tcp());
-    first.ping(1);
     let mut second = Client::tcp(d.tcp());
+    second.ping(5);
+    assert_eq!(stream_frames(&mut first, &[(f(), 1, false)], 1)[0].pts, 1);
+    second.ping(6);
+    let frame = f();
+    second.send_frame(&frame.request(2, false), &frame.pixels);
     let e = second.recv_error();
     assert_eq!(e.code, error_code::REFUSED, "not served, not failed");
     assert!(e.message.contains("maximum of 1 clients"), "{e:?}");
     assert!(second.recv_or_closed().is_none());
     first.ping(2);
     drop(first);
-    d.wait_log("disconnected;");
-    Client::tcp(d.tcp()).ping(3);
+    d.wait_log("disconnected; frames in 1 out 1");
+    let mut third = Client::tcp(d.tcp());
+    assert_eq!(stream_frames(&mut third, &[(f(), 3, false)], 1)[0].pts, 3);
 }
 
 #[test]

@@ -16,8 +16,8 @@
 //!
 //! | message | payload | layout |
 //! |---|---|---|
-//! | HELLO 0x40 | 44 | version u16 @12, reserved u16 @14, extensions u32 @16, tile_width u16 @20, tile_height u16 @22, agent 32 bytes NUL-padded @24 |
-//! | HELLO_ACK 0x41 | 44 | version u16 @12, reserved u16 @14, extensions u32 @16, max_frame_bytes u32 @20, agent 32 bytes @24 |
+//! | HELLO 0x40 | 44 | version u16 @12, codec u8 @14, reserved u8 @15, extensions u32 @16, tile_width u16 @20, tile_height u16 @22, agent 32 bytes NUL-padded @24 |
+//! | HELLO_ACK 0x41 | 44 (+ 4 + text) | version u16 @12, codec u8 @14, reserved u8 @15, extensions u32 @16, max_frame_bytes u32 @20, agent 32 bytes @24; optional text_len u32 @56, text (UTF-8) @60: why the codec asked for is not encoded |
 //! | COMPACT_FRAME 0x42 | 68 + bitmap + data | FRAME_REQUEST fixed part @12..56, ref_index u32 @56, tile_width u16 @60, tile_height u16 @62, encoding u8 @64, 3 reserved, changed_tiles u32 @68, data_len u32 @72, raw_len u32 @76, bitmap @80, data |
 //! | ERROR_PTS 0x43 | 20 + text | pts i64 @12, frame_index u32 @20, code i32 @24, text_len u32 @28, text (UTF-8) @32 |
 //! | DRAIN 0x44 | 8 | token u64 @12 |
@@ -30,7 +30,8 @@
 //! Like the legacy messages, a payload may be longer than its fixed part (a
 //! newer peer may append fields); the extra bytes are ignored.
 
-pub use crate::ext_state::{ChecksumCheck, GuestExt, HostExt};
+use crate::codec::Codec;
+pub use crate::ext_state::{ChecksumCheck, CodecState, GuestExt, HostExt};
 use crate::header::{Header, HEADER_LEN};
 use crate::message::{get_i64, get_u32, put_u32, FrameRequest, FRAME_REQUEST_FIXED};
 use crate::profile::{Level, Profile};
@@ -109,9 +110,13 @@ pub mod ext_bits {
     /// Shared-memory frames (SHM_OFFER, SHM_ACK, SHM_FRAME, SHM_RELEASE;
     /// [`crate::shm`]): pixels stay in a region both sides map.
     pub const SHM: u32 = 1 << 7;
+    /// The HELLO's codec ([`crate::Codec`]) is what the host encodes on
+    /// this connection. Without it (a legacy or older host, or a host
+    /// without an encoder for that codec) the host encodes H.264.
+    pub const CODEC: u32 = 1 << 8;
     /// Every bit this crate knows.
     pub const KNOWN: u32 =
-        COMPACT | LZ4 | ERROR_PTS | DRAIN | FRAME_CHECKSUM | PROFILE | FORMATS | SHM;
+        COMPACT | LZ4 | ERROR_PTS | DRAIN | FRAME_CHECKSUM | PROFILE | FORMATS | SHM | CODEC;
 
     /// Names of the bits set in `mask`, for logs (`"COMPACT|LZ4"`, `"none"`).
     pub fn describe(mask: u32) -> String {
@@ -124,6 +129,7 @@ pub mod ext_bits {
             (PROFILE, "PROFILE"),
             (FORMATS, "FORMATS"),
             (SHM, "SHM"),
+            (CODEC, "CODEC"),
         ];
         let mut parts: Vec<String> = names
             .iter()
@@ -176,11 +182,18 @@ pub const PROFILE_RESP_FIXED: usize = 12 + ENCODER_LEN + 4;
 pub const ENCODER_LEN: usize = 32;
 /// Longest PROFILE_RESP text this crate sends.
 pub const PROFILE_RESP_MAX_TEXT: usize = 1024;
+/// Longest HELLO_ACK text this crate sends.
+pub const HELLO_ACK_MAX_TEXT: usize = 1024;
 
 /// HELLO (guest → host): the guest's announcement.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Hello {
     pub version: u16,
+    /// The codec the guest wants ([`Codec::to_u8`]), meaningful with
+    /// [`ext_bits::CODEC`] only: H.264 otherwise, which is what the
+    /// reserved byte of an older guest's HELLO says. Kept as sent, so that
+    /// a codec this crate does not know is refused, not taken for H.264.
+    pub codec: u8,
     /// [`ext_bits`] the guest supports and wants.
     pub extensions: u32,
     /// Tile size the guest intends to use for COMPACT_FRAME (informative;
@@ -191,11 +204,28 @@ pub struct Hello {
     pub agent: String,
 }
 
+impl Hello {
+    /// The codec asked for: `Ok(H264)` without [`ext_bits::CODEC`],
+    /// `Err(code)` for a codec this crate does not know.
+    pub fn wanted_codec(&self) -> Result<Codec, u8> {
+        if self.extensions & ext_bits::CODEC == 0 {
+            return Ok(Codec::H264);
+        }
+        Codec::from_u8(self.codec).ok_or(self.codec)
+    }
+}
+
 /// HELLO_ACK (host → guest): the extensions the host accepts.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HelloAck {
     /// The version both sides speak: the lower of the two.
     pub version: u16,
+    /// The codec the host encodes on this connection: the HELLO's when
+    /// [`ext_bits::CODEC`] is accepted, else H.264.
+    pub codec: Codec,
+    /// Why the HELLO's codec is not accepted (empty otherwise), for people:
+    /// sent after the fixed part, which older guests skip.
+    pub reason: String,
     /// A subset of the HELLO's extensions (see [`negotiate`]).
     pub extensions: u32,
     /// Largest pixel block the host accepts (its `--max-frame-bytes`); 0 if
@@ -460,7 +490,7 @@ impl ExtMessage {
         match self {
             ExtMessage::Hello(h) => {
                 payload.extend_from_slice(&h.version.to_le_bytes());
-                payload.extend_from_slice(&[0, 0]);
+                payload.extend_from_slice(&[h.codec, 0]);
                 payload.extend_from_slice(&h.extensions.to_le_bytes());
                 payload.extend_from_slice(&h.tile_width.to_le_bytes());
                 payload.extend_from_slice(&h.tile_height.to_le_bytes());
@@ -468,10 +498,17 @@ impl ExtMessage {
             }
             ExtMessage::HelloAck(a) => {
                 payload.extend_from_slice(&a.version.to_le_bytes());
-                payload.extend_from_slice(&[0, 0]);
+                payload.extend_from_slice(&[a.codec.to_u8(), 0]);
                 payload.extend_from_slice(&a.extensions.to_le_bytes());
                 payload.extend_from_slice(&a.max_frame_bytes.to_le_bytes());
                 payload.extend_from_slice(&agent_bytes(&a.agent));
+                // The text only when there is one: a HELLO_ACK without it
+                // is byte for byte what hosts sent before CODEC.
+                if !a.reason.is_empty() {
+                    let text = cut_at_char_boundary(&a.reason, HELLO_ACK_MAX_TEXT);
+                    payload.extend_from_slice(&(text.len() as u32).to_le_bytes());
+                    payload.extend_from_slice(text.as_bytes());
+                }
             }
             ExtMessage::CompactFrame(c) => {
                 let mut out = c.header.encode_prefix(session_id).to_vec();
@@ -550,7 +587,7 @@ impl ExtMessage {
 pub(crate) fn fixed_part(t: u8) -> Option<(usize, bool)> {
     Some(match t {
         ext_type::HELLO => (HELLO_FIXED, false),
-        ext_type::HELLO_ACK => (HELLO_ACK_FIXED, false),
+        ext_type::HELLO_ACK => (HELLO_ACK_FIXED, true),
         ext_type::COMPACT_FRAME => (COMPACT_FIXED, true),
         ext_type::ERROR_PTS => (ERROR_PTS_FIXED, true),
         ext_type::DRAIN | ext_type::DRAIN_DONE => (DRAIN_FIXED, false),
@@ -571,17 +608,34 @@ pub(crate) fn decode_body(t: u8, f: &[u8], tail: Vec<u8>) -> Result<ExtMessage, 
     Ok(match t {
         ext_type::HELLO => ExtMessage::Hello(Hello {
             version: u16::from_le_bytes([f[0], f[1]]),
+            codec: f[2],
             extensions: get_u32(f, 4),
             tile_width: u16::from_le_bytes([f[8], f[9]]),
             tile_height: u16::from_le_bytes([f[10], f[11]]),
             agent: agent_string(&f[12..12 + AGENT_LEN]),
         }),
-        ext_type::HELLO_ACK => ExtMessage::HelloAck(HelloAck {
-            version: u16::from_le_bytes([f[0], f[1]]),
-            extensions: get_u32(f, 4),
-            max_frame_bytes: get_u32(f, 8),
-            agent: agent_string(&f[12..12 + AGENT_LEN]),
-        }),
+        ext_type::HELLO_ACK => {
+            // The text is optional: older hosts send the fixed part only.
+            // A tail that is not a text (a field of a newer host) is
+            // ignored like any appended field: the negotiation it carries
+            // matters more than an explanation.
+            let reason = tail
+                .get(..4)
+                .and_then(|n| {
+                    let text_len = u32::from_le_bytes(n.try_into().unwrap()) as usize;
+                    tail.get(4..4usize.checked_add(text_len)?)
+                })
+                .map(|text| String::from_utf8_lossy(text).into_owned())
+                .unwrap_or_default();
+            ExtMessage::HelloAck(HelloAck {
+                version: u16::from_le_bytes([f[0], f[1]]),
+                codec: Codec::from_u8(f[2]).unwrap_or(Codec::H264),
+                reason,
+                extensions: get_u32(f, 4),
+                max_frame_bytes: get_u32(f, 8),
+                agent: agent_string(&f[12..12 + AGENT_LEN]),
+            })
+        }
         ext_type::COMPACT_FRAME => {
             let header = CompactHeader::decode_fixed(f)?;
             let want = header.bitmap_len() as u64 + header.data_len as u64;

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 
+use crate::codec::Codec;
 use crate::compact::{self, CompactError, Frame};
 use crate::ext::{
     ext_bits, negotiate, CompactFrame, ErrorPts, ExtMessage, FrameChecksum, Hello, HelloAck,
@@ -25,6 +26,11 @@ pub struct HostExt {
     /// Accepted extensions; 0 until a HELLO was answered.
     accepted: u32,
     answered: bool,
+    /// The codec this connection's frames are encoded in.
+    codec: Codec,
+    /// Why the codec the guest asked for is not encoded here: its frames
+    /// are refused rather than encoded in another codec.
+    codec_refused: Option<String>,
     next_index: u32,
     reference: Option<Reference>,
     scratch: Vec<u8>,
@@ -46,26 +52,76 @@ impl HostExt {
             agent: agent.to_string(),
             accepted: 0,
             answered: false,
+            codec: Codec::H264,
+            codec_refused: None,
             next_index: 0,
             reference: None,
             scratch: Vec::new(),
         }
     }
 
-    /// The HELLO_ACK to send for this HELLO; `None` for a repeated HELLO,
-    /// which is ignored.
+    /// The HELLO_ACK to send for this HELLO, for a host that encodes H.264
+    /// only; `None` for a repeated HELLO, which is ignored.
     pub fn on_hello(&mut self, hello: &Hello) -> Option<HelloAck> {
+        self.on_hello_with(hello, |c| match c {
+            Codec::H264 => Ok(()),
+            other => Err(format!("this host encodes H.264 only, not {other}")),
+        })
+    }
+
+    /// The HELLO_ACK to send for this HELLO; `encodes` says whether the
+    /// host can encode a codec, or why not. A guest that asks for a codec
+    /// the host cannot encode gets CODEC refused with that reason, and its
+    /// frames are refused ([`HostExt::codec_refusal`]): they are never
+    /// encoded in another codec than the one asked for.
+    pub fn on_hello_with<F>(&mut self, hello: &Hello, encodes: F) -> Option<HelloAck>
+    where
+        F: FnOnce(Codec) -> Result<(), String>,
+    {
         if self.answered {
             return None;
         }
         self.answered = true;
         self.accepted = negotiate(hello.extensions, self.supported);
+        let refusal = match hello.wanted_codec() {
+            Ok(Codec::H264) => None,
+            Ok(c) if self.accepted & ext_bits::CODEC == 0 => Some(format!(
+                "this host does not offer codecs other than H.264, not {c}"
+            )),
+            Ok(c) => match encodes(c) {
+                Ok(()) => {
+                    self.codec = c;
+                    None
+                }
+                Err(why) => Some(why),
+            },
+            Err(code) => Some(format!(
+                "codec {code} is not one this host knows (0 H.264, 1 H.265, 2 AV1)"
+            )),
+        };
+        if refusal.is_some() {
+            self.accepted &= !ext_bits::CODEC;
+        }
+        self.codec_refused = refusal.clone();
         Some(HelloAck {
             version: hello.version.clamp(1, EXT_VERSION),
+            codec: self.codec,
+            reason: refusal.unwrap_or_default(),
             extensions: self.accepted,
             max_frame_bytes: self.max_frame_bytes,
             agent: self.agent.clone(),
         })
+    }
+
+    /// The codec this connection's frames are encoded in.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Why this connection's frames are refused: the guest asked for a
+    /// codec this host does not encode.
+    pub fn codec_refusal(&self) -> Option<&str> {
+        self.codec_refused.as_deref()
     }
 
     /// Extensions in force (0 for a legacy guest).
@@ -236,6 +292,22 @@ pub struct GuestExt {
     profile_answers: VecDeque<ProfileResponse>,
     /// A PONG came before any HELLO_ACK: the host skipped the HELLO.
     legacy: bool,
+    /// The codec the guest wants, and whether the host encodes it.
+    codec: Codec,
+    codec_state: CodecState,
+}
+
+/// Whether the host encodes the codec the guest wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodecState {
+    /// Not known yet: the host has answered neither the HELLO nor the PING
+    /// after it.
+    Pending,
+    /// Every frame of this connection is encoded in the codec asked for
+    /// (always so for H.264).
+    Confirmed,
+    /// The host encodes something else; the text says why.
+    Refused(String),
 }
 
 /// Most checksums remembered while waiting for the host's.
@@ -268,13 +340,33 @@ impl GuestExt {
             next_token: 1,
             profile_answers: VecDeque::new(),
             legacy: false,
+            codec: Codec::H264,
+            codec_state: CodecState::Confirmed,
         }
+    }
+
+    /// A guest that wants `codec`: anything but H.264 is asked for with
+    /// [`ext_bits::CODEC`], and is pending until the host answers.
+    pub fn with_codec(requested: u32, codec: Codec) -> Self {
+        let mut g = GuestExt::new(requested);
+        g.codec = codec;
+        if codec != Codec::H264 {
+            g.requested |= ext_bits::CODEC;
+            g.codec_state = CodecState::Pending;
+        }
+        g
+    }
+
+    /// Whether the host encodes the codec this guest wants.
+    pub fn codec_state(&self) -> &CodecState {
+        &self.codec_state
     }
 
     /// The HELLO that opens the connection.
     pub fn hello(&self, tile_width: u16, tile_height: u16, agent: &str) -> Hello {
         Hello {
             version: EXT_VERSION,
+            codec: self.codec.to_u8(),
             extensions: self.requested,
             tile_width,
             tile_height,
@@ -290,6 +382,18 @@ impl GuestExt {
             a &= !ext_bits::LZ4;
         }
         self.accepted = Some(a);
+        if self.codec != Codec::H264 {
+            self.codec_state = if a & ext_bits::CODEC != 0 && ack.codec == self.codec {
+                CodecState::Confirmed
+            } else if !ack.reason.is_empty() {
+                CodecState::Refused(ack.reason.clone())
+            } else {
+                CodecState::Refused(format!(
+                    "the host ({:?}) encodes {} on this connection: it does not know the CODEC extension (an older vsockenc-host)",
+                    ack.agent, ack.codec
+                ))
+            };
+        }
         a
     }
 
@@ -318,6 +422,11 @@ impl GuestExt {
             return false;
         }
         self.legacy = true;
+        if self.codec != Codec::H264 {
+            self.codec_state = CodecState::Refused(
+                "a legacy HXFR host, which encodes H.264 only (it skipped the HELLO)".into(),
+            );
+        }
         true
     }
 
@@ -497,6 +606,89 @@ mod tests {
             extensions: ext,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_codec_is_encoded_only_by_a_host_that_has_it() {
+        let mut guest = GuestExt::with_codec(ERROR_PTS, Codec::H265);
+        assert_eq!(guest.codec_state(), &CodecState::Pending);
+        let hello = guest.hello(0, 0, "g");
+        assert_eq!(hello.extensions, ERROR_PTS | CODEC);
+        assert_eq!(hello.wanted_codec(), Ok(Codec::H265));
+        // A host with an H.265 encoder.
+        let mut host = HostExt::new(KNOWN, 0, "h");
+        let ack = host
+            .on_hello_with(&hello, |c| {
+                assert_eq!(c, Codec::H265);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            (ack.codec, ack.extensions),
+            (Codec::H265, ERROR_PTS | CODEC)
+        );
+        assert_eq!(host.codec(), Codec::H265);
+        assert!(host.codec_refusal().is_none());
+        guest.on_ack(&ack);
+        assert_eq!(guest.codec_state(), &CodecState::Confirmed);
+        // A host without one says why, and refuses the guest's frames.
+        let mut guest = GuestExt::with_codec(ERROR_PTS, Codec::Av1);
+        let mut host = HostExt::new(KNOWN, 0, "h");
+        let ack = host
+            .on_hello_with(&guest.hello(0, 0, "g"), |_| Err("no AV1 encoder".into()))
+            .unwrap();
+        assert_eq!((ack.codec, ack.extensions), (Codec::H264, ERROR_PTS));
+        assert_eq!(host.codec_refusal(), Some("no AV1 encoder"));
+        guest.on_ack(&ack);
+        assert_eq!(
+            guest.codec_state(),
+            &CodecState::Refused("no AV1 encoder".into())
+        );
+        // An older host answers without CODEC and without a reason.
+        let mut guest = GuestExt::with_codec(ERROR_PTS, Codec::H265);
+        guest.on_ack(&HelloAck {
+            extensions: ERROR_PTS,
+            ..HelloAck::default()
+        });
+        assert!(matches!(guest.codec_state(), CodecState::Refused(why) if why.contains("older")));
+        // A legacy host never answers the HELLO.
+        let mut guest = GuestExt::with_codec(0, Codec::H265);
+        guest.on_pong();
+        assert!(matches!(guest.codec_state(), CodecState::Refused(why) if why.contains("legacy")));
+        // H.264 needs nothing from anyone.
+        let mut guest = GuestExt::with_codec(ERROR_PTS, Codec::H264);
+        assert_eq!(guest.codec_state(), &CodecState::Confirmed);
+        assert_eq!(guest.hello(0, 0, "g").extensions, ERROR_PTS);
+        guest.on_pong();
+        assert_eq!(guest.codec_state(), &CodecState::Confirmed);
+    }
+
+    #[test]
+    fn an_unknown_or_unoffered_codec_is_refused_not_taken_for_h264() {
+        let unknown = Hello {
+            version: 1,
+            codec: 9,
+            extensions: CODEC,
+            ..Default::default()
+        };
+        let mut host = HostExt::new(KNOWN, 0, "h");
+        let ack = host.on_hello_with(&unknown, |_| Ok(())).unwrap();
+        assert_eq!(ack.extensions & CODEC, 0);
+        assert!(host.codec_refusal().unwrap().contains("codec 9"));
+        // A host that does not offer CODEC at all.
+        let mut host = HostExt::new(KNOWN & !CODEC, 0, "h");
+        let ack = host
+            .on_hello_with(
+                &GuestExt::with_codec(0, Codec::H265).hello(0, 0, "g"),
+                |_| Ok(()),
+            )
+            .unwrap();
+        assert_eq!(ack.codec, Codec::H264);
+        assert!(host.codec_refusal().is_some());
+        // The plain `on_hello` is a host that encodes H.264 only.
+        let mut host = HostExt::new(KNOWN, 0, "h");
+        host.on_hello(&GuestExt::with_codec(0, Codec::Av1).hello(0, 0, "g"));
+        assert!(host.codec_refusal().unwrap().contains("H.264 only"));
     }
 
     #[test]

@@ -16,6 +16,9 @@
 //! * [`nal`]: normalisation of the NAL chunks of a response to Annex-B,
 //!   IDR detection and the sequence parameter set.
 //! * [`profile`]: H.264 profiles and levels, and their GStreamer names.
+//! * [`codec`]: the codecs a guest may ask for (H.264, H.265, AV1): what
+//!   a keyframe is in each, their profiles and levels; [`h265`] and
+//!   [`av1`] read those codecs' parameter sets.
 //! * [`ext`]: the negotiated extensions of `vsockenc`/`vsockenc-host`
 //!   (HELLO, compact frames, errors that name their frame, drain, profile
 //!   negotiation, more pixel formats).
@@ -24,11 +27,14 @@
 //! * [`compact`]: the compact frame codec (changed tiles, optional LZ4) and
 //!   the frame checksum that proves a rebuilt frame bit-identical.
 
+pub mod av1;
+pub mod codec;
 pub mod compact;
 pub mod decoder;
 pub mod error;
 pub mod ext;
 pub mod ext_state;
+pub mod h265;
 pub mod header;
 pub mod layout;
 pub mod limits;
@@ -38,6 +44,7 @@ pub mod profile;
 pub mod shm;
 pub mod write;
 
+pub use codec::Codec;
 pub use decoder::{Decoded, Decoder};
 pub use error::ProtocolError;
 pub use ext::ExtMessage;

@@ -143,6 +143,17 @@ impl FrameResponse {
         out
     }
 
+    /// The unit in the form `codec`'s caps say: an Annex-B access unit for
+    /// H.264 and H.265 ([`FrameResponse::annexb`]), the chunks as they are
+    /// for AV1, whose OBUs carry their own sizes (a start code would break
+    /// the temporal unit).
+    pub fn unit(&self, codec: crate::Codec) -> Vec<u8> {
+        match codec {
+            crate::Codec::H264 | crate::Codec::H265 => self.annexb(),
+            crate::Codec::Av1 => self.chunks.concat(),
+        }
+    }
+
     fn encode_payload(&self, out: &mut Vec<u8>) {
         let mut fixed = [0u8; FRAME_RESPONSE_FIXED];
         put_i64(&mut fixed, 0, self.pts);

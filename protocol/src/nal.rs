@@ -283,33 +283,33 @@ pub fn first_sps(au: &[u8]) -> Option<Sps> {
 }
 
 /// Reads bits most significant first, and Exp-Golomb codes.
-struct BitReader<'a> {
+pub(crate) struct BitReader<'a> {
     data: &'a [u8],
     pos: usize,
 }
 
 impl<'a> BitReader<'a> {
-    fn new(data: &'a [u8]) -> Self {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
         BitReader { data, pos: 0 }
     }
 
-    fn bit(&mut self) -> Option<u32> {
+    pub(crate) fn bit(&mut self) -> Option<u32> {
         let b = *self.data.get(self.pos / 8)?;
         let v = (b >> (7 - self.pos % 8)) & 1;
         self.pos += 1;
         Some(v as u32)
     }
 
-    fn bits(&mut self, n: u32) -> Option<u32> {
+    pub(crate) fn bits(&mut self, n: u32) -> Option<u32> {
         (0..n).try_fold(0u32, |acc, _| Some(acc << 1 | self.bit()?))
     }
 
-    fn byte(&mut self) -> Option<u8> {
+    pub(crate) fn byte(&mut self) -> Option<u8> {
         self.bits(8).map(|v| v as u8)
     }
 
     /// ue(v); values above 2^31 - 2 are refused.
-    fn ue(&mut self) -> Option<u32> {
+    pub(crate) fn ue(&mut self) -> Option<u32> {
         let mut zeros = 0;
         while self.bit()? == 0 {
             zeros += 1;

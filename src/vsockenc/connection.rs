@@ -212,10 +212,16 @@ impl Connection {
 
     /// Announces the extensions the element supports: the first message on
     /// a connection. A legacy host skips it; ours answers HELLO_ACK.
-    pub fn send_hello(&self, requested: u32, tile: u16, agent: &str) -> io::Result<usize> {
+    pub fn send_hello(
+        &self,
+        requested: u32,
+        codec: hxfr::Codec,
+        tile: u16,
+        agent: &str,
+    ) -> io::Result<usize> {
         let hello = {
             let mut ext = self.ext.lock();
-            *ext = GuestExt::new(requested);
+            *ext = GuestExt::with_codec(requested, codec);
             ext.hello(tile, tile, agent)
         };
         self.send_bytes(&ExtMessage::Hello(hello).encode(LEGACY_SESSION_ID))

@@ -1,6 +1,9 @@
-//! GObject/GStreamer glue of `vsockenc`: properties, pad templates and the
-//! `GstVideoEncoder` virtual methods. The logic lives in the sibling
-//! modules; [`super::state`] describes the threads and how they wait.
+//! GObject/GStreamer glue of the abstract base of the three elements
+//! (`GstVsockBaseEnc`): properties, the `GstVideoEncoder` virtual methods,
+//! and the pad templates and metadata each element builds for its codec.
+//! The codec comes from the class struct ([`Class`]), which each element's
+//! class sets. The logic lives in the sibling modules; [`super::state`]
+//! describes the threads and how they wait.
 
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -23,7 +26,9 @@ use super::stats;
 use super::stream_lock;
 use super::transport;
 use super::CAT;
+use hxfr::ext::CodecState;
 use hxfr::profile::Level;
+use hxfr::Codec;
 
 /// How long negotiation waits for the host to say whether it speaks the
 /// protocol extensions (one round trip; a legacy host answers the PING
@@ -82,18 +87,94 @@ struct Running {
 }
 
 #[derive(Default)]
-pub struct VsockEnc {
+pub struct VsockBaseEnc {
     settings: Mutex<Settings>,
     running: Mutex<Option<Running>>,
     /// Counters of the last run, shown by `stats` after `stop()`.
     last_stats: Mutex<Option<gst::Structure>>,
 }
 
+/// The class struct of the base and of each element: the codec the
+/// element asks the host for (set by the element's class, see
+/// `super::VsockBaseEncImpl`).
+#[repr(C)]
+pub struct Class {
+    parent: gst_video::ffi::GstVideoEncoderClass,
+    pub(super) codec: Codec,
+}
+
+unsafe impl ClassStruct for Class {
+    type Type = VsockBaseEnc;
+}
+
+impl std::ops::Deref for Class {
+    type Target = glib::Class<gst_video::VideoEncoder>;
+
+    fn deref(&self) -> &Self::Target {
+        // SAFETY: the class struct starts with its parent's.
+        unsafe { &*(self as *const Self as *const Self::Target) }
+    }
+}
+
 #[glib::object_subclass]
-impl ObjectSubclass for VsockEnc {
-    const NAME: &'static str = "GstVsockEnc";
-    type Type = super::VsockEnc;
+impl ObjectSubclass for VsockBaseEnc {
+    const NAME: &'static str = "GstVsockBaseEnc";
+    const ABSTRACT: bool = true;
+    type Type = super::VsockBaseEnc;
     type ParentType = gst_video::VideoEncoder;
+    type Class = Class;
+}
+
+/// The metadata of the element for `codec`.
+pub fn metadata(codec: Codec) -> gst::subclass::ElementMetadata {
+    gst::subclass::ElementMetadata::new(
+        &format!("VSOCK host {codec} encoder"),
+        "Codec/Encoder/Video",
+        &format!("Encodes video to {codec} by handing raw frames to vsockenc-host on the VM host over AF_VSOCK, TCP or a Unix socket"),
+        "vsockenc developers",
+    )
+}
+
+/// The pad templates of the element for `codec`.
+pub fn pad_templates(codec: Codec) -> Vec<gst::PadTemplate> {
+    let sink_caps = sink_caps(&SINK_FORMATS);
+    let (format, alignment) = codec.stream_format();
+    let src_caps = gst::Caps::builder(codec.media_type())
+        .field("stream-format", format)
+        .field("alignment", alignment)
+        .field("width", gst::IntRange::new(1, 8192))
+        .field("height", gst::IntRange::new(1, 8192))
+        .field(
+            "framerate",
+            gst::FractionRange::new(gst::Fraction::new(0, 1), gst::Fraction::new(i32::MAX, 1)),
+        )
+        .build();
+    vec![
+        gst::PadTemplate::new(
+            "sink",
+            gst::PadDirection::Sink,
+            gst::PadPresence::Always,
+            &sink_caps,
+        )
+        .unwrap(),
+        gst::PadTemplate::new(
+            "src",
+            gst::PadDirection::Src,
+            gst::PadPresence::Always,
+            &src_caps,
+        )
+        .unwrap(),
+    ]
+}
+
+/// The caps of the encoded output of `codec`, before the stream's profile
+/// and level are known.
+pub(super) fn output_caps(codec: Codec) -> gst::Caps {
+    let (format, alignment) = codec.stream_format();
+    gst::Caps::builder(codec.media_type())
+        .field("stream-format", format)
+        .field("alignment", alignment)
+        .build()
 }
 
 /// What a wait of the streaming thread waits for.
@@ -107,7 +188,12 @@ enum Until {
     Drained,
 }
 
-impl VsockEnc {
+impl VsockBaseEnc {
+    /// The codec of this element (its class's).
+    fn codec(&self) -> Codec {
+        self.obj().codec()
+    }
+
     fn shared(&self) -> Option<Arc<Shared>> {
         self.running.lock().as_ref().map(|r| r.shared.clone())
     }
@@ -215,10 +301,11 @@ impl VsockEnc {
         fps: (u32, u32),
         settings: &Settings,
     ) -> Result<Label, String> {
+        let codec = self.codec();
         let allowed = self.obj().src_pad().allowed_caps();
         let wanted = allowed
             .as_ref()
-            .map(|c| Wanted::from_caps(c))
+            .map(|c| Wanted::from_caps(c, codec))
             .unwrap_or(Wanted {
                 profiles: Vec::new(),
                 max_level: Level::ANY,
@@ -232,7 +319,7 @@ impl VsockEnc {
             return Ok(Label::default());
         }
         let mut refusals = Vec::new();
-        for (name, profile) in wanted.requests() {
+        for (name, profile) in wanted.requests(codec) {
             let answer = link.ask_profile(
                 profile,
                 wanted.max_level,
@@ -247,12 +334,12 @@ impl VsockEnc {
                 refusals.push(r.reason.clone());
                 continue;
             }
-            let mut label = Label::of_stream(r.profile, r.level);
+            let mut label = Label::of_stream(codec, r.profile, r.level);
             // A downstream that asked for `baseline` may not list the more
             // specific `constrained-baseline` the host makes: the name it
             // asked for is true of the stream too.
             if let (Some(asked), Some(allowed)) = (name, &allowed) {
-                let mut probe = gst::Caps::builder("video/x-h264").build();
+                let mut probe = gst::Caps::builder(codec.media_type()).build();
                 label.apply(&mut probe);
                 if !probe.can_intersect(allowed) {
                     label.profile = Some(asked.to_string());
@@ -267,14 +354,14 @@ impl VsockEnc {
                 label.level,
                 r.encoder,
                 wanted.profiles,
-                wanted.max_level.name()
+                codec.level_name(wanted.max_level)
             );
             return Ok(label);
         }
         Err(format!(
             "downstream accepts profile {} up to level {}; the host at {} refused: {}",
             wanted.profiles.join(", "),
-            wanted.max_level.name().unwrap_or("any"),
+            codec.level_name(wanted.max_level).unwrap_or("any"),
             link.addr,
             refusals.join("; ")
         ))
@@ -288,7 +375,7 @@ impl VsockEnc {
     }
 }
 
-impl ObjectImpl for VsockEnc {
+impl ObjectImpl for VsockBaseEnc {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             vec![
@@ -516,57 +603,9 @@ impl ObjectImpl for VsockEnc {
     }
 }
 
-impl GstObjectImpl for VsockEnc {}
+impl GstObjectImpl for VsockBaseEnc {}
 
-impl ElementImpl for VsockEnc {
-    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
-        static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
-            gst::subclass::ElementMetadata::new(
-                "VSOCK host H.264 encoder",
-                "Codec/Encoder/Video",
-                "Encodes video to H.264 by handing raw frames to vsockenc-host on the VM host over AF_VSOCK, TCP or a Unix socket",
-                "vsockenc developers",
-            )
-        });
-        Some(&*META)
-    }
-
-    fn pad_templates() -> &'static [gst::PadTemplate] {
-        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let sink_caps = sink_caps(&SINK_FORMATS);
-            let src_caps = gst::Caps::builder("video/x-h264")
-                .field("stream-format", "byte-stream")
-                .field("alignment", "au")
-                .field("width", gst::IntRange::new(1, 8192))
-                .field("height", gst::IntRange::new(1, 8192))
-                .field(
-                    "framerate",
-                    gst::FractionRange::new(
-                        gst::Fraction::new(0, 1),
-                        gst::Fraction::new(i32::MAX, 1),
-                    ),
-                )
-                .build();
-            vec![
-                gst::PadTemplate::new(
-                    "sink",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Always,
-                    &sink_caps,
-                )
-                .unwrap(),
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &src_caps,
-                )
-                .unwrap(),
-            ]
-        });
-        TEMPLATES.as_ref()
-    }
-
+impl ElementImpl for VsockBaseEnc {
     fn change_state(
         &self,
         transition: gst::StateChange,
@@ -593,9 +632,19 @@ impl ElementImpl for VsockEnc {
     }
 }
 
-impl VideoEncoderImpl for VsockEnc {
+impl VideoEncoderImpl for VsockBaseEnc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let settings = self.settings.lock().clone();
+        let mut settings = self.settings.lock().clone();
+        settings.codec = self.codec();
+        if settings.codec != Codec::H264 && !settings.extensions {
+            return Err(gst::error_msg!(
+                gst::LibraryError::Settings,
+                [
+                    "{} needs extensions=true: the codec is asked for with a protocol extension, and a pure legacy HXFR connection is H.264",
+                    settings.codec
+                ]
+            ));
+        }
         let obj = self.obj();
         let shared = Arc::new(Shared::default());
         let link = Link::new(settings.clone(), shared.clone(), &obj);
@@ -694,22 +743,35 @@ impl VideoEncoderImpl for VsockEnc {
             realtime: true,
         });
 
+        let codec = self.codec();
+        // Before anything is asked of the host: one that does not encode
+        // this codec is an error now, not a stream mislabelled later.
+        if let Some(CodecState::Refused(why)) = link.codec_state(NEGOTIATION_WAIT) {
+            if let Some(conn) = shared.lock().usable_link() {
+                link.codec_refused(&conn, &why);
+            }
+            return Err(gst::loggable_error!(
+                CAT,
+                "the host at {} does not encode {codec}: {why}",
+                link.addr
+            ));
+        }
         let label = self
             .choose_label(&link, (info.width(), info.height()), (num, den), &settings)
             .map_err(|why| {
                 gst::element_imp_error!(
                     self,
                     gst::CoreError::Negotiation,
-                    ("no H.264 profile that downstream accepts can be produced"),
+                    (
+                        "no {} profile that downstream accepts can be produced",
+                        codec
+                    ),
                     ["{why}"]
                 );
                 gst::loggable_error!(CAT, "{why}")
             })?;
         link.settle_shm(NEGOTIATION_WAIT);
-        let mut caps = gst::Caps::builder("video/x-h264")
-            .field("stream-format", "byte-stream")
-            .field("alignment", "au")
-            .build();
+        let mut caps = output_caps(codec);
         label.apply(&mut caps);
         let output_state = obj
             .set_output_state(caps.clone(), Some(state))

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use gst::glib;
 use gst::prelude::*;
-use hxfr::ext::{ext_bits, ProfileResponse};
+use hxfr::ext::{ext_bits, CodecState, ProfileResponse};
 use hxfr::profile::{Level, Profile};
 use hxfr::ConfigRequest;
 use parking_lot::Mutex;
@@ -35,7 +35,7 @@ use super::settings::Settings;
 use super::shm::{GuestShm, Offer, Region};
 use super::state::Shared;
 use super::transport::{self, Address};
-use super::VsockEnc;
+use super::VsockBaseEnc;
 
 /// How long `join` waits for the link thread before leaving it to finish a
 /// connection attempt on its own.
@@ -47,10 +47,13 @@ pub struct Link {
     settings: Settings,
     pub addr: Address,
     shared: Arc<Shared>,
-    element: glib::WeakRef<VsockEnc>,
+    element: glib::WeakRef<VsockBaseEnc>,
     generation: AtomicU64,
     /// The connection whose host did not answer the HELLO in time.
     unanswered: AtomicU64,
+    /// The last connection whose refusal of the codec was reported (once
+    /// per connection, whoever finds it first).
+    codec_reported: AtomicU64,
     /// The CONFIG_REQ of the current caps, sent on every new connection.
     config: Mutex<Option<ConfigRequest>>,
     thread: Mutex<Option<(JoinHandle<()>, mpsc::Receiver<()>)>>,
@@ -66,7 +69,7 @@ enum Due {
 }
 
 impl Link {
-    pub fn new(settings: Settings, shared: Arc<Shared>, element: &VsockEnc) -> Arc<Link> {
+    pub fn new(settings: Settings, shared: Arc<Shared>, element: &VsockBaseEnc) -> Arc<Link> {
         let addr = settings.address();
         let shm = Arc::new(GuestShm::open(&settings, &addr));
         match (&shm.region, &shm.unavailable) {
@@ -95,6 +98,7 @@ impl Link {
             element: element.downgrade(),
             generation: AtomicU64::new(0),
             unanswered: AtomicU64::new(0),
+            codec_reported: AtomicU64::new(0),
             config: Mutex::new(None),
             thread: Mutex::new(None),
             limiter: Mutex::new(Limiter::default()),
@@ -123,7 +127,7 @@ impl Link {
         let requested = s.requested_extensions() | self.shm.requested();
         let mut pinged = false;
         if requested != 0 {
-            match conn.send_hello(requested, TILE, AGENT) {
+            match conn.send_hello(requested, s.codec, TILE, AGENT) {
                 Ok(n) => sent += n as u64,
                 Err(e) => log_weak!(warning, self.element, "HELLO to {} failed: {e}", self.addr),
             }
@@ -167,6 +171,7 @@ impl Link {
             events: self.clone(),
             element: self.element.clone(),
             shm: self.shm.clone(),
+            codec: s.codec,
         };
         let reader_conn = conn.clone();
         let reader = std::thread::Builder::new()
@@ -222,6 +227,46 @@ impl Link {
             }
             self.shared.wait_streaming(&mut st, Some(give_up));
         }
+    }
+
+    /// Whether the current host encodes this element's codec, after
+    /// waiting up to `timeout` for its answer to the HELLO. `None` when that
+    /// is not known (no connection, no answer in time).
+    pub fn codec_state(&self, timeout: Duration) -> Option<CodecState> {
+        self.extended(timeout)?;
+        let conn = self.shared.lock().usable_link()?;
+        let state = conn.ext.lock().codec_state().clone();
+        Some(state)
+    }
+
+    /// The host of `conn` does not encode this element's codec: an error
+    /// on the bus (once per connection) that says why and what to do, and
+    /// a stored flow error that stops the stream. No frame is sent to such
+    /// a host (send.rs): it would encode another codec than the caps say.
+    pub fn codec_refused(&self, conn: &Connection, why: &str) {
+        if self.codec_reported.swap(conn.generation, Ordering::SeqCst) == conn.generation {
+            return;
+        }
+        {
+            let mut st = self.shared.lock();
+            st.set_flow(Err(gst::FlowError::Error));
+        }
+        self.shared.wake_all();
+        let codec = self.settings.codec;
+        let Some(el) = self.element.upgrade() else {
+            return;
+        };
+        gst::element_error!(
+            el,
+            gst::CoreError::Negotiation,
+            ("the host at {} cannot encode {}: {}", conn.addr, codec, why),
+            [
+                "{} needs a vsockenc-host with an {} encoder (--{}-encoder; see its startup log), or use vsockenc for H.264, which every host encodes",
+                el.factory().map(|f| f.name().to_string()).unwrap_or_default(),
+                codec,
+                if codec == hxfr::Codec::Av1 { "av1" } else { "h265" }
+            ]
+        );
     }
 
     /// Whether the current host takes I420, YV12, YUY2 and UYVY (the
@@ -593,6 +638,10 @@ impl Link {
 }
 
 impl ReaderEvents for Link {
+    fn codec_refused(&self, conn: &Connection, why: &str) {
+        Link::codec_refused(self, conn, why);
+    }
+
     fn host_error(&self, conn: &Connection, code: i32, message: &str, pts: Option<i64>) {
         let frame = pts.map_or("no frame in flight".to_string(), |p| {
             format!("frame pts {p} dropped")

@@ -1,9 +1,29 @@
-//! `vsockenc`: H.264 encoding done by the VM host.
+//! `vsockenc`, `vsockh265enc`, `vsockav1enc`: H.264, H.265 and AV1
+//! encoding done by the VM host.
 //!
 //! The element sends each raw frame (or, for virtio-gpu DMA-BUFs, its
 //! resource id) to `vsockenc-host` over one persistent AF_VSOCK, TCP or Unix
 //! socket connection and pushes the access units that come back, in input
-//! order, as `video/x-h264, stream-format=byte-stream, alignment=au`.
+//! order, as `video/x-h264, stream-format=byte-stream, alignment=au`
+//! (`vsockenc`), `video/x-h265, stream-format=byte-stream, alignment=au`
+//! (`vsockh265enc`) or `video/x-av1, stream-format=obu-stream,
+//! alignment=tu` (`vsockav1enc`).
+//!
+//! # One implementation, three elements
+//!
+//! GStreamer has one encoder element per codec (`x264enc`/`x265enc`,
+//! `vah264enc`/`vah265enc`/`vaav1enc`), so that caps negotiation and
+//! autoplugging see one output format per element. Here all three share one
+//! implementation: the abstract base type `GstVsockBaseEnc`
+//! ([`VsockBaseEnc`], `imp.rs`) holds the properties, the vfuncs and every
+//! module below, and reads its codec from its class struct
+//! ([`imp::Class`]). Each element is a thin subclass (`elements.rs`) that
+//! only sets the codec ([`VsockBaseEncImpl::CODEC`]), its pad templates and
+//! its metadata. So the properties, the `stats` and the behaviour are the
+//! same for the three, and `vsockenc` stays the H.264 element legacy
+//! pipelines name. The codec is asked for in the HELLO (the CODEC
+//! extension): a host that cannot encode it (a legacy host, one without
+//! the encoder) is reported as an error, and no frame is sent to it.
 //!
 //! Several frames are in flight at once (`max-in-flight`); a frame whose
 //! response does not come within `response-timeout` is dropped and the next
@@ -29,7 +49,8 @@
 //!     vsockenc tcp-host=10.0.2.2 bitrate=6000 ! h264parse ! fakesink
 //! ```
 //!
-//! Module map, top down: `imp` (GObject glue, the vfuncs); `state` (the
+//! Module map, top down: `elements` (the three elements: codec, pad
+//! templates, metadata); `imp` (GObject glue, the vfuncs); `state` (the
 //! one state mutex and its condvars: the threading rules); `output` (the
 //! src-pad task that finishes frames); `send` (the send path); `link`
 //! (connect, reconnect, keepalive, what the element reports about the
@@ -54,7 +75,7 @@ pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "vsockenc",
         gst::DebugColorFlags::empty(),
-        Some("H.264 encoding by the VM host over AF_VSOCK/TCP/Unix socket"),
+        Some("H.264, H.265 and AV1 encoding by the VM host over AF_VSOCK/TCP/Unix socket"),
     )
 });
 
@@ -82,6 +103,7 @@ mod connection;
 mod convert;
 mod delta;
 mod dmabuf;
+mod elements;
 mod imp;
 mod link;
 mod output;
@@ -99,18 +121,53 @@ mod stream_lock;
 mod transport;
 mod write_gate;
 
+pub use elements::{VsockAv1Enc, VsockEnc, VsockH265Enc};
+
 glib::wrapper! {
-    pub struct VsockEnc(ObjectSubclass<imp::VsockEnc>)
+    /// The abstract base of the three elements: everything but the codec.
+    pub struct VsockBaseEnc(ObjectSubclass<imp::VsockBaseEnc>)
         @extends gst_video::VideoEncoder, gst::Element, gst::Object;
 }
 
-/// Registers `vsockenc` with rank NONE: it needs a host daemon, so it must
-/// never be autoplugged; applications pick it by name.
+impl VsockBaseEnc {
+    /// The codec of this element (its class's).
+    pub(crate) fn codec(&self) -> hxfr::Codec {
+        self.class().as_ref().codec
+    }
+}
+
+/// What a subclass of [`VsockBaseEnc`] provides: its codec (and, as an
+/// element, its pad templates and metadata).
+pub trait VsockBaseEncImpl: gst_video::subclass::prelude::VideoEncoderImpl {
+    const CODEC: hxfr::Codec;
+}
+
+unsafe impl<T: VsockBaseEncImpl> glib::subclass::types::IsSubclassable<T> for VsockBaseEnc {
+    /// Only the element's class init runs for a subclass (its metadata and
+    /// pad templates), not `GstVideoEncoder`'s: that would point every
+    /// encoder vfunc at the subclass's trampolines, which wrap each frame
+    /// in a second `VideoCodecFrame` around the base's, and so hold the
+    /// stream lock twice where the base releases it once to wait
+    /// (stream_lock.rs). The encoder vfuncs stay the base's, copied from
+    /// its class.
+    fn class_init(class: &mut glib::Class<Self>) {
+        <gst::Element as glib::subclass::types::IsSubclassable<T>>::class_init(
+            class.upcast_ref_mut(),
+        );
+        class.as_mut().codec = T::CODEC;
+    }
+}
+
+/// Registers `vsockenc`, `vsockh265enc` and `vsockav1enc` with rank NONE:
+/// they need a host daemon, so they must never be autoplugged; applications
+/// pick them by name.
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
-    gst::Element::register(
-        Some(plugin),
-        "vsockenc",
-        gst::Rank::NONE,
-        VsockEnc::static_type(),
-    )
+    for (name, t) in [
+        ("vsockenc", VsockEnc::static_type()),
+        ("vsockh265enc", VsockH265Enc::static_type()),
+        ("vsockav1enc", VsockAv1Enc::static_type()),
+    ] {
+        gst::Element::register(Some(plugin), name, gst::Rank::NONE, t)?;
+    }
+    Ok(())
 }

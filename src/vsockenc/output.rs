@@ -21,10 +21,10 @@ use gst_video::prelude::*;
 use super::pending::{DropReason, Outcome, Ready};
 use super::profile::Label;
 use super::state::{Shared, State};
-use super::{VsockEnc, CAT};
+use super::{VsockBaseEnc, CAT};
 
 /// Starts (or restarts) the task on the encoder's src pad.
-pub fn start(el: &VsockEnc, shared: std::sync::Arc<Shared>) -> Result<(), glib::BoolError> {
+pub fn start(el: &VsockBaseEnc, shared: std::sync::Arc<Shared>) -> Result<(), glib::BoolError> {
     let weak = el.downgrade();
     el.src_pad().start_task(move || {
         let Some(el) = weak.upgrade() else {
@@ -40,13 +40,13 @@ pub fn start(el: &VsockEnc, shared: std::sync::Arc<Shared>) -> Result<(), glib::
 
 /// Stops the task and waits until its current iteration is over. The
 /// caller has woken it first (stop or flushing set).
-pub fn stop(el: &VsockEnc) {
+pub fn stop(el: &VsockBaseEnc) {
     let _ = el.src_pad().stop_task();
 }
 
 /// One iteration: waits for ready frames and finishes them. False when the
 /// element is stopping or flushing.
-fn iterate(el: &VsockEnc, shared: &Shared) -> bool {
+fn iterate(el: &VsockBaseEnc, shared: &Shared) -> bool {
     let (ready, went_silent) = {
         let mut st = shared.lock();
         loop {
@@ -123,30 +123,28 @@ fn iterate(el: &VsockEnc, shared: &Shared) -> bool {
 /// be asked, or a host that changed its mind) the caps are corrected, if
 /// downstream accepts the stream as it is; otherwise the stream stops with
 /// an error that says why. A stream is never pushed mislabelled.
-fn check_label(el: &VsockEnc, shared: &Shared, r: &Ready) -> Result<(), gst::FlowError> {
+fn check_label(el: &VsockBaseEnc, shared: &Shared, r: &Ready) -> Result<(), gst::FlowError> {
     let Outcome::Encoded(enc) = &r.outcome else {
         return Ok(());
     };
     if !enc.keyframe {
         return Ok(());
     }
-    let Some(sps) = hxfr::nal::first_sps(&enc.data) else {
+    let codec = el.codec();
+    let Some(info) = codec.stream_info(&enc.data) else {
         return Ok(());
     };
-    let (profile, level) = (sps.profile, sps.level());
-    if shared.lock().label.matches(profile, level) {
+    let (profile, level) = (info.profile, info.level);
+    if shared.lock().label.matches(codec, profile, level) {
         return Ok(());
     }
-    let label = Label::of_stream(profile, level);
+    let label = Label::of_stream(codec, profile, level);
     let Some(old) = el.output_state() else {
         return Ok(());
     };
-    let mut caps = old.caps_owned().unwrap_or_else(|| {
-        gst::Caps::builder("video/x-h264")
-            .field("stream-format", "byte-stream")
-            .field("alignment", "au")
-            .build()
-    });
+    let mut caps = old
+        .caps_owned()
+        .unwrap_or_else(|| super::imp::output_caps(codec));
     label.apply(&mut caps);
     let accepted = el
         .src_pad()
@@ -157,7 +155,8 @@ fn check_label(el: &VsockEnc, shared: &Shared, r: &Ready) -> Result<(), gst::Flo
             el,
             gst::StreamError::Format,
             (
-                "the host produces H.264 profile {} level {}, which downstream does not accept",
+                "the host produces {} profile {} level {}, which downstream does not accept",
+                codec,
                 label.profile.as_deref().unwrap_or("(unknown)"),
                 label.level.as_deref().unwrap_or("(unknown)")
             ),
@@ -186,7 +185,7 @@ fn check_label(el: &VsockEnc, shared: &Shared, r: &Ready) -> Result<(), gst::Flo
     Ok(())
 }
 
-fn finish_one(el: &VsockEnc, r: Ready) -> Result<gst::FlowSuccess, gst::FlowError> {
+fn finish_one(el: &VsockBaseEnc, r: Ready) -> Result<gst::FlowSuccess, gst::FlowError> {
     let Some(mut frame) = el.frame(r.frame_id as i32) else {
         // Flushed meanwhile.
         return Ok(gst::FlowSuccess::Ok);

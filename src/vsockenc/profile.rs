@@ -1,5 +1,7 @@
-//! The H.264 profile and level of the output: what downstream accepts,
-//! what the host is asked for, and what the stream actually is.
+//! The profile and level of the output: what downstream accepts, what the
+//! host is asked for, and what the stream actually is. Names and numbers
+//! are the element's codec's ([`Codec`]: H.264, H.265 profile and level,
+//! AV1 profile only).
 //!
 //! Downstream says which profiles (in its order of preference) and the
 //! highest level it accepts, through the caps it allows on the src pad (a
@@ -13,6 +15,7 @@
 //! against the caps, so a stream is never mislabelled.
 
 use hxfr::profile::{Level, Profile};
+use hxfr::Codec;
 
 /// What downstream accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +39,7 @@ fn strings(s: &gst::StructureRef, field: &str) -> Option<Vec<String>> {
 impl Wanted {
     /// From the caps downstream allows on the src pad (already intersected
     /// with the template).
-    pub fn from_caps(allowed: &gst::CapsRef) -> Wanted {
+    pub fn from_caps(allowed: &gst::CapsRef, codec: Codec) -> Wanted {
         let mut profiles: Vec<String> = Vec::new();
         let mut any_profile = allowed.is_empty() || allowed.is_any();
         let mut max_level = Some(Level::ANY);
@@ -52,7 +55,9 @@ impl Wanted {
                 }
                 None => any_profile = true,
             }
-            match strings(s, "level").map(|l| l.iter().filter_map(|n| Level::from_name(n)).max()) {
+            match strings(s, "level")
+                .map(|l| l.iter().filter_map(|n| codec.level_from_name(n)).max())
+            {
                 Some(Some(l)) => {
                     levels_seen = true;
                     max_level = max_level.map(|m| if m.is_any() { l } else { m.max(l) });
@@ -72,13 +77,13 @@ impl Wanted {
 
     /// The profiles to ask the host for, in order: downstream's (the
     /// names GStreamer knows), or "any" when downstream does not care.
-    pub fn requests(&self) -> Vec<(Option<&str>, Profile)> {
+    pub fn requests(&self, codec: Codec) -> Vec<(Option<&str>, Profile)> {
         if self.profiles.is_empty() {
             return vec![(None, Profile::ANY)];
         }
         self.profiles
             .iter()
-            .filter_map(|n| Profile::from_name(n).map(|p| (Some(n.as_str()), p)))
+            .filter_map(|n| codec.profile_from_name(n).map(|p| (Some(n.as_str()), p)))
             .collect()
     }
 }
@@ -91,23 +96,28 @@ pub struct Label {
 }
 
 impl Label {
-    /// The label of a stream whose SPS says `profile` and `level`.
-    pub fn of_stream(profile: Profile, level: Level) -> Label {
+    /// The label of a stream whose parameter set says `profile` and
+    /// `level`.
+    pub fn of_stream(codec: Codec, profile: Profile, level: Level) -> Label {
         Label {
-            profile: profile.name().map(str::to_string),
-            level: level.name().map(str::to_string),
+            profile: codec.profile_name(profile).map(str::to_string),
+            level: codec.level_name(level).map(str::to_string),
         }
     }
 
-    /// Whether a stream whose SPS says `profile` and `level` is what this
-    /// label says: the same level, and a profile that is the labelled one
-    /// (a constrained-baseline stream is a baseline stream).
-    pub fn matches(&self, profile: Profile, level: Level) -> bool {
-        let profile_ok = match self.profile.as_deref().and_then(Profile::from_name) {
-            Some(p) => profile.satisfies(p),
+    /// Whether a stream whose parameter set says `profile` and `level` is
+    /// what this label says: the same level, and a profile that is the
+    /// labelled one (a constrained-baseline stream is a baseline stream).
+    pub fn matches(&self, codec: Codec, profile: Profile, level: Level) -> bool {
+        let profile_ok = match self
+            .profile
+            .as_deref()
+            .and_then(|n| codec.profile_from_name(n))
+        {
+            Some(p) => codec.satisfies(profile, p),
             None => false,
         };
-        profile_ok && self.level.as_deref() == level.name()
+        profile_ok && self.level.as_deref() == codec.level_name(level)
     }
 
     /// `caps` with the label's fields set (or removed).
@@ -137,21 +147,24 @@ mod tests {
 
     #[test]
     fn downstream_without_a_profile_takes_any() {
-        let w = Wanted::from_caps(&caps("video/x-h264, stream-format=byte-stream"));
+        let w = Wanted::from_caps(
+            &caps("video/x-h264, stream-format=byte-stream"),
+            Codec::H264,
+        );
         assert!(w.profiles.is_empty());
         assert_eq!(w.max_level, Level::ANY);
-        assert_eq!(w.requests(), vec![(None, Profile::ANY)]);
+        assert_eq!(w.requests(Codec::H264), vec![(None, Profile::ANY)]);
     }
 
     #[test]
     fn a_webrtc_payloader_asks_for_constrained_baseline_up_to_a_level() {
         let w = Wanted::from_caps(&caps(
             "video/x-h264, profile=(string)constrained-baseline, level=(string){ 1, 1b, 1.1, 3.1 }",
-        ));
+        ), Codec::H264);
         assert_eq!(w.profiles, vec!["constrained-baseline".to_string()]);
         assert_eq!(w.max_level, Level::from_name("3.1").unwrap());
         assert_eq!(
-            w.requests(),
+            w.requests(Codec::H264),
             vec![(Some("constrained-baseline"), Profile::CONSTRAINED_BASELINE)]
         );
     }
@@ -160,9 +173,12 @@ mod tests {
     fn profiles_keep_downstreams_order_and_any_structure_without_one_wins() {
         let w = Wanted::from_caps(&caps(
             "video/x-h264, profile=(string){ main, high }; video/x-h264, profile=(string)baseline",
-        ));
+        ), Codec::H264);
         assert_eq!(w.profiles, vec!["main", "high", "baseline"]);
-        let w = Wanted::from_caps(&caps("video/x-h264, profile=(string)main; video/x-h264"));
+        let w = Wanted::from_caps(
+            &caps("video/x-h264, profile=(string)main; video/x-h264"),
+            Codec::H264,
+        );
         assert!(
             w.profiles.is_empty(),
             "the second structure takes any profile"
@@ -172,13 +188,19 @@ mod tests {
     #[test]
     fn a_label_matches_the_stream_it_names() {
         let l = Label::of_stream(
+            Codec::H264,
             Profile::CONSTRAINED_BASELINE,
             Level::from_name("3.1").unwrap(),
         );
         assert_eq!(l.profile.as_deref(), Some("constrained-baseline"));
-        assert!(l.matches(Profile::new(66, 0xc0), Level::from_name("3.1").unwrap()));
-        assert!(!l.matches(Profile::HIGH, Level::from_name("3.1").unwrap()));
+        assert!(l.matches(
+            Codec::H264,
+            Profile::new(66, 0xc0),
+            Level::from_name("3.1").unwrap()
+        ));
+        assert!(!l.matches(Codec::H264, Profile::HIGH, Level::from_name("3.1").unwrap()));
         assert!(!l.matches(
+            Codec::H264,
             Profile::CONSTRAINED_BASELINE,
             Level::from_name("4").unwrap()
         ));
@@ -188,12 +210,48 @@ mod tests {
         };
         assert!(
             baseline.matches(
+                Codec::H264,
                 Profile::CONSTRAINED_BASELINE,
                 Level::from_name("3.1").unwrap()
             ),
             "a constrained-baseline stream is a baseline stream"
         );
-        assert!(!Label::default().matches(Profile::HIGH, Level::ANY));
+        assert!(!Label::default().matches(Codec::H264, Profile::HIGH, Level::ANY));
+    }
+
+    #[test]
+    fn h265_and_av1_profiles_and_levels_are_read_in_their_codec() {
+        let w = Wanted::from_caps(
+            &caps("video/x-h265, profile=(string){ main-10, main }, level=(string){ 3, 4.1 }"),
+            Codec::H265,
+        );
+        assert_eq!(w.max_level, Level(123));
+        assert_eq!(
+            w.requests(Codec::H265),
+            vec![
+                (Some("main-10"), Profile::new(2, 0)),
+                (Some("main"), Profile::new(1, 0))
+            ]
+        );
+        let l = Label::of_stream(Codec::H265, Profile::new(2, 0), Level(93));
+        assert_eq!(
+            (l.profile.as_deref(), l.level.as_deref()),
+            (Some("main-10"), Some("3.1"))
+        );
+        assert!(l.matches(Codec::H265, Profile::new(2, 0), Level(93)));
+        assert!(!l.matches(Codec::H265, Profile::new(1, 0), Level(93)));
+        // AV1 caps carry a profile, no level.
+        let w = Wanted::from_caps(&caps("video/x-av1, profile=(string)main"), Codec::Av1);
+        assert_eq!(
+            w.requests(Codec::Av1),
+            vec![(Some("main"), Profile::new(1, 0))]
+        );
+        let l = Label::of_stream(Codec::Av1, Profile::new(1, 0), Level::ANY);
+        assert_eq!(
+            (l.profile.as_deref(), l.level.as_deref()),
+            (Some("main"), None)
+        );
+        assert!(l.matches(Codec::Av1, Profile::new(1, 0), Level::ANY));
     }
 
     #[test]

@@ -12,24 +12,26 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gst::glib;
-use hxfr::ext::{ext_bits, ext_type, ChecksumCheck, ExtMessage, PTS_UNKNOWN};
-use hxfr::{nal, Decoded, Decoder, FrameResponse, Message};
+use hxfr::ext::{ext_bits, ext_type, ChecksumCheck, CodecState, ExtMessage, PTS_UNKNOWN};
+use hxfr::{Decoded, Decoder, FrameResponse, Message};
 
 use super::connection::Connection;
 use super::pending::{DropReason, Encoded, Match};
 use super::shm::{GuestShm, Offer};
 use super::state::Shared;
 use super::transport::{self, ReadHalf};
-use super::VsockEnc;
+use super::VsockBaseEnc;
 
 /// What the reader needs besides its connection.
 pub struct ReaderContext {
     pub shared: Arc<Shared>,
     pub events: Arc<dyn ReaderEvents>,
     /// For log lines only.
-    pub element: glib::WeakRef<VsockEnc>,
+    pub element: glib::WeakRef<VsockBaseEnc>,
     /// The run's shared memory (for its one fallback log line).
     pub shm: Arc<GuestShm>,
+    /// The element's codec: what a keyframe is.
+    pub codec: hxfr::Codec,
 }
 
 impl ReaderContext {
@@ -60,6 +62,9 @@ pub trait ReaderEvents: Send + Sync {
     fn answering_again(&self, conn: &Connection);
     /// The host refused to serve this guest (ERROR `REFUSED`).
     fn refused(&self, conn: &Connection, why: &str);
+    /// The host does not encode the element's codec (its HELLO_ACK, or a
+    /// legacy host's PONG, said so).
+    fn codec_refused(&self, conn: &Connection, why: &str);
 }
 
 /// Counts malformed answers in a row.
@@ -210,8 +215,14 @@ fn handle(conn: &Connection, msg: Message, cx: &ReaderContext) -> Answer {
             return Answer::Good;
         }
         Message::Pong => {
-            let settled = conn.ext.lock().on_pong();
+            let (settled, codec) = {
+                let mut ext = conn.ext.lock();
+                (ext.on_pong(), ext.codec_state().clone())
+            };
             cx.shared.lock().table.stats.pongs_received += 1;
+            if let (true, CodecState::Refused(why)) = (settled, &codec) {
+                cx.events.codec_refused(conn, why);
+            }
             if settled {
                 log_weak!(
                     info,
@@ -238,7 +249,7 @@ fn handle(conn: &Connection, msg: Message, cx: &ReaderContext) -> Answer {
 
 fn handle_response(conn: &Connection, r: FrameResponse, cx: &ReaderContext) -> Answer {
     let now = Instant::now();
-    let data = r.annexb();
+    let data = r.unit(cx.codec);
     if data.is_empty() {
         {
             let mut st = cx.shared.lock();
@@ -250,11 +261,12 @@ fn handle_response(conn: &Connection, r: FrameResponse, cx: &ReaderContext) -> A
         cx.events.protocol_warning(conn, &what);
         return Answer::Bad(what);
     }
-    // A keyframe is an access unit with an IDR slice, whatever the host
-    // says: hosts have flagged every I-frame (x264's scene cuts), and a
-    // decoder, muxer or segmenter starting at a non-IDR I-frame may need
-    // parameter sets or references it never saw.
-    let keyframe = nal::has_idr(&data);
+    // A keyframe is an access unit with an IDR slice (a key frame with its
+    // sequence header in AV1), whatever the host says: hosts have flagged
+    // every I-frame (x264's scene cuts), and a decoder, muxer or segmenter
+    // starting at a non-IDR I-frame may need parameter sets or references
+    // it never saw.
+    let keyframe = cx.codec.is_keyframe(&data);
     if keyframe != r.is_keyframe {
         log_weak!(
             trace,
@@ -333,7 +345,13 @@ fn shm_offer(conn: &Connection, accepted: u32, cx: &ReaderContext) {
 fn handle_ext(conn: &Connection, msg: ExtMessage, cx: &ReaderContext) -> Answer {
     match msg {
         ExtMessage::HelloAck(ack) => {
-            let accepted = conn.ext.lock().on_ack(&ack);
+            let (accepted, codec) = {
+                let mut ext = conn.ext.lock();
+                (ext.on_ack(&ack), ext.codec_state().clone())
+            };
+            if let CodecState::Refused(why) = &codec {
+                cx.events.codec_refused(conn, why);
+            }
             cx.shared.lock().table.stats.extensions = accepted;
             cx.shared.wake_streaming();
             shm_offer(conn, accepted, cx);

@@ -26,7 +26,7 @@ use super::pending::DropReason;
 use super::settings::{Live, Settings};
 use super::shm;
 use super::state::Shared;
-use super::{VsockEnc, CAT};
+use super::{VsockBaseEnc, CAT};
 
 /// A frame to send, as `handle_frame` sees it.
 pub struct FrameToSend<'a> {
@@ -72,7 +72,7 @@ impl Sender {
     /// at all once the element stops (the socket is shut down).
     pub fn send(
         &mut self,
-        el: &VsockEnc,
+        el: &VsockBaseEnc,
         shared: &Shared,
         f: FrameToSend<'_>,
     ) -> Result<(), gst::FlowError> {
@@ -80,7 +80,12 @@ impl Sender {
         let duration = f.duration.map(|d| d.nseconds());
         let conn = {
             let mut st = shared.lock();
-            match st.usable_link() {
+            // A host that has not said it encodes this element's codec
+            // (H.265, AV1) may encode the frame as H.264: it is not sent.
+            let link = st
+                .usable_link()
+                .filter(|c| matches!(c.ext.lock().codec_state(), hxfr::ext::CodecState::Confirmed));
+            match link {
                 Some(c) => c,
                 None => {
                     let reason = if st.connected_at.is_some() {
@@ -95,7 +100,8 @@ impl Sender {
                     gst::debug!(
                         CAT,
                         obj = el,
-                        "no connection to the host: dropping frame {} (wire pts {wire})",
+                        "no connection to a host that encodes {}: dropping frame {} (wire pts {wire})",
+                        self.settings.codec,
                         f.frame_id
                     );
                     return Ok(());
@@ -345,7 +351,7 @@ impl Sender {
         due
     }
 
-    fn dmabuf_resource_id(&mut self, el: &VsockEnc, input: &gst::BufferRef) -> Option<u32> {
+    fn dmabuf_resource_id(&mut self, el: &VsockBaseEnc, input: &gst::BufferRef) -> Option<u32> {
         if input.n_memory() != 1 {
             return None;
         }

@@ -64,6 +64,9 @@ pub struct Settings {
     pub verify_frames: bool,
     pub shared_memory: bool,
     pub shm_device: Option<String>,
+    /// The element's codec (its class's, not a property): asked for in
+    /// every HELLO.
+    pub codec: hxfr::Codec,
 }
 
 impl Default for Settings {
@@ -87,6 +90,7 @@ impl Default for Settings {
             verify_frames: DEFAULT_VERIFY_FRAMES,
             shared_memory: DEFAULT_SHARED_MEMORY,
             shm_device: DEFAULT_SHM_DEVICE.map(String::from),
+            codec: hxfr::Codec::H264,
         }
     }
 }

@@ -19,10 +19,21 @@ mod human;
 pub mod ratelimit;
 
 use std::os::fd::AsFd;
+use std::time::Duration;
+
+use ratelimit::RateLimit;
 
 use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 use tracing_subscriber::fmt::time::ChronoUtc;
 use tracing_subscriber::prelude::*;
+
+/// Refused and evicted connections, all together: a refused guest's element
+/// reconnects at once and then periodically, a hostile one in a loop.
+pub static REFUSALS: RateLimit = RateLimit::new(5, Duration::from_secs(10));
+
+/// Running out of file descriptors: one ERROR line per refused connection
+/// would repeat as fast as connections come.
+pub static DESCRIPTOR_ERRORS: RateLimit = RateLimit::new(3, Duration::from_secs(10));
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Level {

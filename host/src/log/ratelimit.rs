@@ -93,6 +93,98 @@ impl RateLimit {
     }
 }
 
+impl RateLimit {
+    /// Gives back a line `admit` let through but that was not written
+    /// after all (another limit refused it, and counts it): its place in
+    /// the window, and the count it was to carry.
+    pub fn refund(&self, a: Admitted) {
+        if a.suppressed == 0 {
+            let mut w = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            w.admitted = w.admitted.saturating_sub(1);
+            return;
+        }
+        self.refund_at(a, Instant::now())
+    }
+
+    fn refund_at(&self, a: Admitted, now: Instant) {
+        let mut w = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        w.admitted = w.admitted.saturating_sub(1);
+        w.suppressed += a.suppressed;
+        let first = now.checked_sub(a.over).unwrap_or(now);
+        w.first_suppressed = Some(w.first_suppressed.map_or(first, |f| f.min(first)));
+    }
+}
+
+/// The limits a line about one connection passes: the connection's own
+/// (one guest cannot use up the daemon-wide budget alone) and the
+/// daemon-wide one (many guests together cannot flood the log).
+pub struct ConnLimits {
+    pub conn: RateLimit,
+    pub all: &'static RateLimit,
+}
+
+/// What the lines of one connection may use: 10 lines a minute.
+pub const CONN_BURST: u32 = 10;
+pub const CONN_WINDOW: Duration = Duration::from_secs(60);
+
+impl ConnLimits {
+    pub const fn new(all: &'static RateLimit) -> ConnLimits {
+        ConnLimits {
+            conn: RateLimit::new(CONN_BURST, CONN_WINDOW),
+            all,
+        }
+    }
+
+    /// Whether a line may be written now, and the note of what both
+    /// limits held back before it ("" when nothing was).
+    pub fn admit(&self) -> Option<String> {
+        let c = self.conn.admit()?;
+        let Some(a) = self.all.admit() else {
+            self.conn.refund(c);
+            return None;
+        };
+        let mut note = String::new();
+        if c.suppressed > 0 {
+            note.push_str(&format!(
+                " [{} similar line{} about this connection suppressed in the last {}s]",
+                c.suppressed,
+                if c.suppressed == 1 { "" } else { "s" },
+                c.over.as_secs_f64().ceil() as u64
+            ));
+        }
+        if a.suppressed > 0 {
+            note.push_str(&format!(
+                " [{} similar line{} suppressed in the last {}s]",
+                a.suppressed,
+                if a.suppressed == 1 { "" } else { "s" },
+                a.over.as_secs_f64().ceil() as u64
+            ));
+        }
+        Some(note)
+    }
+}
+
+/// Logs `$level` through a connection's [`ConnLimits`]; a refused line
+/// goes to the debug level instead.
+#[macro_export]
+macro_rules! log_conn_limited {
+    ($limits:expr, $level:expr, $($arg:tt)+) => {
+        match $crate::log::ratelimit::ConnLimits::admit(&$limits) {
+            Some(note) if note.is_empty() => ::tracing::event!($level, $($arg)+),
+            Some(note) => ::tracing::event!($level, "{}{}", format_args!($($arg)+), note),
+            None => ::tracing::debug!($($arg)+),
+        }
+    };
+}
+
+/// `warn!` through a connection's [`ConnLimits`].
+#[macro_export]
+macro_rules! warn_conn {
+    ($limits:expr, $($arg:tt)+) => {
+        $crate::log_conn_limited!($limits, ::tracing::Level::WARN, $($arg)+)
+    };
+}
+
 /// Logs `$level` through the [`RateLimit`] `$limit`; a refused line is
 /// logged at debug level instead. The arguments are a format string and
 /// its arguments (no `key = value` fields).
@@ -190,6 +282,40 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(l.admit_at(t0), None);
         assert_eq!(l.admit_at(t0 + 5 * SEC), None);
+    }
+
+    #[test]
+    fn a_connection_and_the_daemon_both_limit_and_both_report() {
+        static ALL: RateLimit = RateLimit::new(3, Duration::from_secs(3600));
+        let a = ConnLimits::new(&ALL);
+        let b = ConnLimits::new(&ALL);
+        // One connection alone uses at most its own burst.
+        let written = (0..50).filter(|_| a.admit().is_some()).count();
+        assert_eq!(written, 3, "the daemon-wide 3 come first");
+        assert!(b.admit().is_none(), "the daemon-wide budget is used up");
+        // A line refused daemon-wide is counted there, and leaves the
+        // connection's own budget untouched.
+        assert_eq!(
+            b.conn.admit_at(Instant::now()).map(|x| x.suppressed),
+            Some(0)
+        );
+        let later = Instant::now() + Duration::from_secs(3601);
+        assert_eq!(ALL.admit_at(later).map(|x| x.suppressed), Some(48));
+    }
+
+    #[test]
+    fn a_connection_line_carries_the_count_it_held_back() {
+        static ALL: RateLimit = RateLimit::new(1000, Duration::from_secs(3600));
+        let c = ConnLimits::new(&ALL);
+        let t0 = Instant::now();
+        for _ in 0..CONN_BURST {
+            assert_eq!(c.conn.admit_at(t0).map(|x| x.suppressed), Some(0));
+        }
+        for _ in 0..5 {
+            assert!(c.conn.admit_at(t0).is_none());
+        }
+        let next = c.conn.admit_at(t0 + CONN_WINDOW).unwrap();
+        assert_eq!(next.suppressed, 5);
     }
 
     #[test]

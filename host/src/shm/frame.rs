@@ -90,6 +90,9 @@ impl SlotFrame {
         let l = self.layout;
         if pixels::coded_size(l.width, l.height) != (l.width, l.height) {
             let (wire, bytes) = self.tight_copy();
+            // A copy of one odd-sized frame, gone with its buffer: the
+            // budget pays for socket frames, not these.
+            let bytes = crate::budget::Charged::new(bytes, None);
             return pixels::frame_buffer(&wire, bytes, pts, duration);
         }
         let offsets: Vec<usize> = l.planes[..l.n_planes].iter().map(|p| p.offset).collect();

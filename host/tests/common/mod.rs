@@ -7,7 +7,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
@@ -47,17 +49,39 @@ impl Daemon {
     /// Starts the daemon (with `timeout` around it, so a stuck daemon can
     /// never outlive the test) and waits until every `--listen` is up.
     pub fn start(args: &[&str]) -> Daemon {
+        Daemon::start_limited(args, None)
+    }
+
+    /// [`Daemon::start`] with at most `nofile` file descriptors (soft and
+    /// hard limit, as `ulimit -n` sets them).
+    pub fn start_limited(args: &[&str], nofile: Option<u64>) -> Daemon {
         let expected = args.iter().filter(|a| **a == "--listen").count().max(1);
-        let mut child = Command::new("timeout")
-            .args(["-s", "KILL", "110"])
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-s", "KILL", "110"])
             .arg(BIN)
             .args(["--log-level", "debug", "--stats-interval", "1"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn vsockenc-host");
+            .stderr(Stdio::piped());
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; `timeout` and the
+            // daemon inherit the limit.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let l = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn vsockenc-host");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
@@ -171,6 +195,24 @@ impl Daemon {
         }
     }
 
+    /// The daemon's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// The address of the metrics endpoint, from its start-up line.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.wait_log("metrics on http://");
+        let log = self.log();
+        let rest = log.split("metrics on http://").nth(1).unwrap();
+        rest.split('/').next().unwrap().parse().unwrap()
+    }
+
     /// The daemon is still running.
     pub fn assert_alive(&mut self) {
         assert!(
@@ -208,6 +250,82 @@ pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
         out.status,
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
     )
+}
+
+/// One sample of a scrape: metric name, labels, value.
+pub type Sample = (String, std::collections::BTreeMap<String, String>, f64);
+
+/// Scrapes `http://addr/metrics` and parses it with the Prometheus
+/// project's own OpenMetrics parser (python3-prometheus-client), which
+/// rejects text that is not valid OpenMetrics.
+pub fn scrape(addr: SocketAddr) -> Vec<Sample> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "{head}"
+    );
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    const PARSE: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = []
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        out.append([s.name, s.labels, s.value])
+print(json.dumps(out))
+"#;
+    // Debian's python3, which has Debian's python3-prometheus-client (a
+    // python3 earlier in PATH, e.g. pyenv's, may not).
+    let mut py = Command::new("/usr/bin/python3")
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/setup.sh installs python3-prometheus-client)");
+    py.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser rejected the scrape: {}\n{body}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let labels = s[1]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect();
+            (
+                s[0].as_str().unwrap().to_string(),
+                labels,
+                s[2].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The value of the sample `name` whose labels include `labels`.
+pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.2)
 }
 
 pub trait Stream: Read + Write + Send {}
@@ -744,5 +862,79 @@ impl Bits<'_> {
             zeros += 1;
         }
         (0..zeros).fold(1u32, |v, _| v << 1 | self.bit()) - 1
+    }
+}
+
+/// A client that streams frames until told to stop, then checks that every
+/// response was its own, in order, and decodes to what it sent.
+pub struct Healthy {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<usize>,
+    /// Time from the start to the first answer, once it came.
+    first: Arc<Mutex<Option<Duration>>>,
+}
+
+impl Healthy {
+    pub fn start(addr: SocketAddr) -> Healthy {
+        let stop = Arc::new(AtomicBool::new(false));
+        let first = Arc::new(Mutex::new(None));
+        let (flag, first_answer) = (stop.clone(), first.clone());
+        let started = Instant::now();
+        let handle = std::thread::spawn(move || {
+            let mut client = Client::tcp(addr);
+            let mut frames = Vec::new();
+            let mut responses = Vec::new();
+            let mut t = 0u32;
+            while !flag.load(Ordering::SeqCst) || frames.len() < 10 {
+                let batch: Vec<_> = (0..4)
+                    .map(|i| {
+                        let f = test_frame(Fmt::Nv12, 80, 64, 80, t + i, 42);
+                        (f, (t + i) as i64 * 1000, false)
+                    })
+                    .collect();
+                t += 4;
+                responses.extend(stream_frames(&mut client, &batch, 4));
+                first_answer
+                    .lock()
+                    .unwrap()
+                    .get_or_insert_with(|| started.elapsed());
+                frames.extend(batch);
+                assert!(frames.len() < 5000, "healthy client ran away");
+            }
+            for (r, (_, pts, _)) in responses.iter().zip(&frames) {
+                assert_eq!(r.pts, *pts, "healthy client got exactly its own responses");
+            }
+            let aus: Vec<_> = responses
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (i as i64 * 33_333_333, r.annexb()))
+                .collect();
+            let pictures = decode(&aus, Fmt::Nv12);
+            assert_eq!(pictures.len(), frames.len());
+            for (i, (p, (f, _, _))) in pictures.iter().zip(&frames).enumerate() {
+                let db = psnr(f, p);
+                assert!(db > 30.0, "healthy frame {i}: PSNR {db:.1} dB");
+            }
+            client.ping(3);
+            frames.len()
+        });
+        Healthy {
+            stop,
+            handle,
+            first,
+        }
+    }
+
+    /// When the first batch of answers came, counted from `start`.
+    pub fn first_answer_after(&self) -> Option<Duration> {
+        *self.first.lock().unwrap()
+    }
+
+    /// Stops streaming; the number of frames, every one of them checked.
+    pub fn finish(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle
+            .join()
+            .expect("the healthy client's stream was disturbed")
     }
 }
