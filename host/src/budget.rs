@@ -262,6 +262,7 @@ pub fn default_limit() -> u64 {
     (total / 4).max(MIN_DEFAULT)
 }
 
+#[cfg(not(target_os = "macos"))]
 fn physical_memory() -> u64 {
     use nix::unistd::{sysconf, SysconfVar};
     let pages = sysconf(SysconfVar::_PHYS_PAGES).ok().flatten();
@@ -270,6 +271,20 @@ fn physical_memory() -> u64 {
         (Some(p), Some(s)) if p > 0 && s > 0 => p as u64 * s as u64,
         _ => 4 << 30,
     }
+}
+
+/// macOS has no `_SC_PHYS_PAGES`; `hw.memsize` is the machine's memory.
+/// Asked of sysctl(8) once at startup rather than through an unsafe FFI
+/// call.
+#[cfg(target_os = "macos")]
+fn physical_memory() -> u64 {
+    std::process::Command::new("/usr/sbin/sysctl")
+        .args(["-n", "hw.memsize"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4 << 30)
 }
 
 /// The cgroup v2 memory limit of this process (systemd's `MemoryMax=`).

@@ -115,8 +115,9 @@ fn levels_are_honoured_or_refused_with_the_reason() {
     assert!(!r.accepted);
     assert_eq!(r.profile, Profile::ANY);
     assert!(
-        r.reason
-            .starts_with("x264enc cannot produce main up to level 1 for 1280x720 at 30/1 fps"),
+        r.reason.starts_with(
+            "x264enc cannot produce H.264 main up to level 1 for 1280x720 at 30/1 fps"
+        ),
         "{}",
         r.reason
     );
@@ -159,7 +160,7 @@ fn impossible_profiles_are_refused_naming_why() {
         assert_eq!(r.encoder, encoder);
         assert!(
             r.reason.starts_with(&format!(
-                "{encoder} cannot produce extended (it offers profile "
+                "{encoder} cannot produce H.264 extended (it offers profile "
             )),
             "{}",
             r.reason
@@ -178,7 +179,7 @@ fn impossible_profiles_are_refused_naming_why() {
         assert!(!r.accepted);
         assert_eq!(
             r.reason,
-            "vsockenc-host encodes 8-bit 4:2:0 video only, not profile high-4:2:2"
+            "vsockenc-host encodes 4:2:0 video only (8-bit), not H.264 profile high-4:2:2"
         );
         let r = g.ask_profile(request(3, Profile::new(7, 0), Level::ANY, (320, 240)));
         assert!(!r.accepted);
