@@ -252,7 +252,8 @@ impl Server {
 }
 
 fn out_of_descriptors(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+    use nix::errno::Errno;
+    matches!(e.raw_os_error().map(Errno::from_raw), Some(Errno::EMFILE | Errno::ENFILE))
 }
 
 fn out_of_descriptors_text() -> &'static str {

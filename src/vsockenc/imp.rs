@@ -103,6 +103,8 @@ pub struct Class {
     pub(super) codec: Codec,
 }
 
+// SAFETY: `Class` is `#[repr(C)]` and starts with its parent class struct,
+// as glib's subclassing requires of a class struct.
 unsafe impl ClassStruct for Class {
     type Type = VsockBaseEnc;
 }

@@ -142,6 +142,9 @@ pub trait VsockBaseEncImpl: gst_video::subclass::prelude::VideoEncoderImpl {
     const CODEC: hxfr::Codec;
 }
 
+// SAFETY: `VsockBaseEnc`'s class struct (`imp::Class`) is `#[repr(C)]` with
+// `GstVideoEncoderClass` first, and `class_init` below only writes fields of
+// the element's own class struct and calls the element's class init.
 unsafe impl<T: VsockBaseEncImpl> glib::subclass::types::IsSubclassable<T> for VsockBaseEnc {
     /// Only the element's class init runs for a subclass (its metadata and
     /// pad templates), not `GstVideoEncoder`'s: that would point every

@@ -118,11 +118,9 @@ impl Region {
             return Err(format!("{name} is too small ({len} bytes)"));
         }
         let mut nonce = [0u8; 16];
-        // SAFETY: writes at most 16 bytes into `nonce`.
-        let n = unsafe { libc::getrandom(nonce.as_mut_ptr().cast(), nonce.len(), 0) };
-        if n != nonce.len() as isize {
-            return Err(format!("getrandom: {}", std::io::Error::last_os_error()));
-        }
+        File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut nonce))
+            .map_err(|e| format!("cannot read /dev/urandom for the region's nonce: {e}"))?;
         let region = Region {
             ptr,
             len,
@@ -282,12 +280,10 @@ fn device_size(path: &Path, file: &File) -> Result<(usize, i64), String> {
 }
 
 fn page_size() -> i64 {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as i64
-    } else {
-        4096
+    use nix::unistd::{sysconf, SysconfVar};
+    match sysconf(SysconfVar::PAGE_SIZE) {
+        Ok(Some(p)) if p > 0 => p as i64,
+        _ => 4096,
     }
 }
 
