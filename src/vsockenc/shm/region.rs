@@ -282,7 +282,7 @@ fn device_size(path: &Path, file: &File) -> Result<(usize, i64), String> {
 fn page_size() -> i64 {
     use nix::unistd::{sysconf, SysconfVar};
     match sysconf(SysconfVar::PAGE_SIZE) {
-        Ok(Some(p)) if p > 0 => p as i64,
+        Ok(Some(p)) if p > 0 => p,
         _ => 4096,
     }
 }
