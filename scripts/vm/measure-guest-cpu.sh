@@ -43,7 +43,13 @@
 # ratio of each of our rows to the C row.
 #
 # The guest is emulated: absolute figures are many times those of a KVM guest
-# and move with the machine's load. Compare rows within one run.
+# and, under plain TCG, move with the machine's load (the guest's clock is the
+# machine's, so a vCPU thread the machine preempts is charged to whatever the
+# guest ran): single runs spread 2-4x here. Compare rows within one run. With
+# VSOCKENC_VM_ICOUNT=0 VSOCKENC_VM_SMP=1 the guest's clock counts emulated
+# instructions while it runs (see run-guest.sh), so CPU per frame is an
+# instruction count that the machine's load does not move; frames/s is then
+# in that clock and only comparable between rows of the same run.
 #
 # Environment: VSOCKENC_BASELINE, VSOCKENC_GUEST_CPU_FORMATS (default
 # "NV12 BGRx"), VSOCKENC_GUEST_CPU_SIZES (default "1280x720 1920x1080"),
@@ -217,6 +223,8 @@ for size in $sizes; do
   done
 done
 echo
-echo "machine load average before/after: $load_before / $load_after; $reps repetitions, ${n_720} frames at 720p, ${n_1080} at 1080p"
+clock="real time (TCG)"
+[ -z "${VSOCKENC_VM_ICOUNT:-}" ] || clock="icount shift=$VSOCKENC_VM_ICOUNT (CPU counts emulated instructions)"
+echo "machine load average before/after: $load_before / $load_after; $reps repetitions, ${n_720} frames at 720p, ${n_1080} at 1080p; guest: ${VSOCKENC_VM_SMP:-2} vCPUs, clock $clock"
 [ -z "${VSOCKENC_GUEST_CPU_RAW:-}" ] || cp "$run/results.txt" "$VSOCKENC_GUEST_CPU_RAW"
 exit "$rc"
