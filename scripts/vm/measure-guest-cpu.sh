@@ -7,7 +7,7 @@
 # PROFILE_DIR holds the built vsockenc-host, libgstvsockenc.so and
 # examples/pipeline_cpu (default: ${CARGO_TARGET_DIR:-<repo>/target}/release).
 # Build first with `cargo build --release -p vsockenc-host -p gst-plugin-vsockenc
-# --lib --example pipeline_cpu`.
+# --lib --bins --example pipeline_cpu`.
 # The C element is $VSOCKENC_BASELINE (default: shared/baseline/
 # libgstvsockenc.so beside the repository, or beside its worktree directory).
 # It registers an element also named `vsockenc`, so each element gets its own
@@ -85,6 +85,7 @@ for f in vsockenc-host libgstvsockenc.so examples/pipeline_cpu; do
   [ -f "$prof/$f" ] || die "$prof/$f missing: build first (see the header)"
 done
 [ -f "$baseline" ] || die "the C element $baseline is missing (set VSOCKENC_BASELINE)"
+baseline="$(cd "$(dirname "$baseline")" && pwd -P)/$(basename "$baseline")"
 case "$reps" in '' | *[!0-9]* | 0) die "REPS must be a positive number" ;; esac
 
 run="$(mktemp -d /tmp/vsockenc-guest-cpu.XXXXXX)"
