@@ -37,7 +37,11 @@
 # the guest gets an ivshmem-plain device backed by it, as shared memory with the
 # machine), VSOCKENC_VM_NET=user (a virtio-net device on QEMU user networking:
 # the guest reaches the machine's 127.0.0.1 as 10.0.2.2 once it has configured
-# eth0, e.g. modprobe virtio_net; ip addr add 10.0.2.15/24 dev eth0).
+# eth0, e.g. modprobe virtio_net; ip addr add 10.0.2.15/24 dev eth0),
+# VSOCKENC_VM_ICOUNT=SHIFT (-icount shift=SHIFT,sleep=on: the guest's clock
+# advances 2^SHIFT ns per emulated instruction while it runs, so its CPU times
+# count instructions and do not move with the machine's load; one TCG thread
+# for all vCPUs, slower: use with VSOCKENC_VM_SMP=1 for per-process CPU).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -125,6 +129,10 @@ if [ -n "${VSOCKENC_VM_IVSHMEM:-}" ]; then
   size=$(stat -c %s "$VSOCKENC_VM_IVSHMEM")
   extra+=(-object "memory-backend-file,id=ivs,mem-path=$VSOCKENC_VM_IVSHMEM,size=$size,share=on"
     -device ivshmem-plain,memdev=ivs)
+fi
+if [ -n "${VSOCKENC_VM_ICOUNT:-}" ]; then
+  case "$VSOCKENC_VM_ICOUNT" in *[!0-9]*) die "VSOCKENC_VM_ICOUNT=$VSOCKENC_VM_ICOUNT: a shift (0-10)" ;; esac
+  extra+=(-icount "shift=$VSOCKENC_VM_ICOUNT,sleep=on")
 fi
 case "${VSOCKENC_VM_NET:-}" in
 "") ;;
