@@ -253,7 +253,10 @@ impl Server {
 
 fn out_of_descriptors(e: &io::Error) -> bool {
     use nix::errno::Errno;
-    matches!(e.raw_os_error().map(Errno::from_raw), Some(Errno::EMFILE | Errno::ENFILE))
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EMFILE | Errno::ENFILE)
+    )
 }
 
 fn out_of_descriptors_text() -> &'static str {
