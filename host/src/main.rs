@@ -8,9 +8,12 @@
 //! * `accept.rs`: the accept loop: access, descriptors, admission, client
 //!   threads; `admission.rs`: client slots and pending connections.
 //! * `conn.rs`: an accepted connection of any transport.
-//! * `client.rs`: one guest: request decoding and validation, the in-flight
+//! * `client.rs`: one guest: request decoding and dispatch, the in-flight
 //!   limit, responses in request order (`client/intake.rs`: reading with
-//!   deadlines; `client/writer.rs`: the writer thread).
+//!   deadlines; `client/admit.rs`: slot, memory and quota of a frame;
+//!   `client/ext.rs`: HELLO and extension messages; `client/frames.rs`:
+//!   the frame paths; `client/session.rs`: the encoding session;
+//!   `client/writer.rs`: the writer thread).
 //! * `budget.rs`: the memory budget; `fds.rs`: file descriptors.
 //! * `metrics.rs`: Prometheus metrics and their endpoint.
 //! * `codecs.rs`: per codec (H.264, H.265, AV1) the encoders known, the
