@@ -28,14 +28,22 @@
 //! the shared-memory region without mapping it (the daemon's side of a
 //! slot is a buffer wrap; see the `daemon` section for encoding), and
 //! releases each slot with its answer.
+//!
+//! Then the answer time with shared memory: what the element and the
+//! transport add to a frame when the host's own time is nil, from a live
+//! source at 60 fps writing into the element's pool (the default path on a
+//! Unix socket to a current daemon), measured in this process with pad
+//! probes on the element (into it, out of it).
 
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use gst::prelude::*;
 use hxfr::ext::{ext_bits, ExtMessage, HelloAck};
 use hxfr::shm::{ShmAck, ShmRelease};
 use hxfr::{Decoded, Decoder, FrameResponse, Limits, Message};
@@ -207,6 +215,104 @@ impl Setup {
             bail!("{desc}: failed: {err}");
         }
         Ok(Sample { cpu, wall, frames })
+    }
+}
+
+/// Answer times of a live stream through shared memory.
+#[derive(Debug, Clone, Default)]
+pub struct AnswerTimes {
+    /// Sorted, milliseconds, one per frame that came out.
+    pub ms: Vec<f64>,
+    /// Frames that went by slot, and those copied into one (a source that
+    /// writes into the element's pool needs no copy).
+    pub shm_frames: u64,
+    pub copied_frames: u64,
+}
+
+impl AnswerTimes {
+    pub fn mean(&self) -> f64 {
+        if self.ms.is_empty() {
+            return f64::NAN;
+        }
+        self.ms.iter().sum::<f64>() / self.ms.len() as f64
+    }
+}
+
+impl Setup {
+    /// `videotestsrc is-live=true` at 60 fps into our element (in this
+    /// process, registered statically), against the instant peer: the time
+    /// from a frame entering the element to its access unit leaving it.
+    pub fn answer_times(
+        &self,
+        format: &str,
+        (w, h): (u32, u32),
+        frames: u64,
+    ) -> Result<AnswerTimes> {
+        let desc = format!(
+            "videotestsrc is-live=true num-buffers={frames} pattern=blink ! \
+             video/x-raw,format={format},width={w},height={h},framerate=60/1 ! \
+             vsockenc name=enc socket-path={} max-in-flight=4 ! fakesink sync=false",
+            self.socket.display()
+        );
+        let pipeline = gst::parse::launch(&desc)?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| anyhow!("not a pipeline"))?;
+        let enc = pipeline.by_name("enc").context("no enc")?;
+        let into: Arc<Mutex<std::collections::HashMap<u64, Instant>>> = Default::default();
+        let times: Arc<Mutex<Vec<f64>>> = Default::default();
+        {
+            let into = into.clone();
+            enc.static_pad("sink")
+                .unwrap()
+                .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                    if let Some(pts) = info.buffer().and_then(|b| b.pts()) {
+                        into.lock().unwrap().insert(pts.nseconds(), Instant::now());
+                    }
+                    gst::PadProbeReturn::Ok
+                });
+        }
+        {
+            let (into, times) = (into.clone(), times.clone());
+            enc.static_pad("src")
+                .unwrap()
+                .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                    let now = Instant::now();
+                    let sent = info
+                        .buffer()
+                        .and_then(|b| b.pts())
+                        .and_then(|pts| into.lock().unwrap().remove(&pts.nseconds()));
+                    if let Some(sent) = sent {
+                        times
+                            .lock()
+                            .unwrap()
+                            .push((now - sent).as_secs_f64() * 1000.0);
+                    }
+                    gst::PadProbeReturn::Ok
+                });
+        }
+        pipeline.set_state(gst::State::Playing)?;
+        let bus = pipeline.bus().context("no bus")?;
+        let limit = gst::ClockTime::from_seconds(30 + frames / 30);
+        let outcome = match bus
+            .timed_pop_filtered(limit, &[gst::MessageType::Eos, gst::MessageType::Error])
+        {
+            Some(m) => match m.view() {
+                gst::MessageView::Eos(_) => Ok(()),
+                gst::MessageView::Error(e) => Err(anyhow!("{desc}: {}", e.error())),
+                _ => unreachable!(),
+            },
+            None => Err(anyhow!("{desc}: no EOS within {limit}")),
+        };
+        let stats = enc.property::<gst::Structure>("stats");
+        pipeline.set_state(gst::State::Null)?;
+        outcome?;
+        let mut ms = std::mem::take(&mut *times.lock().unwrap());
+        ms.sort_by(f64::total_cmp);
+        Ok(AnswerTimes {
+            ms,
+            shm_frames: stats.get::<u64>("shm-frames").unwrap_or(0),
+            copied_frames: stats.get::<u64>("shm-copied-frames").unwrap_or(0),
+        })
     }
 }
 
