@@ -40,38 +40,7 @@ pub fn nal_unit_type(nal: &[u8]) -> Option<u8> {
 /// their access unit, and every slice of a picture has the same type, so
 /// the slice data (most of an access unit) is never scanned.
 pub fn up_to_first_slice(au: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
-    let mut next = next_start(au, 0);
-    let mut done = false;
-    std::iter::from_fn(move || {
-        if done {
-            return None;
-        }
-        let s = next?;
-        let t = nal_unit_type(au.get(s..)?)?;
-        if nal_type::is_vcl(t) {
-            done = true;
-            return Some(&au[s..(s + 2).min(au.len())]);
-        }
-        next = next_start(au, s);
-        let mut end = next.map_or(au.len(), |n| n - 3);
-        while end > s && next.is_some() && au[end - 1] == 0 {
-            end -= 1;
-        }
-        Some(&au[s..end])
-    })
-}
-
-/// The offset just after the next `00 00 01` at or after `from`.
-fn next_start(au: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while i + 3 <= au.len() {
-        match au[i + 2] {
-            1 if au[i] == 0 && au[i + 1] == 0 => return Some(i + 3),
-            0 => i += 1,
-            _ => i += 3,
-        }
-    }
-    None
+    crate::nal::up_to_first_slice(au, 2, |n| nal_unit_type(n).is_some_and(nal_type::is_vcl))
 }
 
 /// Whether the access unit's picture is an IDR picture (a keyframe; see

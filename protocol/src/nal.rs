@@ -147,11 +147,17 @@ fn next_start(au: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-/// The NAL units before the first slice of an Annex-B access unit, and
-/// that slice's header byte: what a caller looking for parameter sets or
-/// the picture type needs, found without scanning the slice data (most of
-/// an access unit).
-fn before_first_slice(au: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
+/// The NAL units of an Annex-B access unit before its first slice, and
+/// that slice's first `header_len` bytes (the slice is recognised by
+/// `is_slice`, given the NAL unit from its header on): what a caller looking
+/// for parameter sets or the picture type needs, found without scanning
+/// the slice data (most of an access unit). Serves H.264 here and H.265
+/// (`crate::h265::up_to_first_slice`): only the NAL header differs.
+pub(crate) fn up_to_first_slice<'a>(
+    au: &'a [u8],
+    header_len: usize,
+    is_slice: impl Fn(&[u8]) -> bool + 'a,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
     let mut next = next_start(au, 0);
     let mut done = false;
     std::iter::from_fn(move || {
@@ -159,11 +165,11 @@ fn before_first_slice(au: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
             return None;
         }
         let s = next?;
-        let header = *au.get(s)?;
-        if matches!(header & 0x1f, 1 | 5) {
-            // A slice: report its header byte only, and stop.
+        let nal = au.get(s..).filter(|n| !n.is_empty())?;
+        if is_slice(nal) {
+            // A slice: report its header only, and stop.
             done = true;
-            return Some(&au[s..s + 1]);
+            return Some(&nal[..header_len.min(nal.len())]);
         }
         next = next_start(au, s);
         let mut end = next.map_or(au.len(), |n| n - 3);
@@ -172,6 +178,12 @@ fn before_first_slice(au: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
         }
         Some(&au[s..end])
     })
+}
+
+/// [`up_to_first_slice`] for H.264: a slice is NAL type 1 or 5, its header
+/// one byte.
+fn before_first_slice(au: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
+    up_to_first_slice(au, 1, |n| matches!(n[0] & 0x1f, 1 | 5))
 }
 
 /// Whether an Annex-B access unit holds an IDR slice (type 5). All slices
