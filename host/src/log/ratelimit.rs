@@ -46,6 +46,23 @@ pub struct Admitted {
     pub over: Duration,
 }
 
+impl Admitted {
+    /// What the admitted line carries about the lines held back before it:
+    /// `" [N similar lines{about} suppressed in the last Ts]"`, or "" when
+    /// none were.
+    pub fn note(&self, about: &str) -> String {
+        if self.suppressed == 0 {
+            return String::new();
+        }
+        format!(
+            " [{} similar line{}{about} suppressed in the last {}s]",
+            self.suppressed,
+            if self.suppressed == 1 { "" } else { "s" },
+            self.over.as_secs_f64().ceil() as u64
+        )
+    }
+}
+
 impl RateLimit {
     /// At most `burst` lines every `window` (a `burst` of 0 admits none).
     pub const fn new(burst: u32, window: Duration) -> RateLimit {
@@ -143,24 +160,7 @@ impl ConnLimits {
             self.conn.refund(c);
             return None;
         };
-        let mut note = String::new();
-        if c.suppressed > 0 {
-            note.push_str(&format!(
-                " [{} similar line{} about this connection suppressed in the last {}s]",
-                c.suppressed,
-                if c.suppressed == 1 { "" } else { "s" },
-                c.over.as_secs_f64().ceil() as u64
-            ));
-        }
-        if a.suppressed > 0 {
-            note.push_str(&format!(
-                " [{} similar line{} suppressed in the last {}s]",
-                a.suppressed,
-                if a.suppressed == 1 { "" } else { "s" },
-                a.over.as_secs_f64().ceil() as u64
-            ));
-        }
-        Some(note)
+        Some(c.note(" about this connection") + &a.note(""))
     }
 }
 
@@ -196,11 +196,9 @@ macro_rules! log_limited {
             Some(a) => ::tracing::event!(
                 $level,
                 suppressed = a.suppressed,
-                "{} [{} similar line{} suppressed in the last {}s]",
+                "{}{}",
                 format_args!($($arg)+),
-                a.suppressed,
-                if a.suppressed == 1 { "" } else { "s" },
-                a.over.as_secs_f64().ceil() as u64,
+                a.note(""),
             ),
             None => ::tracing::debug!($($arg)+),
         }
