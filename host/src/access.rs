@@ -297,16 +297,8 @@ fn parse_net(v: &str) -> Result<IpNet, String> {
 
 /// A count with an optional decimal suffix: `250000000`, `250M`, `1.5G`.
 pub fn parse_rate(v: &str) -> Result<u64, String> {
-    let (num, mult) = match v.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&v[..i], 1e3),
-        Some((i, 'm' | 'M')) => (&v[..i], 1e6),
-        Some((i, 'g' | 'G')) => (&v[..i], 1e9),
-        _ => (v, 1.0),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{v:?} is not a number (suffixes K, M, G: thousands)"))?;
-    let total = n * mult;
+    let total = crate::units::scaled(v, crate::units::DECIMAL)
+        .ok_or_else(|| format!("{v:?} is not a number (suffixes K, M, G: thousands)"))?;
     if !(1.0..=1e15).contains(&total) {
         return Err(format!("{v:?} is outside 1..1e15"));
     }

@@ -298,18 +298,8 @@ fn cgroup_limit() -> Option<u64> {
 /// Parses `--memory-budget`: bytes, or a number with K, M, G or T
 /// (binary multiples).
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, shift) = match t.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&t[..i], 10),
-        Some((i, 'm' | 'M')) => (&t[..i], 20),
-        Some((i, 'g' | 'G')) => (&t[..i], 30),
-        Some((i, 't' | 'T')) => (&t[..i], 40),
-        _ => (t, 0),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (bytes, or with K, M, G, T)"))?;
-    let v = n * (1u64 << shift) as f64;
+    let v = crate::units::scaled(s.trim(), crate::units::BINARY_T)
+        .ok_or_else(|| format!("{s:?} is not a size (bytes, or with K, M, G, T)"))?;
     if !(v >= (16u64 << 20) as f64 && v < 1e18) {
         return Err(format!("{s:?}: the budget must be at least 16M"));
     }

@@ -287,17 +287,8 @@ fn parse_filter(s: &str) -> Result<String, String> {
 }
 
 fn parse_receive_rate(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, shift) = match t.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&t[..i], 10),
-        Some((i, 'm' | 'M')) => (&t[..i], 20),
-        Some((i, 'g' | 'G')) => (&t[..i], 30),
-        _ => (t, 0),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a rate (bytes per second, or with K, M, G)"))?;
-    let v = n * (1u64 << shift) as f64;
+    let v = crate::units::scaled(s.trim(), crate::units::BINARY)
+        .ok_or_else(|| format!("{s:?} is not a rate (bytes per second, or with K, M, G)"))?;
     if !(1024.0..1e15).contains(&v) {
         return Err(format!("{s:?}: at least 1K"));
     }

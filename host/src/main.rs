@@ -15,6 +15,7 @@
 //!   the frame paths; `client/session.rs`: the encoding session;
 //!   `client/writer.rs`: the writer thread).
 //! * `budget.rs`: the memory budget; `fds.rs`: file descriptors.
+//! * `units.rs`: numbers with K, M, G, T for flags and listener options.
 //! * `metrics.rs`: Prometheus metrics and their endpoint.
 //! * `codecs.rs`: per codec (H.264, H.265, AV1) the encoders known, the
 //!   one chosen, their low-latency settings and parsers.
@@ -52,6 +53,7 @@ mod quota;
 mod shm;
 mod shutdown;
 mod stats;
+mod units;
 
 use std::process::ExitCode;
 use std::sync::{Arc, Condvar, Mutex};
