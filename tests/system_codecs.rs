@@ -240,19 +240,6 @@ fn h265_main_10_is_asked_for_and_produced() {
     );
 }
 
-/// kbit/s of the units whose PTS lies in `[from, to)` seconds.
-fn kbps(aus: &[sys::frames::AccessUnit], from: f64, to: f64) -> f64 {
-    let bytes: usize = aus
-        .iter()
-        .filter(|a| {
-            a.pts
-                .is_some_and(|p| (from..to).contains(&(p.nseconds() as f64 / 1e9)))
-        })
-        .map(|a| a.data.len())
-        .sum();
-    bytes as f64 * 8.0 / 1000.0 / (to - from)
-}
-
 /// Noise takes every bit an encoder is given: the bitrate of the stream is
 /// the encoder's target, before and after the change.
 fn bitrate_follows_a_change_while_playing(codec: Codec) {
@@ -270,30 +257,20 @@ fn bitrate_follows_a_change_while_playing(codec: Codec) {
     let out = AuCollector::attach(&p, "out");
     let enc = pipeline::element(&p, "enc");
     pipeline::play(&p);
-    let pts_secs = |aus: &[sys::frames::AccessUnit]| {
-        aus.last()
-            .and_then(|a| a.pts)
-            .map_or(0.0, |p| p.nseconds() as f64 / 1e9)
-    };
     let deadline = Instant::now() + Duration::from_secs(90);
-    while pts_secs(&out.aus()) < 3.0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let changed_at = pts_secs(&out.aus());
+    let changed_at = out.wait_for_pts(3.0, deadline);
     enc.set_property("bitrate", 500i32);
-    while pts_secs(&out.aus()) < changed_at + 3.0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    out.wait_for_pts(changed_at + 3.0, deadline);
     let stats = Stats::of(&enc);
     pipeline::shutdown(&p);
     let aus = out.aus();
     assert!(
-        pts_secs(&aus) >= changed_at + 3.0,
+        sys::frames::last_pts_secs(&aus) >= changed_at + 3.0,
         "{codec}: the stream ran 3 s past the change; stats {stats}\ndaemon {:?}",
         daemon.log()
     );
-    let before = kbps(&aus, 1.0, changed_at);
-    let after = kbps(&aus, changed_at + 1.0, changed_at + 3.0);
+    let before = sys::frames::kbps(&aus, 1.0, changed_at);
+    let after = sys::frames::kbps(&aus, changed_at + 1.0, changed_at + 3.0);
     eprintln!(
         "{codec}: {before:.0} kbit/s before, {after:.0} kbit/s from 1 s after 1500 -> 500 at {changed_at:.2} s"
     );

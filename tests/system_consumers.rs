@@ -193,19 +193,6 @@ fn decode_fragment(path: &std::path::Path) -> (usize, usize) {
     (get(&frames), get(&aus))
 }
 
-/// kbit/s of the access units whose PTS lies in `[from, to)` seconds.
-fn kbps(aus: &[sys::frames::AccessUnit], from: f64, to: f64) -> f64 {
-    let bytes: usize = aus
-        .iter()
-        .filter(|a| {
-            a.pts
-                .is_some_and(|p| (from..to).contains(&(p.nseconds() as f64 / 1e9)))
-        })
-        .map(|a| a.data.len())
-        .sum();
-    bytes as f64 * 8.0 / 1000.0 / (to - from)
-}
-
 #[test]
 fn bitrate_changed_while_playing_takes_effect_within_a_second() {
     sys::init();
@@ -221,32 +208,20 @@ fn bitrate_changed_while_playing_takes_effect_within_a_second() {
     let out = AuCollector::attach(&p, "out");
     let enc = pipeline::element(&p, "enc");
     pipeline::play(&p);
-    // The live source stamps frames with the running time: PTS seconds are
-    // (about) seconds since PLAYING.
-    let pts_secs = |aus: &[sys::frames::AccessUnit]| {
-        aus.last()
-            .and_then(|a| a.pts)
-            .map_or(0.0, |p| p.nseconds() as f64 / 1e9)
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while pts_secs(&out.aus()) < 3.0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let changed_at = pts_secs(&out.aus());
+    let changed_at = out.wait_for_pts(3.0, deadline);
     enc.set_property("bitrate", 500i32);
     assert_eq!(enc.property::<i32>("bitrate"), 500);
-    while pts_secs(&out.aus()) < changed_at + 3.0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    out.wait_for_pts(changed_at + 3.0, deadline);
     let stats = Stats::of(&enc);
     pipeline::shutdown(&p);
     let aus = out.aus();
     assert!(
-        pts_secs(&aus) >= changed_at + 3.0,
+        sys::frames::last_pts_secs(&aus) >= changed_at + 3.0,
         "the stream ran 3 s past the change; stats: {stats}"
     );
-    let before = kbps(&aus, 1.0, changed_at);
-    let after = kbps(&aus, changed_at + 1.0, changed_at + 3.0);
+    let before = sys::frames::kbps(&aus, 1.0, changed_at);
+    let after = sys::frames::kbps(&aus, changed_at + 1.0, changed_at + 3.0);
     eprintln!(
         "bitrate before the change {before:.0} kbit/s, from 1 s after it {after:.0} kbit/s \
          (changed 4000 -> 500 at pts {changed_at:.2} s)"

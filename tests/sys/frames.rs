@@ -212,6 +212,37 @@ impl AuCollector {
     pub fn caps(&self) -> Option<gst::Caps> {
         self.caps.lock().unwrap().clone()
     }
+
+    /// Waits (20 ms at a time) until an access unit with a PTS of `secs`
+    /// seconds or later has come out, or until `deadline`; returns the last
+    /// PTS in seconds. A live source stamps frames with the running time,
+    /// so these are (about) seconds since PLAYING.
+    pub fn wait_for_pts(&self, secs: f64, deadline: Instant) -> f64 {
+        while last_pts_secs(&self.aus()) < secs && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        last_pts_secs(&self.aus())
+    }
+}
+
+/// The PTS of the last access unit in seconds (0 before any).
+pub fn last_pts_secs(aus: &[AccessUnit]) -> f64 {
+    aus.last()
+        .and_then(|a| a.pts)
+        .map_or(0.0, |p| p.nseconds() as f64 / 1e9)
+}
+
+/// kbit/s of the access units whose PTS lies in `[from, to)` seconds.
+pub fn kbps(aus: &[AccessUnit], from: f64, to: f64) -> f64 {
+    let bytes: usize = aus
+        .iter()
+        .filter(|a| {
+            a.pts
+                .is_some_and(|p| (from..to).contains(&(p.nseconds() as f64 / 1e9)))
+        })
+        .map(|a| a.data.len())
+        .sum();
+    bytes as f64 * 8.0 / 1000.0 / (to - from)
 }
 
 /// Decode Annex-B access units with `avdec_h264` (through `h264parse`), one
