@@ -347,14 +347,6 @@ fn motion(w: usize, h: usize, frames: usize) -> Vec<Frame> {
         .collect()
 }
 
-fn element(codec: Codec) -> &'static str {
-    match codec {
-        Codec::H264 => "vsockenc",
-        Codec::H265 => "vsockh265enc",
-        Codec::Av1 => "vsockav1enc",
-    }
-}
-
 fn decoder(codec: Codec) -> &'static str {
     match codec {
         Codec::H264 => "h264parse ! avdec_h264",
@@ -470,7 +462,7 @@ fn measure(codec: Codec, socket: &str, o: &Options, frames: &[Frame], kbps: u32)
     let enc = gst::parse::launch(&format!(
         "appsrc name=src format=time ! {el} socket-path={socket} bitrate={kbps} \
          keyframe-interval=0 response-timeout=60000 ! appsink name=out sync=false",
-        el = element(codec)
+        el = gstvsockenc::vsockenc::element_name(codec)
     ))?
     .downcast::<gst::Pipeline>()
     .unwrap();

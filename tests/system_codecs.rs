@@ -35,14 +35,6 @@ const MIN_MEAN_PSNR_DB: f64 = 32.0;
 /// No single frame (chroma included) may be far off.
 const MIN_FRAME_PSNR_DB: f64 = 26.0;
 
-fn element_name(codec: Codec) -> &'static str {
-    match codec {
-        Codec::H264 => "vsockenc",
-        Codec::H265 => "vsockh265enc",
-        Codec::Av1 => "vsockav1enc",
-    }
-}
-
 fn decoder(codec: Codec) -> &'static str {
     match codec {
         Codec::H264 => "h264parse ! avdec_h264",
@@ -84,7 +76,7 @@ fn decodes_to_the_input(codec: Codec) {
               response-timeout=20000 ! tee name=e \
          e. ! queue ! appsink name=units sync=false \
          e. ! queue ! {dec} ! videoconvert ! video/x-raw,format=I420 ! appsink name=out sync=false",
-        el = element_name(codec),
+        el = gstvsockenc::vsockenc::element_name(codec),
         dec = decoder(codec),
         props = daemon.addr.element_props()
     );
@@ -251,7 +243,7 @@ fn bitrate_follows_a_change_while_playing(codec: Codec) {
            video/x-raw,format=I420,width=320,height=240,framerate=30/1 ! \
          {el} name=enc {props} bitrate=1500 keyframe-interval=0 response-timeout=20000 ! \
          appsink name=out sync=false",
-        el = element_name(codec),
+        el = gstvsockenc::vsockenc::element_name(codec),
         props = daemon.addr.element_props()
     ));
     let out = AuCollector::attach(&p, "out");
@@ -297,7 +289,7 @@ fn first_error(codec: Codec, props: &str) -> String {
     let p = pipeline::launch(&format!(
         "videotestsrc num-buffers=10 ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 ! \
          {el} name=enc {props} ! fakesink",
-        el = element_name(codec)
+        el = gstvsockenc::vsockenc::element_name(codec)
     ));
     let _ = p.set_state(gst::State::Playing);
     let r = pipeline::wait_eos(&p, Duration::from_secs(30));

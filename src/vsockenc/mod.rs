@@ -161,16 +161,26 @@ unsafe impl<T: VsockBaseEncImpl> glib::subclass::types::IsSubclassable<T> for Vs
     }
 }
 
+/// The name of the element that encodes `codec` (`vsockenc` stays H.264,
+/// for drop-in compatibility with the C element).
+pub fn element_name(codec: hxfr::Codec) -> &'static str {
+    match codec {
+        hxfr::Codec::H264 => "vsockenc",
+        hxfr::Codec::H265 => "vsockh265enc",
+        hxfr::Codec::Av1 => "vsockav1enc",
+    }
+}
+
 /// Registers `vsockenc`, `vsockh265enc` and `vsockav1enc` with rank NONE:
 /// they need a host daemon, so they must never be autoplugged; applications
 /// pick them by name.
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
-    for (name, t) in [
-        ("vsockenc", VsockEnc::static_type()),
-        ("vsockh265enc", VsockH265Enc::static_type()),
-        ("vsockav1enc", VsockAv1Enc::static_type()),
+    for (codec, t) in [
+        (hxfr::Codec::H264, VsockEnc::static_type()),
+        (hxfr::Codec::H265, VsockH265Enc::static_type()),
+        (hxfr::Codec::Av1, VsockAv1Enc::static_type()),
     ] {
-        gst::Element::register(Some(plugin), name, gst::Rank::NONE, t)?;
+        gst::Element::register(Some(plugin), element_name(codec), gst::Rank::NONE, t)?;
     }
     Ok(())
 }
